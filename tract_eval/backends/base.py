@@ -1,0 +1,93 @@
+"""The one small interface every backend implements."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..candidates import ScoreCandidates
+from ..config import SamplingConfig
+
+
+@dataclass
+class GenerationRequest:
+    """Sample ``n`` continuations of ``prompt`` (the exact model input text).
+
+    With ``candidates`` set (RAIL judges), each continuation is a CoT that stops
+    at the delimiter; the backend then reads the score distribution right after
+    ``CoT + delimiter + bridge`` from the same computation.
+    """
+
+    key: str  # seeds the per-continuation random streams, so batching never changes results
+    prompt: str
+    n: int = 1
+    candidates: ScoreCandidates | None = None
+    cut_marker: str | None = None
+
+
+@dataclass
+class Completion:
+    text: str  # generated text; for readouts it ends with delimiter + bridge
+    finish_reason: str  # "delimiter" | "eos" | "length" | "forced"
+    generated_tokens: int
+    forced_text: str = ""  # appended by us, not written by the model
+    cut: bool = False  # the CoT was cut at the cut marker (TRACT's fallback)
+    # raw full-vocabulary log-probabilities of each candidate (by score), read after the text
+    candidate_logprobs: dict[int, float] | None = None
+    token_ids: list[int] = field(default_factory=list)  # every id after the prompt, forced ones included
+
+
+@dataclass
+class ScoreRequest:
+    """Read the score distribution after ``prompt + continuation + delimiter + bridge`` (no sampling)."""
+
+    prompt: str
+    continuation: str  # a supplied CoT (may be empty); TRACT's cut/append rule applies
+    candidates: ScoreCandidates
+    cut_marker: str | None = None
+
+
+Progress = Callable[[int], None]
+
+
+class Backend(ABC):
+    name: str = "backend"
+
+    @abstractmethod
+    def render_chat(self, messages: list[dict], response_prefix: str = "") -> str:
+        """The exact model input text for a chat, with the assistant turn opened."""
+
+    @abstractmethod
+    def tokenizer(self):
+        """A Hugging Face tokenizer (for candidate derivation and token counts)."""
+
+    @abstractmethod
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+                 progress: Progress | None = None) -> list[list[Completion]]:
+        """One list of ``request.n`` completions per request, in order."""
+
+    @abstractmethod
+    def score(self, requests: list[ScoreRequest]) -> list[Completion]:
+        """Score readout after supplied continuations, one per request."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+def finish_cot(text: str, delimiter: str, cut_marker: str | None) -> tuple[str, str, bool]:
+    """TRACT's rule for a CoT that did not end with the delimiter.
+
+    Returns ``(kept_text, forced_text, cut)``: keep the CoT up to the first
+    ``cut_marker`` if present (else all of it) and force the delimiter after it.
+    """
+    if text.endswith(delimiter):
+        return text, "", False
+    cut = False
+    if cut_marker and cut_marker in text:
+        text = text[: text.index(cut_marker)]
+        cut = True
+    separator = " " if text and not text[-1].isspace() else ""
+    return text, separator + delimiter, cut

@@ -1,0 +1,99 @@
+"""Score candidates derived from a tokenizer: which tokens spell each score after the delimiter.
+
+Nothing here knows token ids in advance. For a delimiter ``D`` and scores
+``1..K`` we tokenize ``D + sep + str(k)`` and keep what follows ``D``'s own
+tokens. Tokens shared by every candidate (e.g. a lone space token, as in
+SmolLM2 and Llama/Mistral tokenizers) form the *bridge*: they are fed after the
+delimiter before the score distribution is read. If each candidate is then a
+single token, one next-token distribution gives all scores; otherwise each
+candidate is a token sequence and is scored as one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_DELIMITER = "So the overall score is"
+
+
+@dataclass(frozen=True)
+class ScoreCandidates:
+    delimiter: str
+    scores: tuple[int, ...]
+    delimiter_ids: tuple[int, ...]
+    bridge_ids: tuple[int, ...]
+    bridge_text: str
+    # one token-id sequence per score, after delimiter + bridge
+    sequences: tuple[tuple[int, ...], ...]
+    separator: str = " "
+    notes: list[str] = field(default_factory=list, compare=False)
+
+    @property
+    def single_token(self) -> bool:
+        return all(len(seq) == 1 for seq in self.sequences)
+
+    @property
+    def first_token_ids(self) -> list[int]:
+        return [seq[0] for seq in self.sequences]
+
+    def to_dict(self) -> dict:
+        return {
+            "delimiter": self.delimiter,
+            "separator": self.separator,
+            "scores": list(self.scores),
+            "delimiter_ids": list(self.delimiter_ids),
+            "bridge_ids": list(self.bridge_ids),
+            "bridge_text": self.bridge_text,
+            "sequences": [list(s) for s in self.sequences],
+            "single_token": self.single_token,
+        }
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def derive_score_candidates(
+    tokenizer,
+    delimiter: str = DEFAULT_DELIMITER,
+    scale: tuple[int, int] = (1, 5),
+    separator: str = " ",
+) -> ScoreCandidates:
+    low, high = scale
+    if low > high:
+        raise ValueError(f"score scale {scale} is empty")
+    scores = tuple(range(low, high + 1))
+    delimiter_ids = _encode(tokenizer, delimiter)
+    suffixes: list[list[int]] = []
+    for score in scores:
+        ids = _encode(tokenizer, f"{delimiter}{separator}{score}")
+        if ids[: len(delimiter_ids)] != delimiter_ids:
+            raise ValueError(
+                f"tokenizer merges the delimiter {delimiter!r} with the score {score}: "
+                f"{delimiter_ids} is not a prefix of {ids}; choose another delimiter or separator"
+            )
+        suffix = ids[len(delimiter_ids):]
+        if not suffix:
+            raise ValueError(f"score {score} produced no tokens after the delimiter")
+        suffixes.append(suffix)
+
+    bridge: list[int] = []
+    for position in range(min(len(s) for s in suffixes)):
+        column = {s[position] for s in suffixes}
+        # keep at least one token per candidate
+        if len(column) == 1 and all(len(s) > position + 1 for s in suffixes):
+            bridge.append(suffixes[0][position])
+        else:
+            break
+    sequences = tuple(tuple(s[len(bridge):]) for s in suffixes)
+    if len(set(sequences)) != len(sequences):
+        raise ValueError(f"two scores share the same tokens after {delimiter!r}: {sequences}")
+    bridge_text = tokenizer.decode(delimiter_ids + bridge)[len(tokenizer.decode(delimiter_ids)):]
+    return ScoreCandidates(
+        delimiter=delimiter,
+        scores=scores,
+        delimiter_ids=tuple(delimiter_ids),
+        bridge_ids=tuple(bridge),
+        bridge_text=bridge_text,
+        sequences=sequences,
+        separator=separator,
+    )

@@ -1,0 +1,29 @@
+"""Where the user-editable cards live: judge/benchmark YAML, prompt and report templates, recipes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def cards_root() -> Path:
+    """The folder holding ``judges/``, ``benchmarks/``, ``training/`` and ``reports/``.
+
+    A source checkout or editable install uses the repository's top-level
+    folders; a wheel carries copies under ``tract_eval/_cards``.
+    ``TRACT_EVAL_CARDS`` points elsewhere.
+    """
+    override = os.environ.get("TRACT_EVAL_CARDS")
+    if override:
+        return Path(override)
+    for candidate in (_PACKAGE / "_cards", _PACKAGE.parent):
+        if (candidate / "judges").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"cannot find the judge cards next to {_PACKAGE}; set TRACT_EVAL_CARDS to the folder holding judges/"
+    )
+
+
+def card_dir(kind: str) -> Path:
+    return cards_root() / kind

@@ -1,0 +1,105 @@
+"""Prometheus-style grading prompts: parse the ``###`` sections and render them with jinja2."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jinja2
+
+from .cards import card_dir
+
+_INSTRUCTION = "\n\n###The instruction to evaluate:\n"
+_RESPONSE = "\n\n###Response to evaluate:\n"
+_REFERENCE = re.compile(r"\n\n###Reference Answer \(Score (\d+)\):\n")
+_RUBRIC = "\n\n###Score Rubrics:\n"
+_FEEDBACK = "\n\n###Feedback:"
+_SCALE = re.compile(r"an integer between (\d+) and (\d+)")
+
+
+class PromptFormatError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class GradingFields:
+    """What a grading prompt is made of."""
+
+    instruction: str
+    response: str
+    rubric: str
+    reference_answer: str | None = None
+    scale: tuple[int, int] = (1, 5)
+    feedback_label: str = ""  # Prometheus-1 files say "Feedback: (write a feedback ...)"
+
+    def as_template_vars(self) -> dict:
+        return {
+            "instruction": self.instruction,
+            "response": self.response,
+            "rubric": self.rubric,
+            "reference_answer": self.reference_answer,
+            "low": self.scale[0],
+            "high": self.scale[1],
+            "feedback_label": self.feedback_label,
+        }
+
+
+def parse_prometheus_prompt(text: str) -> GradingFields:
+    """Split a pre-formatted Prometheus absolute-grading prompt into its fields."""
+    start = text.find(_INSTRUCTION)
+    if not text.startswith("###Task Description:") or start < 0:
+        raise PromptFormatError("missing '###Task Description:' or '###The instruction to evaluate:' section")
+    task = text[:start]
+    body_start = start + len(_INSTRUCTION)
+    response_at = text.find(_RESPONSE, body_start)
+    rubric_at = text.rfind(_RUBRIC)
+    feedback_at = text.rfind(_FEEDBACK)
+    if response_at < 0:
+        raise PromptFormatError("missing '###Response to evaluate:' section")
+    if rubric_at < response_at:
+        raise PromptFormatError("missing '###Score Rubrics:' section after the response")
+    if feedback_at < rubric_at:
+        raise PromptFormatError("prompt does not end with a '###Feedback:' section")
+    instruction = text[body_start:response_at]
+    middle = text[response_at + len(_RESPONSE):rubric_at]
+    reference = None
+    references = list(_REFERENCE.finditer(middle))
+    if references:
+        last = references[-1]
+        reference = middle[last.end():]
+        middle = middle[:last.start()]
+    rubric = text[rubric_at + len(_RUBRIC):feedback_at]
+    scale_match = _SCALE.search(task)
+    scale = (int(scale_match.group(1)), int(scale_match.group(2))) if scale_match else (1, 5)
+    feedback_label = "Feedback: " if '"Feedback: (write a feedback' in task else ""
+    return GradingFields(
+        instruction=instruction,
+        response=middle,
+        rubric=rubric,
+        reference_answer=reference,
+        scale=scale,
+        feedback_label=feedback_label,
+    )
+
+
+def format_rubric(criteria: str, descriptions: list[str], low: int = 1) -> str:
+    """The Prometheus rubric block: ``[criteria]`` then ``Score k: ...`` lines."""
+    lines = [f"[{criteria.strip()}]"]
+    lines += [f"Score {low + i}: {d.strip()}" for i, d in enumerate(descriptions)]
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=None)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(card_dir("judges") / "templates")),
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+
+
+def render_prompt(template: str, fields: GradingFields) -> str:
+    """Render ``judges/templates/<template>.j2`` with the grading fields."""
+    name = template if template.endswith(".j2") else f"{template}.j2"
+    return _environment().get_template(name).render(**fields.as_template_vars())
