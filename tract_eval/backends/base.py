@@ -21,6 +21,8 @@ class GenerationRequest:
     key: str  # seeds the per-continuation random streams, so batching never changes results
     prompt: str
     n: int = 1
+    # continuation i uses random stream ``first_index + i``: asking for CoTs 8..15 after 0..7 adds new ones
+    first_index: int = 0
     candidates: ScoreCandidates | None = None
     cut_marker: str | None = None
 

@@ -247,7 +247,7 @@ class TransformersBackend(Backend):
         streams: list[_Stream] = []
         for req, prompt in zip(requests, prompts):
             for i in range(req.n):
-                gen = torch.Generator().manual_seed(_stream_seed(seed, req.key, i))
+                gen = torch.Generator().manual_seed(_stream_seed(seed, req.key, req.first_index + i))
                 streams.append(_Stream(req, i, len(streams), gen, prompt))
         vocab = logits.shape[-1]
         seen = torch.zeros((len(streams), vocab), dtype=torch.bool, device=self.device)
