@@ -49,7 +49,9 @@ class ScoreRequest:
     cut_marker: str | None = None
 
 
-Progress = Callable[[int], None]
+# Called once per request as soon as all its completions are done: (request index, completions).
+# Runners persist the sample right there, so a killed run loses only what is in flight.
+OnDone = Callable[[int, list["Completion"]], None]
 
 
 class Backend(ABC):
@@ -65,8 +67,8 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
-                 progress: Progress | None = None) -> list[list[Completion]]:
-        """One list of ``request.n`` completions per request, in order."""
+                 on_done: OnDone | None = None) -> list[list[Completion]]:
+        """One list of ``request.n`` completions per request, in order; ``on_done`` as each finishes."""
 
     @abstractmethod
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
@@ -77,6 +79,19 @@ class Backend(ABC):
 
     def describe(self) -> dict:
         return {"backend": self.name}
+
+
+def render_chat_with_tokenizer(tokenizer, messages: list[dict], response_prefix: str = "") -> str:
+    """The chat template applied with the assistant turn opened, plus an optional response prefix.
+
+    Inference and training both build model inputs here, so they see the same text.
+    Models without a chat template get the messages joined by blank lines.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+    return text + response_prefix
 
 
 def finish_cot(text: str, delimiter: str, cut_marker: str | None) -> tuple[str, str, bool]:

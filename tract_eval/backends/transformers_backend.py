@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
 from ..models import ModelSource, resolve_model
-from .base import Backend, Completion, GenerationRequest, Progress, ScoreRequest, finish_cot
+from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, finish_cot, render_chat_with_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def _stream_seed(seed: int, key: str, index: int) -> int:
 @dataclass
 class _Stream:
     request: GenerationRequest
+    request_index: int
     index: int  # which of the request's n continuations
     row: int  # row in the batch tensors
     generator: object
@@ -97,12 +98,7 @@ class TransformersBackend(Backend):
         }
 
     def render_chat(self, messages: list[dict], response_prefix: str = "") -> str:
-        tok = self._tokenizer
-        if tok.chat_template:
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:  # base models: plain concatenation, stated in the manifest through the input text
-            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
-        return text + response_prefix
+        return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -111,11 +107,11 @@ class TransformersBackend(Backend):
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
-                 progress: Progress | None = None) -> list[list[Completion]]:
+                 on_done: OnDone | None = None) -> list[list[Completion]]:
         import torch
 
         with torch.inference_mode():
-            return self._generate(requests, sampling, seed, progress)
+            return self._generate(requests, sampling, seed, on_done)
 
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
         import torch
@@ -225,7 +221,7 @@ class TransformersBackend(Backend):
             chosen.append(int(draw))
         return chosen
 
-    def _generate(self, requests, sampling, seed, progress):
+    def _generate(self, requests, sampling, seed, on_done):
         import torch
 
         tok = self._tokenizer
@@ -245,23 +241,27 @@ class TransformersBackend(Backend):
             cache.reorder_cache(index)
             logits, mask = logits[index], mask[index]
         streams: list[_Stream] = []
-        for req, prompt in zip(requests, prompts):
+        for request_index, (req, prompt) in enumerate(zip(requests, prompts)):
             for i in range(req.n):
                 gen = torch.Generator().manual_seed(_stream_seed(seed, req.key, req.first_index + i))
-                streams.append(_Stream(req, i, len(streams), gen, prompt))
+                streams.append(_Stream(req, request_index, i, len(streams), gen, prompt))
         vocab = logits.shape[-1]
         seen = torch.zeros((len(streams), vocab), dtype=torch.bool, device=self.device)
         for s in streams:  # HF's repetition penalty counts the prompt's ids too
             seen[s.row, torch.tensor(s.prompt_ids, device=self.device)] = True
         next_pos = [s.prompt_len for s in streams]
+        by_request = [[s for s in streams if s.request_index == i] for i in range(len(requests))]
+        remaining = [len(group) for group in by_request]
 
         active = list(streams)  # row order == tensor row order
         self._advance(active, logits, seen, sampling)
         while True:
-            if progress:
-                finished = [s for s in active if s.done]
-                if finished:
-                    progress(len(finished))
+            if on_done:
+                for s in active:
+                    if s.done:
+                        remaining[s.request_index] -= 1
+                        if remaining[s.request_index] == 0:
+                            on_done(s.request_index, [t.completion for t in by_request[s.request_index]])
             keep = [i for i, s in enumerate(active) if not s.done]
             if not keep:
                 break
@@ -285,7 +285,7 @@ class TransformersBackend(Backend):
             next_pos = [p + 1 for p in next_pos]
             logits, cache = self._forward(step_ids, mask, position_ids, cache)
             self._advance(active, logits, seen, sampling)
-        return [[s.completion for s in streams if s.request is req] for req in requests]
+        return [[s.completion for s in group] for group in by_request]
 
     def _advance(self, active: list[_Stream], logits, seen, sampling: SamplingConfig) -> None:
         """After a forward step: read scores for finished forcing rows, sample for generating rows."""
