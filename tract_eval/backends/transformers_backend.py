@@ -152,6 +152,7 @@ class TransformersBackend(Backend):
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,  # only the last position is read; skips a (batch x prompt x vocab) matrix
         )
         return out.logits[:, -1, :].float(), out.past_key_values
 
@@ -163,7 +164,7 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             for ids in sequences:
                 input_ids = torch.tensor([ids], device=self.device)
-                logits = self.model(input_ids=input_ids).logits[0, -1].float()
+                logits = self.model(input_ids=input_ids, logits_to_keep=1).logits[0, -1].float()
                 logprobs = torch.log_softmax(logits, dim=-1)
                 results.append(self._candidate_logprobs(logprobs, ids, candidates))
         return results

@@ -1,0 +1,170 @@
+"""``tract-eval list | run | merge``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("list", help="list judges, benchmarks or backends")
+    p.add_argument("what", choices=["judges", "benches", "backends"])
+    p.set_defaults(func=cmd_list)
+
+    p = subparsers.add_parser("run", help="run judges over benchmarks",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--judge", required=True,
+                   help="judge name(s), comma-separated: built-in card, plugin, or path to a YAML card")
+    p.add_argument("--bench", required=True, help="benchmark name(s), comma-separated, or 'all'")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="output folder")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder with the benchmark files (else $TRACT_EVAL_DATA_DIR, else upstream)")
+    p.add_argument("--limit", type=int, default=None, help="first N rows (RewardBench: N pairs)")
+    p.add_argument("--shard", default=None, help="i/n: judge only the i-th of n disjoint parts")
+    p.add_argument("--no-reference", action="store_true", help="drop the reference answer from the prompt")
+    add_judge_overrides(p)
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("merge", help="combine shard runs into one run")
+    p.add_argument("run_dir", type=Path, help="OUT/<judge>/<bench> holding shards/")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_merge)
+
+
+def add_judge_overrides(p: argparse.ArgumentParser) -> None:
+    """Flags that override a judge card (None = keep the card's value)."""
+    g = p.add_argument_group("judge overrides (default: the card's values)")
+    g.add_argument("--model", default=None, help="HF id, local folder, .gguf file or LoRA adapter folder")
+    g.add_argument("--backend", default=None)
+    g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
+    g.add_argument("--n-cot", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--max-new-tokens", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None, help="sequences decoded together")
+    g.add_argument("--raw-probs", action="store_true",
+                   help="RAIL over raw candidate probabilities as in the paper (default: renormalised)")
+    g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
+    g.add_argument("--fallback-score", type=float, default=None)
+
+
+def judge_overrides(args) -> dict:
+    return {
+        "model": args.model, "backend": args.backend, "device": args.device, "dtype": args.dtype,
+        "n_cot": args.n_cot, "seed": args.seed, "temperature": args.temperature, "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size, "renormalize": False if args.raw_probs else None,
+        "parse_failure_policy": args.parse_failure_policy, "fallback_score": args.fallback_score,
+    }
+
+
+def cmd_list(args) -> int:
+    if args.what == "judges":
+        from .judges import judge_names, load_judge_config
+
+        for name in judge_names():
+            config, _ = load_judge_config(name)
+            print(f"{name:16s} {config.description}")
+    elif args.what == "benches":
+        from .benchmarks import builtin_benchmark_names, load_card
+
+        for name in builtin_benchmark_names():
+            card = load_card(name)
+            print(f"{name:16s} {card.title} ({card.kind})")
+    else:
+        from .backends import BACKENDS
+
+        print("\n".join(BACKENDS.names()))
+    return 0
+
+
+def _bench_names(spec: str) -> list[str]:
+    from .benchmarks import builtin_benchmark_names
+
+    return builtin_benchmark_names() if spec == "all" else [b.strip() for b in spec.split(",") if b.strip()]
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .benchmarks import DataUnavailable, load_benchmark
+    from .judges import build_judge
+    from .runner import parse_shard, run_benchmark
+
+    console = Console(stderr=True)
+    shard = parse_shard(args.shard)
+    benches, skipped = [], []
+    for name in _bench_names(args.bench):
+        try:
+            benches.append(load_benchmark(name, args.data_dir, drop_reference=args.no_reference))
+        except DataUnavailable as exc:
+            if args.bench != "all":
+                raise SystemExit(f"error: {exc}") from None
+            skipped.append((name, str(exc)))
+    for name, reason in skipped:
+        console.print(f"[yellow]skipped {name}[/]: {reason}")
+    if not benches:
+        raise SystemExit("error: no benchmark data available (see the skipped reasons above)")
+
+    results = []
+    for judge_name in [j.strip() for j in args.judge.split(",") if j.strip()]:
+        judge = build_judge(judge_name, **judge_overrides(args))
+        for bench in benches:
+            columns = [TextColumn(f"{judge.name} × {bench.name}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TimeRemainingColumn()]
+            with Progress(*columns, console=console, transient=False) as bar:
+                total = len(bench.select(args.limit))
+                task = bar.add_task("judging", total=total)
+                result = run_benchmark(judge, bench, args.out, limit=args.limit, shard=shard,
+                                       batch_size=args.batch_size,
+                                       progress=lambda k: bar.advance(task, k))
+                bar.update(task, completed=total)
+            results.append(result)
+            if judge.model_note:
+                console.print(f"[red]NOTE[/] {judge.name}: {judge.model_note}")
+    print_summary(results, skipped)
+    return 0
+
+
+def print_summary(results, skipped) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="tract-eval summary")
+    for column in ("judge", "bench", "n", "pearson", "spearman", "kendall", "rmse",
+                   "accuracy / score", "parse fail", "new", "reused", "seconds"):
+        table.add_column(column, justify="right" if column not in ("judge", "bench") else "left")
+
+    def fmt(value) -> str:
+        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    for r in results:
+        m = r.metrics
+        if r.kind == "pairwise":
+            sections = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in m["sections"].items())
+            table.add_row(r.judge, r.bench, fmt(m["n_pairs"]), "", "", "", "",
+                          f"{fmt(m['score'])} ({sections})", fmt(m["parse_failures"]),
+                          str(r.new_samples), str(r.reused_samples), f"{r.seconds:.1f}")
+        else:
+            table.add_row(r.judge, r.bench, fmt(m["n"]), fmt(m["pearson"]), fmt(m["spearman"]), fmt(m["kendall"]),
+                          fmt(m["rmse"]), "", fmt(m["parse_failures"]),
+                          str(r.new_samples), str(r.reused_samples), f"{r.seconds:.1f}")
+    Console(width=200).print(table)
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}")
+
+
+def cmd_merge(args) -> int:
+    from .benchmarks import load_benchmark
+    from .runner import merge_shards
+
+    bench_name = args.run_dir.name
+    bench = load_benchmark(bench_name, args.data_dir)
+    json.dump(merge_shards(args.run_dir, bench), sys.stdout, indent=2)
+    print()
+    return 0

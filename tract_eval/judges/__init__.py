@@ -1,0 +1,40 @@
+"""Judges: built-in ones from YAML cards in ``judges/``, third-party ones from the
+``tract_eval.judges`` entry-point group (a Judge subclass with ``default_config()``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import JudgeConfig, builtin_judge_cards, load_judge_card
+from ..registry import Registry
+from .base import Judge
+
+JUDGES: Registry = Registry("judge", entry_point_group="tract_eval.judges")
+JUDGES.register("absolute")(Judge)
+
+
+def judge_names() -> list[str]:
+    """Built-in cards plus plugin judges (judge classes named by cards are not judges themselves)."""
+    return sorted(set(builtin_judge_cards()) | {n for n in JUDGES.names() if n != "absolute"})
+
+
+def load_judge_config(name_or_path: str) -> tuple[JudgeConfig, type[Judge]]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or name_or_path in builtin_judge_cards():
+        config = load_judge_card(name_or_path)
+        return config, JUDGES.get(config.judge_class)
+    if name_or_path in JUDGES:
+        cls = JUDGES.get(name_or_path)
+        return cls.default_config(), cls
+    raise KeyError(f"unknown judge {name_or_path!r}; known: {', '.join(judge_names())} (or a path to a YAML card)")
+
+
+def build_judge(name_or_path: str, backend=None, **overrides) -> Judge:
+    """A judge from a card name/path or a plugin name; ``overrides`` are JudgeConfig/sampling fields."""
+    config, cls = load_judge_config(name_or_path)
+    model_from_card = config.model is not None and overrides.get("model") is None
+    config = config.with_overrides(**overrides)
+    config.extra = {**config.extra, "model_from_card": model_from_card}
+    return cls(config, backend=backend)
+
+
+__all__ = ["JUDGES", "Judge", "build_judge", "judge_names", "load_judge_config"]
