@@ -12,7 +12,7 @@ _SCORE_MARKERS = re.compile(
 )
 # After the marker: optional brackets/quotes/spaces, then an integer that is not
 # the start of a fraction ("4/5" is fine, "4.5" is not an integer score).
-_NUMBER_AFTER_MARKER = re.compile(r"\s*[\(\[\"'*]*\s*(\d+)(?![\d.]\d)")
+_NUMBER_AFTER_MARKER = re.compile(r"\s*:?\s*[\(\[\"'*]*\s*(\d+)(?![\d.]\d)")
 
 
 def parse_score(text: str | None, scale: tuple[int, int] = (1, 5)) -> int | None:

@@ -14,8 +14,19 @@ def _transformers(model: str | None = None, **options) -> Backend:
     return TransformersBackend(model, device=options.get("device", "auto"), dtype=options.get("dtype", "auto"))
 
 
+_last: tuple[tuple, Backend] | None = None
+
+
 def create_backend(name: str, model: str | None = None, **options) -> Backend:
-    return BACKENDS.get(name)(model, **options)
+    """Build a backend; asking again for the same one reuses it (one model load per process)."""
+    global _last
+    key = (name, model, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    if _last is not None and _last[0] == key:
+        return _last[1]
+    _last = None  # drop the previous model before loading another
+    backend = BACKENDS.get(name)(model, **options)
+    _last = (key, backend)
+    return backend
 
 
 __all__ = ["BACKENDS", "Backend", "Completion", "GenerationRequest", "ScoreRequest", "create_backend"]

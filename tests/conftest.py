@@ -1,0 +1,30 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    path = Path(os.environ.get("TRACT_EVAL_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (path / "prometheus" / "vicuna_eval.json").is_file():
+        raise RuntimeError(f"shared benchmark data not found at {path}; set TRACT_EVAL_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def embedded_backend():
+    from tract_eval.backends import create_backend
+
+    return create_backend("transformers", None, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(embedded_backend):
+    return embedded_backend.tokenizer()

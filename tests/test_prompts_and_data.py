@@ -1,0 +1,110 @@
+import json
+
+import pytest
+
+from tract_eval.benchmarks import DataFormatError, DataUnavailable, load_benchmark
+from tract_eval.benchmarks.base import git_blob_id
+from tract_eval.prompts import GradingFields, PromptFormatError, parse_prometheus_prompt, render_prompt
+
+
+@pytest.mark.parametrize("name", ["vicuna_eval", "mt_bench_eval"])
+def test_sections_round_trip_every_shared_prompt(data_dir, name):
+    rows = json.loads((data_dir / "prometheus" / f"{name}.json").read_text())
+    assert len(rows) == 320
+    for row in rows:
+        fields = parse_prometheus_prompt(row["instruction"])
+        assert fields.reference_answer and fields.rubric.startswith("[")
+        assert "###" not in fields.rubric
+        assert render_prompt("prometheus_absolute", fields) == row["instruction"]
+
+
+def test_sections_of_one_prompt(data_dir):
+    row = json.loads((data_dir / "prometheus" / "vicuna_eval.json").read_text())[0]
+    fields = parse_prometheus_prompt(row["instruction"])
+    assert fields.instruction == "How can I improve my time management skills?"
+    assert fields.response.startswith("Improving your time management skills")
+    assert fields.reference_answer.startswith("To improve your time management skills")
+    assert fields.rubric.splitlines()[1].startswith("Score 1:")
+    assert fields.scale == (1, 5) and fields.feedback_label == "Feedback: "
+
+
+def test_prompt_without_reference_and_other_scale():
+    fields = GradingFields("Say hi.", "Hi!", "[Polite?]\nScore 1: no\nScore 2: yes", None, scale=(1, 2))
+    text = render_prompt("prometheus_absolute", fields)
+    assert "###Reference Answer" not in text and "between 1 and 2" in text
+    assert parse_prometheus_prompt(text) == fields
+
+
+@pytest.mark.parametrize("broken, problem", [
+    ("no headings at all", "Task Description"),
+    ("###Task Description:\nx\n\n###The instruction to evaluate:\nq\n\n###Score Rubrics:\nr\n\n###Feedback: ", "Response"),
+    ("###Task Description:\nx\n\n###The instruction to evaluate:\nq\n\n###Response to evaluate:\na\n\n###Score Rubrics:\nr", "Feedback"),
+])
+def test_malformed_prompts_say_what_is_missing(broken, problem):
+    with pytest.raises(PromptFormatError, match=problem):
+        parse_prometheus_prompt(broken)
+
+
+def test_gold_is_mean_of_gpt4_scores_and_checksums_verify(data_dir):
+    bench = load_benchmark("vicuna", data_dir)
+    raw = json.loads((data_dir / "prometheus" / "vicuna_eval.json").read_text())
+    assert len(bench.samples) == 320
+    for sample, row in zip(bench.samples, raw):
+        assert sample.gold == pytest.approx(sum(row["gpt4_score"]) / len(row["gpt4_score"]))
+    assert bench.located.checksums == {"vicuna_eval.json": "verified"}
+    assert len({s.id for s in bench.samples}) == 320
+
+
+def test_rewardbench_pairs_cover_sections_and_keep_ids_unique(data_dir):
+    bench = load_benchmark("rewardbench", data_dir)
+    assert len(bench.samples) == 2 * 2985
+    assert len({s.id for s in bench.samples}) == len(bench.samples)  # id 3692 repeats across subsets
+    first = bench.select(4)
+    assert [s.meta["side"] for s in first] == ["chosen", "rejected"] * 4
+    assert {s.meta["section"] for s in first} == {"Chat", "Chat Hard", "Reasoning", "Safety"}
+    assert bench.select(8)[:8] == first  # a larger limit extends the same prefix
+
+
+def test_hub_layout_and_malformed_rows_name_file_row_field(tmp_path):
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    good = {
+        "orig_instruction": "Write a haiku about rain.", "orig_response": "Rain taps the window.",
+        "orig_reference_answer": "Soft rain on the roof...", "orig_criteria": "Is it a haiku?",
+        **{f"orig_score{i}_description": f"level {i}" for i in range(1, 6)}, "orig_score": "4",
+    }
+    (folder / "feedback_collection_ood_test.json").write_text(json.dumps([good, {**good, "orig_score": 3}]))
+    bench = load_benchmark("feedback-bench", tmp_path)
+    assert [s.gold for s in bench.samples] == [4.0, 3.0]
+    assert bench.samples[0].fields.rubric == "[Is it a haiku?]\nScore 1: level 1\nScore 2: level 2\nScore 3: level 3\nScore 4: level 4\nScore 5: level 5"
+    assert bench.located.checksums["feedback_collection_ood_test.json"].startswith("UNKNOWN VERSION")
+
+    bad = dict(good)
+    del bad["orig_response"]
+    (folder / "feedback_collection_ood_test.json").write_text(json.dumps([good, bad]))
+    with pytest.raises(DataFormatError, match=r"feedback_collection_ood_test.json: row 2: field 'orig_response'"):
+        load_benchmark("feedback-bench", tmp_path)
+
+    (folder / "feedback_collection_ood_test.json").write_text(json.dumps([{**good, "orig_score": "n/a"}]))
+    with pytest.raises(DataFormatError, match=r"row 1: field 'gpt4_score/orig_score'|row 1: field 'orig_score'"):
+        load_benchmark("feedback-bench", tmp_path)
+
+
+def test_flask_rows_from_prometheus_format_and_jsonl(tmp_path, data_dir):
+    # FLASK ships in the same pre-formatted layout; one JSON object per line is accepted too
+    rows = json.loads((data_dir / "prometheus" / "mt_bench_eval.json").read_text())[:3]
+    (tmp_path / "prometheus").mkdir()
+    (tmp_path / "prometheus" / "flask_eval.json").write_text("\n".join(json.dumps(r) for r in rows))
+    bench = load_benchmark("flask", tmp_path)
+    assert [s.gold for s in bench.samples] == [pytest.approx(sum(r["gpt4_score"]) / 3) for r in rows]
+
+
+def test_unavailable_data_is_reported_not_crashed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("tract_eval.benchmarks.base.url_reachable", lambda url: False)
+    with pytest.raises(DataUnavailable, match="Feedback Bench"):
+        load_benchmark("feedback-bench", tmp_path)
+
+
+def test_git_blob_id_matches_git():
+    assert git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
