@@ -22,7 +22,8 @@ def data_dir() -> Path:
 def embedded_backend():
     from tract_eval.backends import create_backend
 
-    return create_backend("transformers", None, device="cpu", dtype="float32")
+    # the same options as a default CLI run, so in-process CLI tests reuse this one model load
+    return create_backend("transformers", None, device="auto", dtype="auto")
 
 
 @pytest.fixture(scope="session")

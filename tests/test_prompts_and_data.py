@@ -108,3 +108,17 @@ def test_unavailable_data_is_reported_not_crashed(tmp_path, monkeypatch):
 
 def test_git_blob_id_matches_git():
     assert git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_unreachable_hub_model_fails_fast_with_a_clear_message(monkeypatch):
+    import time
+
+    from tract_eval.models import ModelUnavailable, resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(ModelUnavailable, match="not in the Hugging Face cache"):
+        resolve_model("some-org/not-cached-model")
+    assert time.perf_counter() - started < 5
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        resolve_model("./no/such/model.gguf")

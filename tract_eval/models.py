@@ -35,6 +35,7 @@ class ModelSource:
     path: str  # HF id or local folder passed to from_pretrained
     gguf_file: str | None = None
     adapter: str | None = None  # a PEFT adapter folder to apply on top
+    local_files_only: bool = False  # a hub id found in the local HF cache while the hub is unreachable
 
     @property
     def is_local(self) -> bool:
@@ -63,4 +64,20 @@ def resolve_model(spec: str | None) -> ModelSource:
         return ModelSource(spec, str(path))
     if spec.startswith((".", "/", "~")):
         raise ModelUnavailable(f"model path {spec} does not exist")
-    return ModelSource(spec, spec)  # a hub id
+    return _hub_source(spec)
+
+
+def _hub_source(repo_id: str) -> ModelSource:
+    """A hub id: fine when the hub answers; else only if it is already in the local HF cache."""
+    from .hub import hub_reachable
+
+    if hub_reachable():
+        return ModelSource(repo_id, repo_id)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return ModelSource(repo_id, repo_id, local_files_only=True)
+    raise ModelUnavailable(
+        f"model {repo_id!r} is not a local path, not in the Hugging Face cache, and the hub is unreachable"
+    )

@@ -67,6 +67,8 @@ class TransformersBackend(Backend):
             dtype = "bfloat16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
         self.dtype = getattr(torch, dtype)
         kwargs = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
+        if self.source.local_files_only:
+            kwargs["local_files_only"] = True
         started = time.perf_counter()
         self._tokenizer = AutoTokenizer.from_pretrained(self.source.path, **kwargs)
         model_obj = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
