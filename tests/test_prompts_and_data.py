@@ -122,3 +122,12 @@ def test_unreachable_hub_model_fails_fast_with_a_clear_message(monkeypatch):
     assert time.perf_counter() - started < 5
     with pytest.raises(ModelUnavailable, match="does not exist"):
         resolve_model("./no/such/model.gguf")
+
+
+def test_ci_runs_the_readme_test_command():
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    block = readme.split("## Tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+    assert block and block in ci.splitlines()
