@@ -76,6 +76,8 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, vicuna):
     assert ids == [s.id for s in vicuna.samples[:10]] and len(set(ids)) == 10
     metrics = json.loads((tmp_path / "tract" / "vicuna" / "metrics.json").read_text())
     assert metrics["n"] == 10 and metrics["pearson"] is not None
+    assert metrics["generation"]["cots"] == 10 and metrics["generation"]["finish_reasons"] == {"delimiter": 10}
+    assert 0 < metrics["generation"]["mean_candidate_mass"] < 1
 
     # raising --limit reuses the finished samples
     backend = LengthBackend()

@@ -103,3 +103,18 @@ def pairwise_metrics(rows: list[dict], reasoning_code_prefix: str = "hep-", reas
         "parse_failures": sum(p["outcome"] is None for p in pairs.values()),
         "n_total": len(rows),
     }
+
+
+def generation_summary(rows: list[dict]) -> dict:
+    """How CoTs ended and how much probability the score candidates held, over all CoTs."""
+    reasons = [r for row in rows for r in row.get("finish_reasons", [])]
+    masses = [m for row in rows for m in row.get("candidate_mass", [])]
+    forced = [f for row in rows for f in row.get("forced", [])]
+    cuts = [c for row in rows for c in row.get("cut", [])]
+    out = {"cots": len(reasons), "finish_reasons": {k: reasons.count(k) for k in sorted(set(reasons))}}
+    if masses:
+        out["mean_candidate_mass"] = float(np.mean(masses))
+        out["delimiter_forced"] = sum(bool(f) for f in forced)
+        out["cut_at_marker"] = sum(bool(c) for c in cuts)
+    out["generated_tokens"] = int(sum(row.get("generated_tokens", 0) for row in rows))
+    return out

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .benchmarks import Benchmark, Sample
 from .judges import Judge
+from .metrics import generation_summary
 
 
 class RunConflict(RuntimeError):
@@ -220,7 +221,8 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
         })
         write_json_atomic(manifest_path, manifest)
     rows = [existing[s.id] for s in selected]
-    metrics = {"judge": judge.name, "bench": bench.name, "kind": bench.kind, **bench.metrics(rows)}
+    metrics = {"judge": judge.name, "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
+               "generation": generation_summary(rows)}
     write_json_atomic(target / METRICS, metrics)
     return RunResult(judge.name, bench.name, target, metrics, len(todo), len(selected) - len(todo),
                      time.perf_counter() - started, bench.kind)
@@ -253,6 +255,7 @@ def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
     manifest = dict(manifests[0], shard=None, merged_from=[str(d) for d in shard_dirs])
     manifest["sessions"] = [s for m in manifests for s in m.get("sessions", [])]
     write_json_atomic(bench_dir / MANIFEST, manifest)
-    metrics = {"judge": manifest["judge"]["name"], "bench": bench.name, "kind": bench.kind, **bench.metrics(rows)}
+    metrics = {"judge": manifest["judge"]["name"], "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
+               "generation": generation_summary(rows)}
     write_json_atomic(bench_dir / METRICS, metrics)
     return metrics
