@@ -1,0 +1,43 @@
+"""Model sources other than the embedded GGUF: a local folder (a tiny model built from a config)."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tract_eval.backends.transformers_backend import TransformersBackend
+from tract_eval.benchmarks import load_benchmark
+from tract_eval.judges import build_judge
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, embedded_tokenizer):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(embedded_tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    embedded_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_local_folder_model_runs_every_predictor(tiny_model_dir, data_dir):
+    backend = TransformersBackend(str(tiny_model_dir), device="cpu", dtype="float32")
+    assert backend.describe()["model_path"] == str(tiny_model_dir) and backend.describe()["gguf_file"] is None
+    samples = load_benchmark("vicuna", data_dir).select(2)
+    for name in ("tract", "rail", "ce-decode-cot"):
+        rows = build_judge(name, backend=backend, max_new_tokens=8, n_cot=2).judge(samples)
+        assert len(rows) == 2
+        if name != "ce-decode-cot":
+            assert all(1 <= r["prediction"] <= 5 for r in rows)
+            assert all(abs(sum(p.values()) - 1) < 1e-6 for r in rows for p in r["score_probs"])
+        else:  # a random model writes no verdict: counted as parse failures, never dropped
+            assert all(r["status"] in ("ok", "parse_failure") for r in rows)
+
+
+def test_bfloat16_weights_still_read_scores_in_float32(tiny_model_dir, data_dir):
+    backend = TransformersBackend(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    assert backend.model.dtype == torch.bfloat16
+    rows = build_judge("tract", backend=backend, max_new_tokens=6).judge(load_benchmark("vicuna", data_dir).select(1))
+    assert 1 <= rows[0]["prediction"] <= 5 and rows[0]["candidate_mass"][0] > 0
