@@ -1,0 +1,142 @@
+"""Training configuration: ``TrainingArguments`` plus the judge-training settings, filled from a YAML recipe.
+
+A recipe (``training/<name>.yaml``) is a mapping of ``TrainConfig`` fields; it may
+``extends:`` another recipe (same folder or a path) and override some of its
+keys. Command-line flags override the recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import TrainingArguments
+
+from ..cards import card_dir
+from .objectives import OBJECTIVES, SCORE_PROBS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    """TrainingArguments with the judge-training settings (defaults = the TRACT paper's recipe)."""
+
+    model: str | None = field(default=None, metadata={"help": "seed model; None = the embedded SmolLM2"})
+    judge: str = field(default="tract", metadata={"help": "judge card whose system prompt, delimiter and scale the "
+                                                          "training inputs use (the judge the model is trained for)"})
+    train_file: str | None = field(default=None, metadata={"help": "prepared JSONL (tract-eval train prepare)"})
+    objective: str = field(default="cot_raft", metadata={"help": f"one of {OBJECTIVES}"})
+    score_weight: float = field(default=1.0, metadata={"help": "lambda: weight of the squared score error"})
+    score_probs: str = field(default="raw", metadata={"help": f"one of {SCORE_PROBS}"})
+    two_stage: bool = field(default=False, metadata={"help": "TRACT: stage 1, self-generated CoTs, stage 2"})
+    limit: int | None = field(default=None, metadata={"help": "train on the first N rows"})
+    max_length: int = field(default=4096, metadata={"help": "longer rows are left out and reported"})
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target: str = "all-linear"
+    self_cot_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "CoT length for stage-2 data; None = the judge's sampling max_new_tokens"})
+    self_cot_batch_size: int = 8
+    # TrainingArguments defaults that differ for this use
+    output_dir: str | None = "models/tract"
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float | None = 0.1
+    num_train_epochs: float = 2.0
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 8
+    bf16: bool = True
+    logging_steps: float = 10
+    save_strategy: str = "steps"
+    save_steps: float = 500
+    save_total_limit: int | None = 2
+    report_to: str | list[str] | None = "none"
+    remove_unused_columns: bool = False
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.score_probs not in SCORE_PROBS:
+            raise ValueError(f"score_probs must be one of {SCORE_PROBS}, not {self.score_probs!r}")
+        if self.score_weight < 0:
+            raise ValueError("score_weight (lambda) must be >= 0")
+        if self.bf16:
+            self._choose_bf16_device()
+        super().__post_init__()
+
+    def _choose_bf16_device(self) -> None:
+        """bf16 autocast on a GPU that has it, else on the CPU where oneDNN supports it, else float32 (said aloud)."""
+        import torch
+
+        if not self.use_cpu and torch.cuda.is_available():
+            if torch.cuda.is_bf16_supported():
+                return
+            log.warning("this GPU has no bf16; training in float32")
+            self.bf16 = False
+            return
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            self.use_cpu = True  # TrainingArguments only allows bf16 without a GPU when told it is on the CPU
+            return
+        log.warning("this CPU has no bf16 support; training in float32")
+        self.bf16 = False
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = card_dir("training") / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training recipe {name_or_path!r} (looked for {path})")
+    return path
+
+
+def load_recipe(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
+    """The recipe's settings with its ``extends:`` chain resolved (later files win)."""
+    path = recipe_path(name_or_path).resolve()
+    if path in _seen:
+        raise ValueError(f"{path}: 'extends' loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a training recipe must be a mapping")
+    parent = data.pop("extends", None)
+    if parent:
+        parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
+        base = load_recipe(str(parent_path if parent_path.exists() else parent), _seen + (path,))
+        data = {**base, **data}
+    unknown = set(data) - TrainConfig.field_names()
+    if unknown:
+        raise ValueError(f"{path}: unknown training settings {sorted(unknown)}; see TrainConfig in "
+                         f"tract_eval/training/config.py")
+    return data
+
+
+def build_config(recipe: str | None, overrides: dict | None = None) -> TrainConfig:
+    """Recipe settings, then ``overrides`` (CLI flags; None values are ignored)."""
+    data = load_recipe(recipe) if recipe else {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in TrainConfig.field_names():
+            raise ValueError(f"unknown training setting {key!r}")
+        data[key] = value
+    try:
+        return TrainConfig(**data)
+    except (TypeError, ValueError) as exc:
+        where = f"recipe {recipe}" if recipe else "training settings"
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def config_dict(config: TrainConfig) -> dict:
+    """The settings that define a run (for summaries), JSON-ready."""
+    return {k: v for k, v in config.to_dict().items() if not k.startswith("_")}

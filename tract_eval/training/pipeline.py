@@ -1,0 +1,196 @@
+"""Training runs: one stage on prepared rows, self-generated CoTs, and TRACT's two-stage recipe.
+
+Layout of a two-stage run in ``OUT``::
+
+    OUT/stage1/            LoRA adapter trained on annotation CoTs (+ checkpoints/, training_summary.json)
+    OUT/stage1/merged/     the adapter merged into the seed weights (generates the stage-2 CoTs)
+    OUT/self_cot.jsonl     one self-generated CoT per training row, with the row's gold score
+    OUT/stage2/            LoRA adapter on the SEED model, trained on self_cot.jsonl: the TRACT judge
+
+A one-stage run writes its adapter to ``OUT`` itself. Every adapter folder is a
+valid ``--model`` for any judge. Each step is skipped when its output is
+complete and resumed (from the last checkpoint, or the last saved CoT) when not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from ..backends import GenerationRequest, create_backend
+from ..backends.base import render_chat_with_tokenizer
+from ..candidates import derive_score_candidates
+from ..config import JudgeConfig, load_judge_card
+from .data import TrainingRow, iter_jsonl, load_training_rows
+from .objectives import LeftPadCollator, chat_messages, encode_row
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "training_summary.json"
+
+
+def stage_complete(out_dir: str | Path) -> bool:
+    path = Path(out_dir) / SUMMARY
+    return path.is_file() and json.loads(path.read_text()).get("complete", False)
+
+
+def encode_rows(rows: list[TrainingRow], tokenizer, judge: JudgeConfig, objective: str, max_length: int):
+    """Token features for the rows that fit in ``max_length``; the ids of the others."""
+    candidates = derive_score_candidates(tokenizer, judge.delimiter, judge.scale)
+    features, too_long = [], []
+    for row in rows:
+        chat = render_chat_with_tokenizer(tokenizer, chat_messages(row.prompt, judge.system_prompt))
+        try:
+            feature = encode_row(tokenizer, chat, row.cot, row.score, candidates, objective, judge.cut_marker)
+        except ValueError as exc:
+            raise ValueError(f"training row {row.id}: {exc}") from exc
+        if len(feature["input_ids"]) > max_length:
+            too_long.append(row.id)
+            continue
+        features.append(feature)
+    return candidates, features, too_long
+
+
+def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir: str | Path | None = None) -> dict:
+    """Train a LoRA adapter on ``rows`` from ``config.model``; returns the run summary (also in OUT/training_summary.json)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .config import config_dict
+    from .trainer import ScoreTrainer, add_lora, load_seed, save_adapter, save_merged
+
+    out = Path(out_dir)
+    judge = load_judge_card(config.judge)
+    started = time.perf_counter()
+    source, tokenizer, model = load_seed(config.model)
+    load_seconds = time.perf_counter() - started
+    candidates, features, too_long = encode_rows(rows, tokenizer, judge, config.objective, config.max_length)
+    if too_long:
+        log.warning("%d of %d rows are longer than max_length=%d tokens and are left out: %s",
+                    len(too_long), len(rows), config.max_length, ", ".join(too_long[:10]))
+    if not features:
+        raise ValueError(f"no training row fits in max_length={config.max_length} tokens")
+    model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target)
+    checkpoints = out / "checkpoints"
+    args = dataclasses.replace(config, output_dir=str(checkpoints))
+    trainer = ScoreTrainer(
+        model=model, args=args, train_dataset=features,
+        data_collator=LeftPadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                      else tokenizer.eos_token_id),
+        candidates=candidates, objective=config.objective, score_weight=config.score_weight,
+        score_probs=config.score_probs,
+    )
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume:
+        log.warning("resuming %s from %s", out, resume)
+    train_started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - train_started
+    save_adapter(model, out, source)
+    if merged_dir is not None:
+        save_merged(model, tokenizer, merged_dir)
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    summary = {
+        "complete": True,
+        "adapter": str(out),
+        "merged": str(merged_dir) if merged_dir is not None else None,
+        "base_model": source.spec,
+        "judge": config.judge,
+        "objective": config.objective,
+        "score_weight": config.score_weight,
+        "score_probs": config.score_probs,
+        "rows": len(rows),
+        "rows_used": len(features),
+        "rows_too_long": too_long,
+        "candidates": candidates.to_dict(),
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_log": history[0] if history else None,
+        "last_log": history[-1] if history else None,
+        "log_history": trainer.state.log_history,
+        "resumed_from": resume,
+        "load_seconds": round(load_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+        "bf16": config.bf16,
+        "device": str(config.device),
+        "config": config_dict(config),
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def generate_self_cots(model: str | None, rows: list[TrainingRow], judge: JudgeConfig, out_path: str | Path,
+                       seed: int = 0, max_new_tokens: int | None = None, batch_size: int = 8) -> list[TrainingRow]:
+    """One CoT per row from ``model`` with the judge's sampling settings; the row keeps its gold score.
+
+    The model's own score after the CoT is discarded. Rows are appended to
+    ``out_path`` as each finishes, and rows already there are not generated again.
+    """
+    out_path = Path(out_path)
+    done: dict[str, dict] = {}
+    if out_path.is_file():
+        done = {record["id"]: record for record in iter_jsonl(out_path)}
+    pending = [row for row in rows if row.id not in done]
+    if pending:
+        backend = create_backend("transformers", model)
+        candidates = derive_score_candidates(backend.tokenizer(), judge.delimiter, judge.scale)
+        sampling = dataclasses.replace(judge.sampling)
+        if max_new_tokens is not None:
+            sampling.max_new_tokens = max_new_tokens
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "a") as fh:
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start:start + batch_size]
+                requests = [GenerationRequest(
+                    key=row.id,
+                    prompt=backend.render_chat(chat_messages(row.prompt, judge.system_prompt)),
+                    candidates=candidates,
+                    cut_marker=judge.cut_marker,
+                ) for row in batch]
+
+                def save(index: int, completions, batch=batch) -> None:
+                    row, completion = batch[index], completions[0]
+                    cot = completion.text[: len(completion.text) - len(candidates.bridge_text)]
+                    if not cot.endswith(judge.delimiter):
+                        raise RuntimeError(f"row {row.id}: generated CoT does not end with {judge.delimiter!r}")
+                    record = dataclasses.replace(row, cot=cot, meta={
+                        **row.meta,
+                        "annotation_cot": row.cot,
+                        "finish_reason": completion.finish_reason,
+                        "cut": completion.cut,
+                        "generated_tokens": completion.generated_tokens,
+                    }).to_dict()
+                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    fh.flush()
+                    done[row.id] = record
+
+                backend.generate(requests, sampling, seed, on_done=save)
+    return [TrainingRow(**done[row.id]) for row in rows]
+
+
+def run_recipe(config, data: str | Path, out_dir: str | Path) -> dict:
+    """One stage, or TRACT's two stages when ``config.two_stage``; returns {step: summary}."""
+    out = Path(out_dir)
+    judge = load_judge_card(config.judge)
+    rows = load_training_rows(data, judge.delimiter, judge.scale, config.limit)
+    if not config.two_stage:
+        return {"model": run_stage(config, rows, out)}
+    stage1 = out / "stage1"
+    summaries = {"stage1": run_stage(config, rows, stage1, merged_dir=stage1 / "merged")}
+    merged = stage1 / "merged"
+    started = time.perf_counter()
+    self_rows = generate_self_cots(str(merged if merged.is_dir() else stage1), rows, judge, out / "self_cot.jsonl",
+                                   seed=judge.seed, max_new_tokens=config.self_cot_max_new_tokens,
+                                   batch_size=config.self_cot_batch_size)
+    summaries["self_cot"] = {"rows": len(self_rows), "file": str(out / "self_cot.jsonl"),
+                             "seconds": round(time.perf_counter() - started, 2)}
+    summaries["stage2"] = run_stage(config, self_rows, out / "stage2")
+    return summaries
+
+
+def run_stage(config, rows, out: Path, merged_dir: Path | None = None) -> dict:
+    if stage_complete(out):  # a missing merged copy is fine: the adapter folder generates too, only slower to load
+        log.warning("%s is complete; skipping (delete it to train again)", out)
+        return json.loads((out / SUMMARY).read_text())
+    return train_stage(config, rows, out, merged_dir)
