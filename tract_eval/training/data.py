@@ -181,8 +181,8 @@ def _read_records(source: str) -> list[dict]:
                     data.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise TrainingDataError(f"{source}: line {number} is not JSON: {exc}") from exc
-        if isinstance(data, dict):
-            data = data.get("data", data.get("rows"))
+        if isinstance(data, dict):  # {"data": [...]} or a one-line JSONL file
+            data = data["data"] if isinstance(data.get("data"), list) else [data]
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise TrainingDataError(f"{source}: expected a JSON array of objects or JSONL")
         return data
