@@ -224,7 +224,7 @@ def _cmd_self_cot(args) -> int:
             merged = out / "stage1" / "merged"
             model = _option(args, "model") or str(merged if merged.is_dir() else out / "stage1")
             started = time.perf_counter()
-            written = generate_self_cots(model, rows, judge, out / "self_cot.jsonl", judge.seed,
+            written = generate_self_cots(model, rows, config.judge, out / "self_cot.jsonl",
                                          config.self_cot_max_new_tokens, config.self_cot_batch_size)
             _print_summary(f"{out} self-cot", {"file": str(out / "self_cot.jsonl"), "rows": len(written),
                                                "seconds": round(time.perf_counter() - started, 2)})

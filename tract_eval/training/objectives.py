@@ -98,11 +98,6 @@ def loss_terms(logits: torch.Tensor, labels: torch.Tensor, score_index: torch.Te
     return LossTerms(ce_sum, ce_tokens, se_sum, int(logits.shape[0]), expected)
 
 
-def chat_messages(prompt: str, system_prompt: str | None) -> list[dict]:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": prompt}]
-
-
 def encode_row(tokenizer, chat_text: str, cot: str, score: int, candidates: ScoreCandidates, objective: str,
                cut_marker: str | None = None) -> dict:
     """Token ids and CE labels of ``chat_text + CoT + bridge + score + EOS``.

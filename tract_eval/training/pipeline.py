@@ -19,12 +19,14 @@ import logging
 import time
 from pathlib import Path
 
-from ..backends import GenerationRequest, create_backend
 from ..backends.base import render_chat_with_tokenizer
+from ..benchmarks import Sample
 from ..candidates import derive_score_candidates
-from ..config import JudgeConfig, load_judge_card
-from .data import TrainingRow, iter_jsonl, load_training_rows
-from .objectives import LeftPadCollator, chat_messages, encode_row
+from ..config import load_judge_card
+from ..judges import Judge, build_judge
+from ..prompts import parse_prometheus_prompt
+from .data import TrainingDataError, TrainingRow, iter_jsonl, load_training_rows
+from .objectives import LeftPadCollator, encode_row
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +38,31 @@ def stage_complete(out_dir: str | Path) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("complete", False)
 
 
-def encode_rows(rows: list[TrainingRow], tokenizer, judge: JudgeConfig, objective: str, max_length: int):
-    """Token features for the rows that fit in ``max_length``; the ids of the others."""
-    candidates = derive_score_candidates(tokenizer, judge.delimiter, judge.scale)
+def row_sample(row: TrainingRow) -> Sample:
+    """A training row as the benchmark sample a judge grades (its prompt split back into fields)."""
+    try:
+        fields = parse_prometheus_prompt(row.prompt)
+    except ValueError as exc:
+        raise TrainingDataError(f"training row {row.id}: field 'prompt' is not a Prometheus grading prompt: {exc}")
+    return Sample(row.id, fields, float(row.score), dict(row.meta))
+
+
+def encode_rows(rows: list[TrainingRow], tokenizer, judge: Judge, objective: str, max_length: int):
+    """Token features for the rows that fit in ``max_length``; the ids of the others.
+
+    The model input is the judge's own (``Judge.messages`` through the chat
+    template), so training sees exactly what ``tract-eval run`` feeds.
+    """
+    if judge.response_prefix:
+        raise ValueError(f"judge {judge.name} starts its answer with {judge.response_prefix!r}; "
+                         "train a judge that writes a CoT or reads RAIL after the delimiter")
+    cfg = judge.config
+    candidates = derive_score_candidates(tokenizer, cfg.delimiter, cfg.scale)
     features, too_long = [], []
     for row in rows:
-        chat = render_chat_with_tokenizer(tokenizer, chat_messages(row.prompt, judge.system_prompt))
+        chat = render_chat_with_tokenizer(tokenizer, judge.messages(row_sample(row)))
         try:
-            feature = encode_row(tokenizer, chat, row.cot, row.score, candidates, objective, judge.cut_marker)
+            feature = encode_row(tokenizer, chat, row.cot, row.score, candidates, objective, cfg.cut_marker)
         except ValueError as exc:
             raise ValueError(f"training row {row.id}: {exc}") from exc
         if len(feature["input_ids"]) > max_length:
@@ -61,7 +80,7 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
     from .trainer import ScoreTrainer, add_lora, load_seed, save_adapter, save_merged
 
     out = Path(out_dir)
-    judge = load_judge_card(config.judge)
+    judge = build_judge(config.judge)  # builds inputs only: no backend is created
     started = time.perf_counter()
     source, tokenizer, model = load_seed(config.model)
     load_seconds = time.perf_counter() - started
@@ -120,12 +139,13 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
     return summary
 
 
-def generate_self_cots(model: str | None, rows: list[TrainingRow], judge: JudgeConfig, out_path: str | Path,
-                       seed: int = 0, max_new_tokens: int | None = None, batch_size: int = 8) -> list[TrainingRow]:
-    """One CoT per row from ``model`` with the judge's sampling settings; the row keeps its gold score.
+def generate_self_cots(model: str | None, rows: list[TrainingRow], judge_name: str, out_path: str | Path,
+                       max_new_tokens: int | None = None, batch_size: int = 8) -> list[TrainingRow]:
+    """One CoT per row from ``model``, written by the judge itself (its prompt and sampling settings).
 
-    The model's own score after the CoT is discarded. Rows are appended to
-    ``out_path`` as each finishes, and rows already there are not generated again.
+    The judge's score after the CoT is discarded: the row keeps its gold score.
+    Rows are appended to ``out_path`` as each finishes, and rows already there
+    are not generated again.
     """
     out_path = Path(out_path)
     done: dict[str, dict] = {}
@@ -133,39 +153,33 @@ def generate_self_cots(model: str | None, rows: list[TrainingRow], judge: JudgeC
         done = {record["id"]: record for record in iter_jsonl(out_path)}
     pending = [row for row in rows if row.id not in done]
     if pending:
-        backend = create_backend("transformers", model)
-        candidates = derive_score_candidates(backend.tokenizer(), judge.delimiter, judge.scale)
-        sampling = dataclasses.replace(judge.sampling)
-        if max_new_tokens is not None:
-            sampling.max_new_tokens = max_new_tokens
+        judge = build_judge(judge_name, model=model, max_new_tokens=max_new_tokens, n_cot=1)
+        if not judge.config.cot or judge.config.predictor != "rail":
+            raise ValueError(f"judge {judge.name} does not write a CoT before a RAIL readout; "
+                             "self-generated CoTs need one (e.g. --judge tract)")
+        delimiter, bridge = judge.config.delimiter, judge.candidates.bridge_text
+        by_id = {row.id: row for row in pending}
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a") as fh:
+            def save(prediction: dict) -> None:
+                row, text = by_id[prediction["id"]], prediction["cots"][0]
+                cot = text[: len(text) - len(bridge)] if bridge and text.endswith(bridge) else text
+                if not cot.endswith(delimiter):
+                    raise RuntimeError(f"row {row.id}: the generated CoT does not end with {delimiter!r}")
+                record = dataclasses.replace(row, cot=cot, meta={
+                    **row.meta,
+                    "annotation_cot": row.cot,
+                    "finish_reason": prediction["finish_reasons"][0],
+                    "cut": prediction["cut"][0],
+                    "generated_tokens": prediction["generated_tokens"],
+                    "discarded_prediction": prediction["prediction"],
+                }).to_dict()
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fh.flush()
+                done[row.id] = record
+
             for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
-                requests = [GenerationRequest(
-                    key=row.id,
-                    prompt=backend.render_chat(chat_messages(row.prompt, judge.system_prompt)),
-                    candidates=candidates,
-                    cut_marker=judge.cut_marker,
-                ) for row in batch]
-
-                def save(index: int, completions, batch=batch) -> None:
-                    row, completion = batch[index], completions[0]
-                    cot = completion.text[: len(completion.text) - len(candidates.bridge_text)]
-                    if not cot.endswith(judge.delimiter):
-                        raise RuntimeError(f"row {row.id}: generated CoT does not end with {judge.delimiter!r}")
-                    record = dataclasses.replace(row, cot=cot, meta={
-                        **row.meta,
-                        "annotation_cot": row.cot,
-                        "finish_reason": completion.finish_reason,
-                        "cut": completion.cut,
-                        "generated_tokens": completion.generated_tokens,
-                    }).to_dict()
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    done[row.id] = record
-
-                backend.generate(requests, sampling, seed, on_done=save)
+                judge.judge([row_sample(row) for row in pending[start:start + batch_size]], on_row=save)
     return [TrainingRow(**done[row.id]) for row in rows]
 
 
@@ -180,9 +194,8 @@ def run_recipe(config, data: str | Path, out_dir: str | Path) -> dict:
     summaries = {"stage1": run_stage(config, rows, stage1, merged_dir=stage1 / "merged")}
     merged = stage1 / "merged"
     started = time.perf_counter()
-    self_rows = generate_self_cots(str(merged if merged.is_dir() else stage1), rows, judge, out / "self_cot.jsonl",
-                                   seed=judge.seed, max_new_tokens=config.self_cot_max_new_tokens,
-                                   batch_size=config.self_cot_batch_size)
+    self_rows = generate_self_cots(str(merged if merged.is_dir() else stage1), rows, config.judge,
+                                   out / "self_cot.jsonl", config.self_cot_max_new_tokens, config.self_cot_batch_size)
     summaries["self_cot"] = {"rows": len(self_rows), "file": str(out / "self_cot.jsonl"),
                              "seconds": round(time.perf_counter() - started, 2)}
     summaries["stage2"] = run_stage(config, self_rows, out / "stage2")
