@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -158,8 +157,3 @@ def save_merged(peft_model, tokenizer, out_dir: str | Path) -> Path:
     merged.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out
-
-
-def finite(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
