@@ -168,3 +168,32 @@ def test_gradient_accumulation_normalises_over_the_whole_window(tmp_path):
     trainer._window = (tokens, len(singles))
     parts = sum(float(trainer.compute_loss(model, b)) for b in singles)
     assert parts == pytest.approx(whole, rel=1e-5)
+
+
+def test_checkpoints_resume(tmp_path):
+    """A LoRA run stopped after its first checkpoint continues from it (same step count, same final weights)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from tract_eval.training.config import TrainConfig
+    from tract_eval.training.trainer import ScoreTrainer, add_lora
+
+    features = [feature(p, c, s, "cot_raft") for p, c, s in ROWS] * 2
+
+    def run(out, max_steps, resume=None):
+        model = add_lora(tiny_model(), 4, 8, 0.0, "all-linear")
+        args = TrainConfig(output_dir=str(out), max_steps=max_steps, learning_rate=1e-2, warmup_ratio=0.0,
+                           per_device_train_batch_size=1, gradient_accumulation_steps=2, save_steps=1,
+                           logging_steps=1, bf16=False, use_cpu=True, seed=0, lr_scheduler_type="constant")
+        trainer = ScoreTrainer(model=model, args=args, train_dataset=features, data_collator=LeftPadCollator(0),
+                               candidates=CANDIDATES, objective="cot_raft")
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, {k: v.detach().clone() for k, v in model.named_parameters() if "lora" in k}
+
+    straight, weights = run(tmp_path / "a", 2)
+    run(tmp_path / "b", 1)
+    checkpoint = get_last_checkpoint(str(tmp_path / "b"))
+    assert checkpoint.endswith("checkpoint-1")
+    resumed, resumed_weights = run(tmp_path / "b", 2, resume=checkpoint)
+    assert resumed.state.global_step == 2
+    for name, value in weights.items():
+        assert torch.allclose(value, resumed_weights[name], atol=1e-6), name
