@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,9 @@ from tract_eval.training.data import (
 DELIM = "So the overall score is"
 
 
-def data_dir() -> Path:
-    env = os.environ.get("TRACT_EVAL_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def shared_file(name: str) -> Path:
-    path = data_dir() / "prometheus" / name
-    if not path.is_file():
-        pytest.skip(f"shared data file {path} is not available")
-    return path
+@pytest.fixture
+def shared_file(data_dir):
+    return lambda name: data_dir / "prometheus" / name
 
 
 def test_annotation_cot_formats_like_tract():
@@ -48,7 +40,7 @@ def test_split_feedback():
         split_feedback("Nice work. [RESULT] 9", (1, 5))
 
 
-def test_shared_files_give_one_row_per_feedback():
+def test_shared_files_give_one_row_per_feedback(shared_file):
     vicuna, mt_bench = shared_file("vicuna_eval.json"), shared_file("mt_bench_eval.json")
     prepared = prepare([str(vicuna), str(mt_bench)])
     assert len(prepared.rows) == 1920 and prepared.rejected == []
@@ -63,7 +55,7 @@ def test_shared_files_give_one_row_per_feedback():
     assert "[RESULT]" not in cut.cot and cut.score == 1
 
 
-def test_prometheus_rows_with_bad_annotations_are_reported(tmp_path):
+def test_prometheus_rows_with_bad_annotations_are_reported(tmp_path, shared_file):
     prompt = json.loads(shared_file("vicuna_eval.json").read_text())[0]["instruction"]
     records = [
         {"instruction": prompt, "gpt4_feedback": ["ok", "meh", "says [RESULT] 2"], "gpt4_score": [5, 7, 4]},
@@ -98,7 +90,7 @@ def feedback_collection_record(prompt: str, output: str) -> dict:
     return record
 
 
-def test_feedback_collection_jsonl(tmp_path):
+def test_feedback_collection_jsonl(tmp_path, shared_file):
     prompt = json.loads(shared_file("vicuna_eval.json").read_text())[0]["instruction"]
     records = [
         feedback_collection_record(prompt, "The response is thorough. [RESULT] 4"),

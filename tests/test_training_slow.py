@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -22,13 +20,10 @@ pytestmark = pytest.mark.slow
 DELIM = "So the overall score is"
 
 
-def shared_rows() -> list[TrainingRow]:
-    env = os.environ.get("TRACT_EVAL_DATA_DIR")
-    base = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    path = base / "prometheus" / "vicuna_eval.json"
-    if not path.is_file():
-        pytest.skip(f"shared data file {path} is not available")
-    return prepare([str(path)]).rows
+@pytest.fixture(scope="module")
+def shared_rows(data_dir) -> list[TrainingRow]:
+    """Vicuna Bench annotation CoTs: one row per GPT-4 feedback."""
+    return prepare([str(data_dir / "prometheus" / "vicuna_eval.json")]).rows
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +71,10 @@ def test_candidate_masking_matches_tokenizer(seed):
             assert set(labels) == {IGNORE}
 
 
-def test_training_input_is_the_judges_input(seed):
+def test_training_input_is_the_judges_input(seed, shared_rows):
     """encode_rows feeds exactly what `tract-eval run --judge tract` feeds before the CoT."""
     _, tokenizer, _ = seed
-    row = shared_rows()[0]
+    row = shared_rows[0]
     judge = build_judge("tract")
     _, features, _ = encode_rows([row], tokenizer, judge, "cot_raft", 8192)
     chat = render_chat_with_tokenizer(tokenizer, judge.messages(row_sample(row)), judge.response_prefix)
@@ -88,13 +83,13 @@ def test_training_input_is_the_judges_input(seed):
     assert judge.grading_prompt(row_sample(row).fields) == row.prompt
 
 
-def test_optimizer_steps_lower_the_loss(seed, tmp_path):
+def test_optimizer_steps_lower_the_loss(seed, shared_rows, tmp_path):
     from tract_eval.training.config import TrainConfig
     from tract_eval.training.trainer import ScoreTrainer, add_lora
 
     _, tokenizer, model = seed
     candidates = derive_score_candidates(tokenizer, DELIM, (1, 5))
-    feedback = [r.cot for r in shared_rows()[:2]]
+    feedback = [r.cot for r in shared_rows[:2]]
     features = []
     for i, (cot, score) in enumerate(zip(feedback, (5, 1))):
         chat = render_chat_with_tokenizer(tokenizer, [{"role": "user", "content": short_prompt(i)}])
@@ -121,12 +116,12 @@ def test_optimizer_steps_lower_the_loss(seed, tmp_path):
     assert len(logged) == 4 and all("ce_loss" in e and "score_loss" in e for e in logged)
 
 
-def test_two_stage_recipe_end_to_end(tmp_path):
+def test_two_stage_recipe_end_to_end(shared_rows, tmp_path):
     from tract_eval.backends import ScoreRequest, create_backend
     from tract_eval.training.config import build_config
     from tract_eval.training.pipeline import run_recipe
 
-    rows = sorted(shared_rows(), key=lambda r: len(r.prompt))[:16]  # the shortest prompts keep CPU time down
+    rows = sorted(shared_rows, key=lambda r: len(r.prompt))[:16]  # the shortest prompts keep CPU time down
     data = tmp_path / "stage1.jsonl"
     write_jsonl(data, (r.to_dict() for r in rows))
     config = build_config("tract", {"max_steps": 1, "gradient_accumulation_steps": 2, "logging_steps": 1,
