@@ -79,7 +79,7 @@ def register(subparsers) -> None:
                          help="Feedback Collection hub id or JSON/JSONL file, or a Prometheus file with "
                               "gpt4_feedback/gpt4_score lists; repeatable")
     prepare.add_argument("--out", required=True, help="output JSONL")
-    prepare.add_argument("--judge", default=DEFAULT_RECIPE, help="judge card giving the delimiter and scale")
+    prepare.add_argument("--judge", default="tract", help="judge card giving the delimiter and scale")
     prepare.add_argument("--limit", type=int)
     prepare.set_defaults(func=_cmd_prepare)
 
