@@ -81,3 +81,18 @@ def _hub_source(repo_id: str) -> ModelSource:
     raise ModelUnavailable(
         f"model {repo_id!r} is not a local path, not in the Hugging Face cache, and the hub is unreachable"
     )
+
+
+def load_kwargs(source: ModelSource) -> dict:
+    """``from_pretrained`` keyword arguments for a model source."""
+    kwargs: dict = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    if source.local_files_only:
+        kwargs["local_files_only"] = True
+    return kwargs
+
+
+def load_tokenizer(source: ModelSource):
+    """The Hugging Face tokenizer of a model source (from the GGUF's metadata for ``.gguf`` files)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.path, **load_kwargs(source))

@@ -1,6 +1,7 @@
 """The one small interface every backend implements."""
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
@@ -36,6 +37,9 @@ class Completion:
     cut: bool = False  # the CoT was cut at the cut marker (TRACT's fallback)
     # raw full-vocabulary log-probabilities of each candidate (by score), read after the text
     candidate_logprobs: dict[int, float] | None = None
+    # candidates a top-k readout did not return (OpenAI chat): absent from candidate_logprobs,
+    # so their probability is unknown and the others are renormalised without them
+    missing_candidates: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # every id after the prompt, forced ones included
 
 
@@ -79,6 +83,44 @@ class Backend(ABC):
 
     def describe(self) -> dict:
         return {"backend": self.name}
+
+
+def stream_seed(seed: int, key: str, index: int) -> int:
+    """The seed of continuation ``index`` of the request ``key``: batching and order never change it."""
+    digest = hashlib.sha256(f"{seed}\0{key}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def request_seed(seed: int, key: str) -> int:
+    """Seed of continuation 0 of a request on servers (vLLM, OpenAI-compatible): continuation ``i``
+    uses ``request_seed + i``, which is how vLLM seeds the ``n`` samples of one seeded request."""
+    return stream_seed(seed, key, 0) % (1 << 31)
+
+
+def exclusive_sequence_logprobs(totals: dict[int, float], candidates: ScoreCandidates) -> dict[int, float]:
+    """Multi-token candidates (e.g. "1" and "10"): log P(sequence) minus the mass of the longer
+    candidates it prefixes, so that "1" means "1 and then not 0"."""
+    import math
+
+    adjusted = {}
+    for score, seq in zip(candidates.scores, candidates.sequences):
+        longer = [totals[s] for s, other in zip(candidates.scores, candidates.sequences)
+                  if len(other) > len(seq) and other[: len(seq)] == seq]
+        p = math.exp(totals[score]) - sum(math.exp(v) for v in longer)
+        adjusted[score] = math.log(p) if p > 0 else float("-inf")
+    return adjusted
+
+
+def kept_prefix_length(decode: Callable[[list[int]], str], ids: list[int], kept_text: str) -> int:
+    """The largest prefix of ``ids`` whose text is a prefix of ``kept_text`` (where a cut CoT ends)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if kept_text.startswith(decode(ids[:mid])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def render_chat_with_tokenizer(tokenizer, messages: list[dict], response_prefix: str = "") -> str:

@@ -9,22 +9,17 @@ the tokens after the cut are masked out of the cache instead of recomputed.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
-from ..models import ModelSource, resolve_model
-from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, finish_cot, render_chat_with_tokenizer
+from ..models import ModelSource, load_kwargs, load_tokenizer, resolve_model
+from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, exclusive_sequence_logprobs, finish_cot,
+                   kept_prefix_length, render_chat_with_tokenizer, stream_seed)
 
 log = logging.getLogger(__name__)
-
-
-def _stream_seed(seed: int, key: str, index: int) -> int:
-    digest = hashlib.sha256(f"{seed}\0{key}\0{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass
@@ -57,7 +52,7 @@ class TransformersBackend(Backend):
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto"):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.source: ModelSource = resolve_model(model)
         if device == "auto":
@@ -66,11 +61,9 @@ class TransformersBackend(Backend):
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
         self.dtype = getattr(torch, dtype)
-        kwargs = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
-        if self.source.local_files_only:
-            kwargs["local_files_only"] = True
+        kwargs = load_kwargs(self.source)
         started = time.perf_counter()
-        self._tokenizer = AutoTokenizer.from_pretrained(self.source.path, **kwargs)
+        self._tokenizer = load_tokenizer(self.source)
         model_obj = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
         if self.source.adapter:
             from peft import PeftModel
@@ -178,8 +171,6 @@ class TransformersBackend(Backend):
 
     def _sequence_logprobs(self, first_logprobs, context_ids: list[int], candidates: ScoreCandidates) -> dict[int, float]:
         """Multi-token candidates (e.g. "10"): log P(sequence), minus the mass of longer candidates it prefixes."""
-        import math
-
         import torch
 
         totals: dict[int, float] = {}
@@ -191,13 +182,7 @@ class TransformersBackend(Backend):
                 steps = torch.log_softmax(logits, dim=-1)
                 total += float(sum(steps[i, tok] for i, tok in enumerate(seq[1:])))
             totals[score] = total
-        adjusted = {}
-        for score, seq in zip(candidates.scores, candidates.sequences):
-            longer = [totals[s] for s, other in zip(candidates.scores, candidates.sequences)
-                      if len(other) > len(seq) and other[: len(seq)] == seq]
-            p = math.exp(totals[score]) - sum(math.exp(v) for v in longer)
-            adjusted[score] = math.log(p) if p > 0 else float("-inf")
-        return adjusted
+        return exclusive_sequence_logprobs(totals, candidates)
 
     def _sample(self, logits, streams: list[_Stream], seen, sampling: SamplingConfig):
         """Repetition penalty (HF semantics), temperature, top-p, then one draw per row from its own stream."""
@@ -246,7 +231,7 @@ class TransformersBackend(Backend):
         streams: list[_Stream] = []
         for request_index, (req, prompt) in enumerate(zip(requests, prompts)):
             for i in range(req.n):
-                gen = torch.Generator().manual_seed(_stream_seed(seed, req.key, req.first_index + i))
+                gen = torch.Generator().manual_seed(stream_seed(seed, req.key, req.first_index + i))
                 streams.append(_Stream(req, request_index, i, len(streams), gen, prompt))
         vocab = logits.shape[-1]
         seen = torch.zeros((len(streams), vocab), dtype=torch.bool, device=self.device)
@@ -343,7 +328,7 @@ class TransformersBackend(Backend):
         text = self.decode(s.generated)
         kept_text, forced_text, cut = finish_cot(text, candidates.delimiter, s.request.cut_marker)
         s.cut = cut
-        s.kept = self._kept_tokens(s.generated, kept_text) if cut else len(s.generated)
+        s.kept = kept_prefix_length(self.decode, s.generated, kept_text) if cut else len(s.generated)
         if cut:  # the cut may fall inside a token: force the text between the boundary and the cut
             forced_text = kept_text[len(self.decode(s.generated[: s.kept])):] + forced_text
         s.forced_text = forced_text
@@ -354,17 +339,6 @@ class TransformersBackend(Backend):
             s.mask_back = fed - s.kept
             s.queue = list(s.forced_ids)
         s.forcing = True
-
-    def _kept_tokens(self, generated: list[int], kept_text: str) -> int:
-        """The largest prefix of ``generated`` whose text is a prefix of ``kept_text``."""
-        lo, hi = 0, len(generated)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if kept_text.startswith(self.decode(generated[:mid])):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
 
     def _complete(self, s: _Stream, candidate_logprobs: dict[int, float] | None = None) -> None:
         ids = s.generated[: s.kept] + s.forced_ids if s.forcing else list(s.generated)
