@@ -1,0 +1,75 @@
+"""GGUF -> plain safetensors folder, cached: for engines that cannot read GGUF (vLLM on CPU).
+
+    python -m tract_eval.conversion [MODEL.gguf] [--cache-dir DIR]    # prints the folder
+
+With no file it converts the embedded SmolLM2 GGUF. The weights are dequantised by transformers
+(``GgufConfig(dequantize=True)``), copied into a fresh model of the same config and saved with the
+tokenizer; a folder is reused while the GGUF's path, size and modification time are unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from .models import ModelSource, load_tokenizer, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TRACT_EVAL_CACHE", "~/.cache/tract-eval")).expanduser() / "gguf-safetensors"
+
+
+def safetensors_from_gguf(source: ModelSource, cache_dir: str | Path | None = None) -> Path:
+    """The folder holding ``source``'s GGUF as float32 safetensors (converted once, then reused)."""
+    if not source.gguf_file:
+        raise ValueError(f"{source.spec} is not a GGUF model")
+    gguf = Path(source.path) / source.gguf_file
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = Path(cache_dir or default_cache_dir()) / f"{gguf.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+
+    import torch
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    log.warning("converting %s to safetensors in %s (once)", gguf, out)
+    tokenizer = load_tokenizer(source)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        source.path, gguf_file=source.gguf_file, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True))
+    # a fresh model of the same config carries no GGUF quantization settings into config.json
+    model = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k not in getattr(model, "_tied_weights_keys", {})]:
+        raise RuntimeError(f"GGUF conversion of {gguf}: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    partial = out.with_name(out.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(out)  # atomic: a killed conversion never leaves a half folder behind as `out`
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process finished first
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tract_eval.conversion", description=__doc__.split("\n")[0])
+    parser.add_argument("gguf", nargs="?", help="a .gguf file (default: the embedded SmolLM2)")
+    parser.add_argument("--cache-dir", help=f"where converted folders live (default {default_cache_dir()})")
+    args = parser.parse_args(argv)
+    print(safetensors_from_gguf(resolve_model(args.gguf), args.cache_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
