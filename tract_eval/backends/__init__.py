@@ -14,6 +14,29 @@ def _transformers(model: str | None = None, **options) -> Backend:
     return TransformersBackend(model, device=options.get("device", "auto"), dtype=options.get("dtype", "auto"))
 
 
+def _not_for(backend: str, options: dict, *names: str) -> dict:
+    """Drop judge settings that do not apply to ``backend`` while they hold their default ("auto")."""
+    for name in names:
+        value = options.pop(name, "auto")
+        if value not in (None, "auto"):
+            raise ValueError(f"{name}={value!r} does not apply to the {backend} backend (the server decides)")
+    return options
+
+
+@BACKENDS.register("openai")
+def _openai(model: str | None = None, **options) -> Backend:
+    from .openai_backend import OpenAIBackend  # the openai client loads only when asked for
+
+    return OpenAIBackend(model, **_not_for("openai", dict(options), "device", "dtype"))
+
+
+@BACKENDS.register("vllm")
+def _vllm(model: str | None = None, **options) -> Backend:
+    from .vllm_backend import VLLMBackend  # vllm loads only when asked for (it lives in its own venv)
+
+    return VLLMBackend(model, **_not_for("vllm", dict(options), "device"))
+
+
 _last: tuple[tuple, Backend] | None = None
 
 

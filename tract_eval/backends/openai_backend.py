@@ -1,0 +1,419 @@
+"""OpenAI-compatible servers: OpenAI, ``vllm serve``, llama.cpp's server and others speaking the same API.
+
+Two score readouts, chosen per judge (``mode``) and reported by ``describe()``:
+
+* ``continue`` (servers that take a raw prompt, e.g. vLLM and llama.cpp): the chat template is
+  applied here, each CoT is sampled from ``/completions`` with a stop at the delimiter, then one
+  ``max_tokens=1`` request after prompt + CoT + delimiter + bridge reads the candidates'
+  log-probabilities: exactly with vLLM's ``logprob_token_ids``, else from the top-k, asking
+  llama.cpp again for the whole vocabulary when a candidate is not in the top-k.
+* ``single`` (chat-only APIs such as OpenAI's): one chat request per CoT; the score is read from
+  ``top_logprobs`` at the score token after the last delimiter, renormalised over the candidates
+  present; the candidates missing from the top-k are recorded.
+
+Requests run concurrently (bounded) with the openai client's retries: exponential backoff with
+jitter (Retry-After honoured) on 408/409/429/5xx, timeouts and dropped connections. The API key is
+read from an environment variable and never stored in ``describe()`` or logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from ..candidates import ScoreCandidates
+from ..config import SamplingConfig
+from ..models import load_tokenizer, resolve_model
+from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, exclusive_sequence_logprobs,
+                   finish_cot, render_chat_with_tokenizer, request_seed)
+
+log = logging.getLogger(__name__)
+
+MODES = ("continue", "single")
+SERVERS = ("vllm", "llama.cpp", "openai")
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+# /models "owned_by" of the servers we know; anything else is treated as the OpenAI API
+_OWNERS = {"vllm": "vllm", "me": "llama.cpp", "llamacpp": "llama.cpp"}
+
+
+@dataclass
+class Usage:
+    calls: int = 0  # API calls made (each may take several HTTP attempts)
+    http_attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.http_attempts - self.calls)
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+
+    def __init__(self, model: str | None = None, *, base_url: str | None = None, api_key_env: str | None = None,
+                 mode: str = "continue", api_model: str | None = None, tokenizer: str | None = None,
+                 server: str = "auto", concurrency: int = 8, max_retries: int = 6, timeout: float = 600.0,
+                 top_logprobs: int = 20, prices: dict | None = None):
+        import openai
+
+        if mode not in MODES:
+            raise ValueError(f"openai backend: mode must be one of {MODES}, not {mode!r}")
+        if server not in SERVERS + ("auto",):
+            raise ValueError(f"openai backend: server must be 'auto' or one of {SERVERS}, not {server!r}")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0 or top_logprobs < 1:
+            raise ValueError("openai backend: concurrency >= 1, max_retries >= 0, timeout > 0, top_logprobs >= 1")
+        self.mode = mode
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self.api_key_env = api_key_env or DEFAULT_KEY_ENV
+        api_key = os.environ.get(self.api_key_env)
+        if api_key is None:
+            if api_key_env:  # named explicitly: it must be there
+                raise ValueError(f"openai backend: environment variable {api_key_env} (api_key_env) is not set")
+            log.info("%s is not set: sending no API key (fine for local servers)", DEFAULT_KEY_ENV)
+        self._api_key = api_key or "no-key"  # the client insists on a value; local servers ignore it
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout = float(timeout)
+        self.top_logprobs = top_logprobs
+        self.usage = Usage()
+        self.notes: list[str] = []
+        self._chats: dict[str, tuple[list[dict], str]] = {}  # rendered text -> chat, for single mode
+
+        # A short synchronous look at the server: which one it is and which model it serves.
+        sync_client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout,
+                                    max_retries=self.max_retries)
+        try:
+            served = list(sync_client.models.list())
+        except openai.OpenAIError as exc:
+            raise ConnectionError(f"openai backend: cannot list models at {self.base_url}/models: {exc}") from exc
+        finally:
+            sync_client.close()
+        self.server = server if server != "auto" else self._detect_server(served)
+        self.api_model = api_model or self._pick_model(model, served)
+        source = resolve_model(tokenizer or model)
+        try:
+            self._tokenizer = load_tokenizer(source)
+        except OSError as exc:
+            raise ValueError(
+                f"openai backend: no tokenizer for {source.spec!r} ({exc}); set the backend option "
+                "'tokenizer' to a Hugging Face tokenizer (id or folder) of the served model"
+            ) from exc
+        self.tokenizer_source = source.spec
+        self.prices = self._price_for(prices)
+
+    # -- setup helpers --------------------------------------------------------------
+    @staticmethod
+    def _detect_server(served) -> str:
+        owners = {getattr(m, "owned_by", None) for m in served}
+        for owner in owners:
+            if owner in _OWNERS:
+                return _OWNERS[owner]
+        return "openai"
+
+    def _pick_model(self, model: str | None, served) -> str:
+        ids = [m.id for m in served]
+        if model and model in ids:
+            return model
+        if len(ids) == 1:
+            return ids[0]
+        if model and not resolve_model(model).is_local:
+            return model  # e.g. a hosted model the listing does not show
+        raise ValueError(f"openai backend: {self.base_url} serves {ids}; name one with the option api_model")
+
+    def _price_for(self, prices: dict | None) -> dict | None:
+        """``prices``: {model name: {"prompt": USD per 1M tokens, "completion": USD per 1M tokens}}."""
+        if not prices:
+            return None
+        entry = prices.get(self.api_model)
+        if entry is None:
+            raise ValueError(f"openai backend: prices has no entry for model {self.api_model!r} "
+                             f"(entries: {sorted(prices)})")
+        missing = {"prompt", "completion"} - set(entry)
+        if missing:
+            raise ValueError(f"openai backend: prices[{self.api_model!r}] lacks {sorted(missing)} (USD per 1M tokens)")
+        return {"prompt": float(entry["prompt"]), "completion": float(entry["completion"])}
+
+    # -- interface -----------------------------------------------------------------
+    def tokenizer(self):
+        return self._tokenizer
+
+    def render_chat(self, messages: list[dict], response_prefix: str = "") -> str:
+        text = render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
+        if self.mode == "single":
+            self._chats[text] = (messages, response_prefix)
+        return text
+
+    def describe(self) -> dict:
+        usage = self.usage
+        cost = None
+        if self.prices:
+            cost = round((usage.prompt_tokens * self.prices["prompt"]
+                          + usage.completion_tokens * self.prices["completion"]) / 1e6, 6)
+        return {
+            "backend": self.name,
+            "base_url": self.base_url,
+            "server": self.server,
+            "api_model": self.api_model,
+            "tokenizer": self.tokenizer_source,
+            "mode": self.mode,
+            "api_key_env": self.api_key_env,  # the name only, never the key
+            "concurrency": self.concurrency,
+            "max_retries": self.max_retries,
+            "timeout": self.timeout,
+            "top_logprobs": self.top_logprobs,
+            "usage": {"calls": usage.calls, "retries": usage.retries, "prompt_tokens": usage.prompt_tokens,
+                      "completion_tokens": usage.completion_tokens},
+            "prices_usd_per_million": self.prices,
+            "cost_usd": cost,
+            "notes": list(self.notes),
+        }
+
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+                 on_done: OnDone | None = None) -> list[list[Completion]]:
+        async def one(index: int, request: GenerationRequest) -> list[Completion]:
+            async with self._samples:
+                if self.mode == "single":
+                    completions = await self._single(request, sampling, seed)
+                else:
+                    completions = await self._continue(request, sampling, seed)
+            if on_done:
+                on_done(index, completions)
+            return completions
+
+        return self._run([lambda i=i, r=r: one(i, r) for i, r in enumerate(requests)])
+
+    def score(self, requests: list[ScoreRequest]) -> list[Completion]:
+        if self.mode != "continue":
+            raise ValueError("openai backend: reading a score after a supplied CoT needs mode 'continue' "
+                             "(a chat API cannot continue a given text)")
+
+        async def one(request: ScoreRequest) -> Completion:
+            async with self._samples:
+                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker)
+                text = kept + forced + request.candidates.bridge_text
+                logprobs, missing = await self._candidate_logprobs(request.prompt + text, request.candidates)
+            return Completion(text=text, finish_reason="forced", generated_tokens=0, forced_text=forced, cut=cut,
+                              candidate_logprobs=logprobs, missing_candidates=missing)
+
+        return self._run([lambda r=r: one(r) for r in requests])
+
+    # -- async plumbing --------------------------------------------------------------
+    def _run(self, jobs):
+        async def main():
+            import openai
+
+            self._samples = asyncio.Semaphore(self.concurrency)  # samples in flight
+            self._calls = asyncio.Semaphore(self.concurrency)  # HTTP calls in flight
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self._api_key, timeout=self.timeout, max_retries=self.max_retries,
+                http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [self._count_attempt]}),
+            )
+            tasks = [asyncio.ensure_future(job()) for job in jobs]
+            try:
+                return await asyncio.gather(*tasks)
+            finally:  # one request failed for good: stop the rest (what finished was already handed over)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._client.close()
+
+        return asyncio.run(main())
+
+    async def _count_attempt(self, _request) -> None:
+        self.usage.http_attempts += 1
+
+    async def _call(self, endpoint: str, **body):
+        import openai
+
+        async with self._calls:
+            self.usage.calls += 1
+            create = self._client.completions.create if endpoint == "completions" else self._client.chat.completions.create
+            try:
+                response = await create(model=self.api_model, **body)
+            except openai.OpenAIError as exc:
+                raise RuntimeError(f"openai backend: {endpoint} request to {self.base_url} failed after "
+                                   f"{self.max_retries} retries: {exc}") from exc
+        if response.usage is not None:
+            self.usage.prompt_tokens += response.usage.prompt_tokens or 0
+            self.usage.completion_tokens += response.usage.completion_tokens or 0
+        return response
+
+    # -- sampling parameters -----------------------------------------------------------
+    def _sampling_body(self, sampling: SamplingConfig) -> dict:
+        body = {"max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p}
+        extra: dict = {}
+        penalty = sampling.repetition_penalty
+        if self.server == "vllm":
+            extra = {"repetition_penalty": penalty}
+        elif self.server == "llama.cpp":
+            # llama.cpp's own defaults (top_k 40, min_p 0.05) would change the paper's sampling
+            extra = {"repeat_penalty": penalty, "top_k": 0, "min_p": 0.0}
+            if penalty != 1.0:
+                self._note("llama.cpp applies repeat_penalty to its last 64 tokens only, not to the whole "
+                           "context as transformers and vLLM do")
+        elif penalty != 1.0:
+            self._note(f"repetition_penalty {penalty} not applied: the OpenAI API has no such parameter")
+        if extra:
+            body["extra_body"] = extra
+        return body
+
+    def _raw_prompt_extra(self) -> dict:
+        # the prompt already carries the chat template's special tokens: add no BOS of our own
+        return {"add_special_tokens": False} if self.server == "vllm" else {}
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            log.warning("openai backend: %s", text)
+            self.notes.append(text)
+
+    # -- continue mode -----------------------------------------------------------------
+    async def _continue(self, request: GenerationRequest, sampling: SamplingConfig, seed: int) -> list[Completion]:
+        base_seed = request_seed(seed, request.key) + request.first_index
+        body = self._sampling_body(sampling)
+        candidates = request.candidates
+        if candidates is not None:
+            body["stop"] = [candidates.delimiter]
+        body.setdefault("extra_body", {}).update(self._raw_prompt_extra())
+        if self.server == "vllm":
+            body["extra_body"]["return_token_ids"] = True
+            # one call, n samples: vLLM gives sample i the seed base_seed + i, as the offline engine does
+            response = await self._call("completions", prompt=request.prompt, n=request.n, seed=base_seed, **body)
+            choices = sorted(response.choices, key=lambda c: c.index)
+            samples = [(c, len(c.token_ids or [])) for c in choices]
+        else:
+            responses = await asyncio.gather(*[
+                self._call("completions", prompt=request.prompt, n=1, seed=base_seed + i, **body)
+                for i in range(request.n)])
+            samples = [(r.choices[0], r.usage.completion_tokens if r.usage else self.count_tokens(r.choices[0].text))
+                       for r in responses]
+        return list(await asyncio.gather(*[self._finish_continue(request, c, n) for c, n in samples]))
+
+    def _stopped_at_delimiter(self, choice, generated_tokens: int, delimiter: str) -> bool:
+        if choice.finish_reason != "stop":
+            return False
+        stop_reason = getattr(choice, "stop_reason", None)
+        if stop_reason is not None or self.server == "vllm":
+            return stop_reason == delimiter
+        # Servers that do not say why they stopped (llama.cpp): a stop string was hit when tokens
+        # were generated beyond the returned text (the stop string's own); at EOS there are none.
+        return generated_tokens - self.count_tokens(choice.text) >= 2
+
+    async def _finish_continue(self, request: GenerationRequest, choice, generated_tokens: int) -> Completion:
+        text = choice.text
+        candidates = request.candidates
+        token_ids = list(getattr(choice, "token_ids", None) or [])
+        if candidates is None:
+            reason = {"stop": "eos", "length": "length"}.get(choice.finish_reason, choice.finish_reason)
+            return Completion(text=text, finish_reason=reason, generated_tokens=generated_tokens, token_ids=token_ids)
+        at_delimiter = self._stopped_at_delimiter(choice, generated_tokens, candidates.delimiter)
+        if at_delimiter:
+            text += candidates.delimiter
+        reason = "delimiter" if at_delimiter else ("length" if choice.finish_reason == "length" else "eos")
+        kept, forced, cut = finish_cot(text, candidates.delimiter, request.cut_marker)
+        full = kept + forced + candidates.bridge_text
+        logprobs, missing = await self._candidate_logprobs(request.prompt + full, candidates)
+        return Completion(text=full, finish_reason=reason, generated_tokens=generated_tokens, forced_text=forced,
+                          cut=cut, candidate_logprobs=logprobs, missing_candidates=missing, token_ids=token_ids)
+
+    async def _candidate_logprobs(self, context: str, candidates: ScoreCandidates) -> tuple[dict[int, float], list[int]]:
+        """Raw log-probabilities of each candidate after ``context`` (which ends with delimiter + bridge)."""
+        if candidates.single_token:
+            found = await self._next_token_logprobs(context, candidates.first_token_ids)
+            logprobs = {s: found[seq[0]] for s, seq in zip(candidates.scores, candidates.sequences) if seq[0] in found}
+            return logprobs, [s for s in candidates.scores if s not in logprobs]
+        # token sequences (e.g. "10"): chain readouts, one per distinct prefix
+        prefixes = {seq[:j] for seq in candidates.sequences for j in range(len(seq))}
+        readouts = dict(zip(prefixes, await asyncio.gather(*[
+            self._next_token_logprobs(context + self._tokenizer.decode(list(p)),
+                                      sorted({seq[len(p)] for seq in candidates.sequences if seq[:len(p)] == p}))
+            for p in prefixes])))
+        totals, missing = {}, []
+        for score, seq in zip(candidates.scores, candidates.sequences):
+            steps = [readouts[seq[:j]].get(seq[j]) for j in range(len(seq))]
+            if any(step is None for step in steps):
+                missing.append(score)
+            else:
+                totals[score] = sum(steps)
+        if missing:  # cannot subtract an unknown mass of longer candidates
+            return totals, missing
+        return exclusive_sequence_logprobs(totals, candidates), []
+
+    async def _next_token_logprobs(self, context: str, wanted: list[int]) -> dict[int, float]:
+        """Full-vocabulary log-probabilities of the ``wanted`` token ids after ``context`` (those the server gives)."""
+        body = {"prompt": context, "max_tokens": 1, "temperature": 0.0}
+        if self.server == "vllm":
+            body.update(logprobs=1, extra_body={**self._raw_prompt_extra(), "logprob_token_ids": list(wanted),
+                                                "return_tokens_as_token_ids": True})
+            top = (await self._call("completions", **body)).choices[0].logprobs.top_logprobs[0]
+            return {int(key.split(":", 1)[1]): value for key, value in top.items() if int(key.split(":", 1)[1]) in wanted}
+        strings = {self._tokenizer.decode([i]): i for i in wanted}
+        found = await self._top_logprobs_by_string(body, self.top_logprobs, strings)
+        if len(found) < len(wanted) and self.server == "llama.cpp":
+            # llama.cpp returns any number of alternatives: ask for the whole vocabulary once
+            found = await self._top_logprobs_by_string(body, len(self._tokenizer), strings)
+        return found
+
+    async def _top_logprobs_by_string(self, body: dict, k: int, strings: dict[str, int]) -> dict[int, float]:
+        top = (await self._call("completions", logprobs=k, **body)).choices[0].logprobs.top_logprobs[0] or {}
+        return {strings[text]: value for text, value in top.items() if text in strings}
+
+    # -- single mode -----------------------------------------------------------------
+    async def _single(self, request: GenerationRequest, sampling: SamplingConfig, seed: int) -> list[Completion]:
+        try:
+            messages, prefix = self._chats[request.prompt]
+        except KeyError:
+            raise ValueError("openai backend, mode 'single': the prompt was not built by this backend's "
+                             "render_chat, so there is no chat to send") from None
+        messages = list(messages)
+        body = self._sampling_body(sampling)
+        if prefix:  # servers that can continue an assistant turn (vLLM); OpenAI rejects it loudly
+            messages.append({"role": "assistant", "content": prefix})
+            body.setdefault("extra_body", {}).update(continue_final_message=True, add_generation_prompt=False)
+        if request.candidates is not None:
+            body.update(logprobs=True, top_logprobs=self.top_logprobs)
+        base_seed = request_seed(seed, request.key) + request.first_index
+        responses = await asyncio.gather(*[
+            self._call("chat", messages=messages, n=1, seed=base_seed + i, **body) for i in range(request.n)])
+        return [self._read_single(request, r) for r in responses]
+
+    def _read_single(self, request: GenerationRequest, response) -> Completion:
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        generated = response.usage.completion_tokens if response.usage else self.count_tokens(text)
+        reason = {"stop": "eos", "length": "length"}.get(choice.finish_reason, choice.finish_reason)
+        candidates = request.candidates
+        if candidates is None:
+            return Completion(text=text, finish_reason=reason, generated_tokens=generated)
+        tokens = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        found = _score_token_after_delimiter(tokens, candidates.delimiter)
+        if found is None:  # no delimiter followed by a token: nothing to read
+            return Completion(text=text, finish_reason=reason, generated_tokens=generated, candidate_logprobs=None)
+        offset, token = found
+        probs: dict[int, float] = {}
+        for alternative in token.top_logprobs or []:
+            label = alternative.token.strip()
+            for score in candidates.scores:
+                if label == str(score):  # " 4" and "4" both spell 4: add them up
+                    probs[score] = probs.get(score, 0.0) + math.exp(alternative.logprob)
+        logprobs = {s: math.log(p) for s, p in probs.items()}
+        return Completion(text=text[:offset], finish_reason="delimiter", generated_tokens=generated,
+                          candidate_logprobs=logprobs, missing_candidates=[s for s in candidates.scores if s not in probs])
+
+
+def _score_token_after_delimiter(tokens, delimiter: str):
+    """``(text offset, token)`` of the first non-blank token after the last delimiter, or None."""
+    text = "".join(t.token for t in tokens)
+    end = text.rfind(delimiter)
+    if end < 0:
+        return None
+    end += len(delimiter)
+    offset = 0
+    for token in tokens:
+        start, offset = offset, offset + len(token.token)
+        if offset > end and token.token[max(0, end - start):].strip():
+            return start, token
+    return None

@@ -1,0 +1,207 @@
+"""vLLM offline engine: one ``vllm.LLM`` per run, prefix caching on, tensor parallel for big models.
+
+CoT-RAIL takes two engine calls per batch: one ``generate`` where each request samples its ``n``
+CoTs (``SamplingParams.n``: the prompt is prefilled once) and stops at the delimiter, then one
+batch of token-id prompts (prompt ids + CoT ids + delimiter ids + bridge ids) with
+``max_tokens=1`` that returns exactly the candidates' log-probabilities
+(``SamplingParams.logprob_token_ids``); on a vLLM without it, the top-k log-probabilities, with
+the candidates outside them recorded as missing. The readout prompts share their prefix with the
+CoT requests, so prefix caching serves most of them from the cache.
+
+vLLM on CPU cannot read GGUF: a ``.gguf`` model is converted once to a cached safetensors folder
+(``tract_eval.conversion``). Scores are read in float32 unless ``dtype`` says otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from ..candidates import ScoreCandidates
+from ..config import SamplingConfig
+from ..conversion import safetensors_from_gguf
+from ..models import load_tokenizer, resolve_model
+from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, exclusive_sequence_logprobs,
+                   finish_cot, kept_prefix_length, render_chat_with_tokenizer, request_seed)
+
+log = logging.getLogger(__name__)
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, model: str | None = None, *, dtype: str = "auto", tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+                 enable_prefix_caching: bool = True, conversion_cache_dir: str | None = None,
+                 engine_options: dict | None = None):
+        import vllm
+
+        self.source = resolve_model(model)
+        if self.source.adapter:
+            raise ValueError(f"vllm backend: {self.source.spec} is a LoRA adapter; merge it into its base model "
+                             "first (or use the transformers backend)")
+        self.model_path = str(safetensors_from_gguf(self.source, conversion_cache_dir)) if self.source.gguf_file \
+            else self.source.path
+        self.dtype = "float32" if dtype == "auto" else dtype  # bf16 probabilities come out coarse
+        self.tensor_parallel_size = int(tensor_parallel_size)
+        self.enable_prefix_caching = bool(enable_prefix_caching)
+        options = dict(engine_options or {})
+        if max_model_len:
+            options["max_model_len"] = int(max_model_len)
+        if gpu_memory_utilization:
+            options["gpu_memory_utilization"] = float(gpu_memory_utilization)
+        self.engine_options = options
+        started = time.perf_counter()
+        self._tokenizer = load_tokenizer(resolve_model(self.model_path))
+        self.llm = vllm.LLM(model=self.model_path, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
+                            enable_prefix_caching=self.enable_prefix_caching, seed=0, **options)
+        self.load_seconds = time.perf_counter() - started
+        self.vllm_version = vllm.__version__
+        self._exact_readout = "logprob_token_ids" in vllm.SamplingParams.__struct_fields__
+        self.max_logprobs = self.llm.llm_engine.model_config.max_logprobs
+        self._eos_ids = {i for i in (self._tokenizer.eos_token_id,) if i is not None}
+        self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0}
+
+    # -- interface -----------------------------------------------------------------
+    def tokenizer(self):
+        return self._tokenizer
+
+    def render_chat(self, messages: list[dict], response_prefix: str = "") -> str:
+        return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.name,
+            "model": self.source.spec,
+            "model_path": self.model_path,
+            "converted_from_gguf": self.source.gguf_file,
+            "dtype": self.dtype,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "engine_options": self.engine_options,
+            "readout": "logprob_token_ids (exact)" if self._exact_readout else f"top-{self.max_logprobs} logprobs",
+            "vllm_version": self.vllm_version,
+            "load_seconds": round(self.load_seconds, 2),
+            "engine_tokens": dict(self.stats),
+        }
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+                 on_done: OnDone | None = None) -> list[list[Completion]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        prompts = [self.encode(r.prompt) for r in requests]
+        params = []
+        for request in requests:
+            stop = [request.candidates.delimiter] if request.candidates is not None else None
+            params.append(SamplingParams(
+                n=request.n,
+                # vLLM seeds sample i with seed + i: the same streams as the OpenAI backend against `vllm serve`
+                seed=request_seed(seed, request.key) + request.first_index,
+                temperature=sampling.temperature, top_p=sampling.top_p,
+                repetition_penalty=sampling.repetition_penalty, max_tokens=sampling.max_new_tokens,
+                stop=stop, include_stop_str_in_output=True, skip_special_tokens=False))
+        outputs = self._run([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+
+        results: list[list[Completion]] = []
+        readouts: list[tuple[int, int, list[int], ScoreCandidates]] = []  # (request, sample, context ids, candidates)
+        for r, (request, prompt_ids, output) in enumerate(zip(requests, prompts, outputs)):
+            completions = []
+            for i, sample in enumerate(sorted(output.outputs, key=lambda o: o.index)):
+                completion, readout_ids = self._finish_cot(request, prompt_ids, sample)
+                completions.append(completion)
+                if readout_ids is not None:
+                    readouts.append((r, i, prompt_ids + readout_ids, request.candidates))
+            results.append(completions)
+        for (r, i, _, _), logprobs in zip(readouts, self._readout([(ids, c) for _, _, ids, c in readouts])):
+            results[r][i].candidate_logprobs, results[r][i].missing_candidates = logprobs
+        if on_done:
+            for r, completions in enumerate(results):
+                on_done(r, completions)
+        return results
+
+    def score(self, requests: list[ScoreRequest]) -> list[Completion]:
+        completions, contexts = [], []
+        for request in requests:
+            kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker)
+            cot_ids = self.encode(kept + forced) + list(request.candidates.bridge_ids)
+            contexts.append((self.encode(request.prompt) + cot_ids, request.candidates))
+            completions.append(Completion(text=kept + forced + request.candidates.bridge_text, finish_reason="forced",
+                                          generated_tokens=0, forced_text=forced, cut=cut, token_ids=cot_ids))
+        for completion, (logprobs, missing) in zip(completions, self._readout(contexts)):
+            completion.candidate_logprobs, completion.missing_candidates = logprobs, missing
+        return completions
+
+    # -- internals -----------------------------------------------------------------
+    def _run(self, prompts, params):
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        for output in outputs:
+            self.stats["prompt_tokens"] += len(output.prompt_token_ids or [])
+            self.stats["cached_prompt_tokens"] += output.num_cached_tokens or 0
+            self.stats["generated_tokens"] += sum(len(o.token_ids) for o in output.outputs)
+        return outputs
+
+    def _finish_cot(self, request: GenerationRequest, prompt_ids: list[int], sample):
+        """The Completion of one sampled CoT, and (for RAIL) the ids to read the score after."""
+        ids = [t for t in sample.token_ids if t not in self._eos_ids]
+        candidates = request.candidates
+        text_of = lambda tail: self.decode(prompt_ids + tail)[len(self.decode(prompt_ids)):]  # noqa: E731
+        if candidates is None:
+            reason = "length" if sample.finish_reason == "length" else "eos"
+            return Completion(text=text_of(ids), finish_reason=reason, generated_tokens=len(sample.token_ids),
+                              token_ids=ids), None
+        generated_text = text_of(ids)
+        if sample.stop_reason == candidates.delimiter:
+            reason = "delimiter"
+            # the stop can fall inside a token: keep the text up to the delimiter only
+            generated_text = generated_text[: generated_text.index(candidates.delimiter) + len(candidates.delimiter)]
+        else:
+            reason = "length" if sample.finish_reason == "length" else "eos"
+        kept_text, forced_text, cut = finish_cot(generated_text, candidates.delimiter, request.cut_marker)
+        kept = kept_prefix_length(self.decode, ids, kept_text)
+        forced_text = kept_text[len(text_of(ids[:kept])):] + forced_text  # a cut inside a token: force the rest
+        forced_ids = (self.encode(forced_text) if forced_text else []) + list(candidates.bridge_ids)
+        readout_ids = ids[:kept] + forced_ids
+        return Completion(text=text_of(readout_ids), finish_reason=reason, generated_tokens=len(sample.token_ids),
+                          forced_text=forced_text, cut=cut, token_ids=readout_ids), readout_ids
+
+    def _readout(self, contexts: list[tuple[list[int], ScoreCandidates]]) -> list[tuple[dict[int, float], list[int]]]:
+        """One engine call: the candidates' raw log-probabilities after each context (ids)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        jobs = []  # (context index, prefix of candidate ids, next ids wanted)
+        for c, (ids, candidates) in enumerate(contexts):
+            prefixes = sorted({seq[:j] for seq in candidates.sequences for j in range(len(seq))})
+            for prefix in prefixes:
+                wanted = sorted({seq[len(prefix)] for seq in candidates.sequences if seq[:len(prefix)] == prefix})
+                jobs.append((c, prefix, wanted))
+        prompts, params = [], []
+        for c, prefix, wanted in jobs:
+            prompts.append(TokensPrompt(prompt_token_ids=contexts[c][0] + list(prefix)))
+            if self._exact_readout:
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(wanted),
+                                             logprob_token_ids=wanted))
+            else:
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.max_logprobs))
+        outputs = self._run(prompts, params) if prompts else []
+        steps: dict[tuple[int, tuple], dict[int, float]] = {}
+        for (c, prefix, wanted), output in zip(jobs, outputs):
+            first = output.outputs[0].logprobs[0]
+            steps[(c, prefix)] = {t: first[t].logprob for t in wanted if t in first}
+        results = []
+        for c, (_, candidates) in enumerate(contexts):
+            totals, missing = {}, []
+            for score, seq in zip(candidates.scores, candidates.sequences):
+                parts = [steps[(c, seq[:j])].get(seq[j]) for j in range(len(seq))]
+                if any(p is None for p in parts):
+                    missing.append(score)
+                else:
+                    totals[score] = sum(parts)
+            if not candidates.single_token and not missing:
+                totals = exclusive_sequence_logprobs(totals, candidates)
+            results.append((totals, missing))
+        return results
