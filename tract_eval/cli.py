@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # feature module not present in this build
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):  # feature not in this build
                 continue
             raise
         module.register(subparsers)

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .backends.options import add_backend_flags, backend_options_from_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("list", help="list judges, benchmarks or backends")
@@ -50,6 +52,7 @@ def add_judge_overrides(p: argparse.ArgumentParser) -> None:
                    help="RAIL over raw candidate probabilities as in the paper (default: renormalised)")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
+    add_backend_flags(p)
 
 
 def judge_overrides(args) -> dict:
@@ -59,6 +62,7 @@ def judge_overrides(args) -> dict:
         "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "renormalize": False if args.raw_probs else None,
         "parse_failure_policy": args.parse_failure_policy, "fallback_score": args.fallback_score,
+        "backend_options": backend_options_from_args(args),
     }
 
 

@@ -53,13 +53,17 @@ class VLLMBackend(Backend):
         started = time.perf_counter()
         self._tokenizer = load_tokenizer(resolve_model(self.model_path))
         self.llm = vllm.LLM(model=self.model_path, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
-                            enable_prefix_caching=self.enable_prefix_caching, seed=0, **options)
+                            enable_prefix_caching=self.enable_prefix_caching, seed=0,
+                            disable_log_stats=False,  # keeps the engine's token counters for describe()
+                            **options)
         self.load_seconds = time.perf_counter() - started
         self.vllm_version = vllm.__version__
         self._exact_readout = "logprob_token_ids" in vllm.SamplingParams.__struct_fields__
         self.max_logprobs = self.llm.llm_engine.model_config.max_logprobs
         self._eos_ids = {i for i in (self._tokenizer.eos_token_id,) if i is not None}
-        self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0}
+        # engine token counters per phase: prompt tokens, those served from the prefix cache, generated
+        self.stats = {phase: {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0}
+                      for phase in ("cot", "readout")}
 
     # -- interface -----------------------------------------------------------------
     def tokenizer(self):
@@ -81,7 +85,7 @@ class VLLMBackend(Backend):
             "readout": "logprob_token_ids (exact)" if self._exact_readout else f"top-{self.max_logprobs} logprobs",
             "vllm_version": self.vllm_version,
             "load_seconds": round(self.load_seconds, 2),
-            "engine_tokens": dict(self.stats),
+            "engine_tokens": {phase: dict(counts) for phase, counts in self.stats.items()},
         }
 
     def encode(self, text: str) -> list[int]:
@@ -105,7 +109,7 @@ class VLLMBackend(Backend):
                 temperature=sampling.temperature, top_p=sampling.top_p,
                 repetition_penalty=sampling.repetition_penalty, max_tokens=sampling.max_new_tokens,
                 stop=stop, include_stop_str_in_output=True, skip_special_tokens=False))
-        outputs = self._run([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+        outputs = self._run([TokensPrompt(prompt_token_ids=p) for p in prompts], params, "cot")
 
         results: list[list[Completion]] = []
         readouts: list[tuple[int, int, list[int], ScoreCandidates]] = []  # (request, sample, context ids, candidates)
@@ -137,12 +141,17 @@ class VLLMBackend(Backend):
         return completions
 
     # -- internals -----------------------------------------------------------------
-    def _run(self, prompts, params):
+    def _counters(self) -> dict[str, float]:
+        names = {"vllm:prompt_tokens": "prompt_tokens", "vllm:prompt_tokens_cached": "cached_prompt_tokens",
+                 "vllm:generation_tokens": "generated_tokens"}
+        return {names[m.name]: m.value for m in self.llm.get_metrics() if m.name in names}
+
+    def _run(self, prompts, params, phase: str):
+        before = self._counters()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        for output in outputs:
-            self.stats["prompt_tokens"] += len(output.prompt_token_ids or [])
-            self.stats["cached_prompt_tokens"] += output.num_cached_tokens or 0
-            self.stats["generated_tokens"] += sum(len(o.token_ids) for o in output.outputs)
+        after = self._counters()
+        for key in self.stats[phase]:
+            self.stats[phase][key] += int(after.get(key, 0) - before.get(key, 0))
         return outputs
 
     def _finish_cot(self, request: GenerationRequest, prompt_ids: list[int], sample):
@@ -187,7 +196,7 @@ class VLLMBackend(Backend):
                                              logprob_token_ids=wanted))
             else:
                 params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.max_logprobs))
-        outputs = self._run(prompts, params) if prompts else []
+        outputs = self._run(prompts, params, "readout") if prompts else []
         steps: dict[tuple[int, tuple], dict[int, float]] = {}
         for (c, prefix, wanted), output in zip(jobs, outputs):
             first = output.outputs[0].logprobs[0]

@@ -32,8 +32,11 @@ def build_judge(name_or_path: str, backend=None, **overrides) -> Judge:
     """A judge from a card name/path or a plugin name; ``overrides`` are JudgeConfig/sampling fields."""
     config, cls = load_judge_config(name_or_path)
     model_from_card = config.model is not None and overrides.get("model") is None
+    backend_options = overrides.pop("backend_options", None) or {}  # flags win over the card's
     config = config.with_overrides(**overrides)
     config.extra = {**config.extra, "model_from_card": model_from_card}
+    if backend_options:
+        config.extra["backend_options"] = {**config.extra.get("backend_options", {}), **backend_options}
     return cls(config, backend=backend)
 
 

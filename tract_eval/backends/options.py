@@ -1,0 +1,38 @@
+"""Command-line flags for backend options; the judge card keeps them under ``extra.backend_options``."""
+from __future__ import annotations
+
+import argparse
+
+# flag -> backend option (None = not given, keep the card's value)
+_FLAGS = {
+    "base_url": ("--base-url", str, "openai: server URL, e.g. http://127.0.0.1:8000/v1"),
+    "api_key_env": ("--api-key-env", str, "openai: environment variable holding the API key (never logged)"),
+    "api_model": ("--api-model", str, "openai: model name sent to the server (default: the one it serves)"),
+    "mode": ("--openai-mode", str, "openai: score readout 'continue' (raw-prompt servers) or 'single' (chat APIs)"),
+    "concurrency": ("--concurrency", int, "openai: requests in flight"),
+    "max_retries": ("--max-retries", int, "openai: retries per request (429/5xx/timeouts/dropped connections)"),
+    "timeout": ("--request-timeout", float, "openai: seconds per request"),
+    "tensor_parallel_size": ("--tensor-parallel-size", int, "vllm: GPUs one model is split over"),
+}
+
+
+def add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backend options (default: the card's extra.backend_options)")
+    for option, (flag, kind, help_text) in _FLAGS.items():
+        group.add_argument(flag, dest=f"backend_{option}", metavar=option.upper(), type=kind, default=None,
+                           help=help_text)
+    group.add_argument("--backend-option", dest="backend_extra", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other backend option, value read as YAML (repeatable), "
+                            "e.g. engine_options={enforce_eager: true}")
+
+
+def backend_options_from_args(args: argparse.Namespace) -> dict:
+    import yaml
+
+    options = {o: getattr(args, f"backend_{o}") for o in _FLAGS if getattr(args, f"backend_{o}", None) is not None}
+    for item in getattr(args, "backend_extra", []) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: --backend-option takes KEY=VALUE, not {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
