@@ -31,6 +31,8 @@ def load_judge_config(name_or_path: str) -> tuple[JudgeConfig, type[Judge]]:
 def build_judge(name_or_path: str, backend=None, **overrides) -> Judge:
     """A judge from a card name/path or a plugin name; ``overrides`` are JudgeConfig/sampling fields."""
     config, cls = load_judge_config(name_or_path)
+    if isinstance(backend, str):  # `--backend NAME` is the judge setting, not a Backend instance
+        overrides["backend"], backend = backend, None
     model_from_card = config.model is not None and overrides.get("model") is None
     backend_options = overrides.pop("backend_options", None) or {}  # flags win over the card's
     config = config.with_overrides(**overrides)
