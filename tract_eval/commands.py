@@ -115,7 +115,7 @@ def cmd_run(args) -> int:
     if not benches:
         raise SystemExit("error: no benchmark data available (see the skipped reasons above)")
 
-    results = []
+    results, usage_lines = [], []
     for judge_name in [j.strip() for j in args.judge.split(",") if j.strip()]:
         judge = build_judge(judge_name, **judge_overrides(args))
         for bench in benches:
@@ -131,8 +131,25 @@ def cmd_run(args) -> int:
             results.append(result)
             if judge.model_note:
                 console.print(f"[red]NOTE[/] {judge.name}: {judge.model_note}")
+        usage_lines.extend(_usage_line(judge))
     print_summary(results, skipped)
+    for line in usage_lines:
+        print(line)
     return 0
+
+
+def _usage_line(judge) -> list[str]:
+    """API backends: calls, retries, tokens and cost of this process (also in each manifest)."""
+    if judge._backend is None:
+        return []
+    described = judge.backend.describe()
+    usage = described.get("usage")
+    if not usage:
+        return []
+    cost = described.get("cost_usd")
+    return [f"{judge.name} via {described.get('backend')}: {usage['calls']} calls, {usage['retries']} retries, "
+            f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens"
+            + (f", cost ${cost:.4f}" if cost is not None else " (no price table: cost not computed)")]
 
 
 def print_summary(results, skipped) -> None:
