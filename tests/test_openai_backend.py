@@ -214,3 +214,34 @@ def test_cli_run_killed_midway_resumes_without_loss(llama_server, tmp_path, data
     assert backend["usage"]["calls"] >= 2 * (4 - len(kept)) and backend["usage"]["completion_tokens"] > 0
     for text in (manifest_text, stdout.decode(), stderr.decode(), predictions.read_text()):
         assert secret not in text
+
+
+@pytest.mark.slow
+def test_single_mode_reads_top_logprobs_after_the_delimiter(llama_server):
+    """Chat API, one request per CoT. SmolLM2 answers "The overall score is N." to this prompt,
+    so that phrase is the delimiter here; the reading must equal a continue-mode readout of the
+    same text from the same server."""
+    from tract_eval.candidates import derive_score_candidates
+    from tract_eval.config import SamplingConfig
+    from tract_eval.models import embedded_model_path
+
+    served_id = str(embedded_model_path())  # llama.cpp names the model by its path
+    single = create_backend("openai", None, base_url=llama_server, mode="single", top_logprobs=20,
+                            prices={served_id: {"prompt": 0.5, "completion": 1.5}})
+    continuing = create_backend("openai", None, base_url=llama_server)
+    candidates = derive_score_candidates(single.tokenizer(), "The overall score is")
+    prompt = single.render_chat([{"role": "user", "content": "Say: So the overall score is 4"}])
+    out = single.generate([GenerationRequest(key="q", prompt=prompt, n=2, candidates=candidates)],
+                          SamplingConfig(temperature=0.0, max_new_tokens=16), seed=0)[0]
+    for completion in out:
+        assert completion.finish_reason == "delimiter" and completion.text.endswith("The overall score is ")
+        assert set(completion.candidate_logprobs) | set(completion.missing_candidates) == set(candidates.scores)
+        reference = continuing.score([ScoreRequest(prompt, completion.text.rstrip(), candidates)])[0]
+        ours, theirs = _renormalised(completion.candidate_logprobs), _renormalised(reference.candidate_logprobs)
+        assert max(abs(ours[s] - theirs[s]) for s in ours) <= PROB_TOLERANCE
+    described = single.describe()
+    usage = described["usage"]
+    assert described["mode"] == "single" and usage["calls"] == 2
+    assert described["cost_usd"] == pytest.approx((usage["prompt_tokens"] * 0.5 + usage["completion_tokens"] * 1.5) / 1e6)
+    with pytest.raises(ValueError, match="mode 'continue'"):
+        single.score([ScoreRequest(prompt, "x", candidates)])
