@@ -123,6 +123,31 @@ def kept_prefix_length(decode: Callable[[list[int]], str], ids: list[int], kept_
     return lo
 
 
+def readout_after_sampled_ids(tokenizer, prompt_ids: list[int], ids: list[int], finish_reason: str,
+                              stopped_at_delimiter: bool, candidates: ScoreCandidates,
+                              cut_marker: str | None) -> tuple[str, str, bool, list[int]]:
+    """TRACT's cut/append rule on the ids an engine sampled (vLLM, offline or served).
+
+    Returns ``(text, forced_text, cut, readout_ids)``: the ids after the prompt to read the score
+    after (kept CoT ids + forced delimiter ids + bridge ids) and their text.
+    """
+    decode = lambda tail: tokenizer.decode(tail, skip_special_tokens=False)  # noqa: E731
+    if finish_reason == "stop" and not stopped_at_delimiter and ids and ids[-1] in tokenizer.all_special_ids:
+        ids = ids[:-1]  # the end-of-sequence token
+    prompt_text = decode(prompt_ids)
+    text_of = lambda tail: decode(prompt_ids + tail)[len(prompt_text):]  # noqa: E731
+    generated_text = text_of(ids)
+    delimiter = candidates.delimiter
+    if stopped_at_delimiter:  # the stop can fall inside a token: keep the text up to the delimiter
+        generated_text = generated_text[: generated_text.index(delimiter) + len(delimiter)]
+    kept_text, forced_text, cut = finish_cot(generated_text, delimiter, cut_marker)
+    kept = kept_prefix_length(decode, ids, kept_text)
+    forced_text = kept_text[len(text_of(ids[:kept])):] + forced_text  # a cut inside a token: force the rest
+    forced_ids = list(tokenizer(forced_text, add_special_tokens=False)["input_ids"]) if forced_text else []
+    readout_ids = ids[:kept] + forced_ids + list(candidates.bridge_ids)
+    return text_of(readout_ids), forced_text, cut, readout_ids
+
+
 def render_chat_with_tokenizer(tokenizer, messages: list[dict], response_prefix: str = "") -> str:
     """The chat template applied with the assistant turn opened, plus an optional response prefix.
 

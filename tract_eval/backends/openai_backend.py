@@ -28,7 +28,7 @@ from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
 from ..models import load_tokenizer, resolve_model
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, exclusive_sequence_logprobs,
-                   finish_cot, render_chat_with_tokenizer, request_seed)
+                   finish_cot, readout_after_sampled_ids, render_chat_with_tokenizer, request_seed)
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,10 @@ class OpenAIBackend(Backend):
             async with self._samples:
                 kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker)
                 text = kept + forced + request.candidates.bridge_text
-                logprobs, missing = await self._candidate_logprobs(request.prompt + text, request.candidates)
+                # vLLM takes token ids: encode prompt and CoT apart, exactly as the other backends do
+                context = (self._encode(request.prompt) + self._encode(kept + forced) + list(request.candidates.bridge_ids)
+                           if self.server == "vllm" else request.prompt + text)
+                logprobs, missing = await self._candidate_logprobs(context, request.candidates)
             return Completion(text=text, finish_reason="forced", generated_tokens=0, forced_text=forced, cut=cut,
                               candidate_logprobs=logprobs, missing_candidates=missing)
 
@@ -310,17 +313,31 @@ class OpenAIBackend(Backend):
             reason = {"stop": "eos", "length": "length"}.get(choice.finish_reason, choice.finish_reason)
             return Completion(text=text, finish_reason=reason, generated_tokens=generated_tokens, token_ids=token_ids)
         at_delimiter = self._stopped_at_delimiter(choice, generated_tokens, candidates.delimiter)
-        if at_delimiter:
-            text += candidates.delimiter
         reason = "delimiter" if at_delimiter else ("length" if choice.finish_reason == "length" else "eos")
-        kept, forced, cut = finish_cot(text, candidates.delimiter, request.cut_marker)
-        full = kept + forced + candidates.bridge_text
-        logprobs, missing = await self._candidate_logprobs(request.prompt + full, candidates)
+        if self.server == "vllm" and getattr(choice, "token_ids", None) is not None:
+            # read after the very ids the server sampled, as the offline engine does
+            full, forced, cut, readout_ids = readout_after_sampled_ids(
+                self._tokenizer, self._encode(request.prompt), token_ids, choice.finish_reason, at_delimiter,
+                candidates, request.cut_marker)
+            context: str | list[int] = self._encode(request.prompt) + readout_ids
+            token_ids = readout_ids
+        else:
+            if at_delimiter:
+                text += candidates.delimiter
+            kept, forced, cut = finish_cot(text, candidates.delimiter, request.cut_marker)
+            full = kept + forced + candidates.bridge_text
+            context = request.prompt + full
+        logprobs, missing = await self._candidate_logprobs(context, candidates)
         return Completion(text=full, finish_reason=reason, generated_tokens=generated_tokens, forced_text=forced,
                           cut=cut, candidate_logprobs=logprobs, missing_candidates=missing, token_ids=token_ids)
 
-    async def _candidate_logprobs(self, context: str, candidates: ScoreCandidates) -> tuple[dict[int, float], list[int]]:
-        """Raw log-probabilities of each candidate after ``context`` (which ends with delimiter + bridge)."""
+    def _encode(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def _candidate_logprobs(self, context: str | list[int],
+                                  candidates: ScoreCandidates) -> tuple[dict[int, float], list[int]]:
+        """Raw log-probabilities of each candidate after ``context`` (text or token ids, ending with
+        delimiter + bridge)."""
         if candidates.single_token:
             found = await self._next_token_logprobs(context, candidates.first_token_ids)
             logprobs = {s: found[seq[0]] for s, seq in zip(candidates.scores, candidates.sequences) if seq[0] in found}
@@ -328,7 +345,8 @@ class OpenAIBackend(Backend):
         # token sequences (e.g. "10"): chain readouts, one per distinct prefix
         prefixes = {seq[:j] for seq in candidates.sequences for j in range(len(seq))}
         readouts = dict(zip(prefixes, await asyncio.gather(*[
-            self._next_token_logprobs(context + self._tokenizer.decode(list(p)),
+            self._next_token_logprobs(context + list(p) if isinstance(context, list) else
+                                      context + self._tokenizer.decode(list(p)),
                                       sorted({seq[len(p)] for seq in candidates.sequences if seq[:len(p)] == p}))
             for p in prefixes])))
         totals, missing = {}, []
@@ -342,7 +360,7 @@ class OpenAIBackend(Backend):
             return totals, missing
         return exclusive_sequence_logprobs(totals, candidates), []
 
-    async def _next_token_logprobs(self, context: str, wanted: list[int]) -> dict[int, float]:
+    async def _next_token_logprobs(self, context: str | list[int], wanted: list[int]) -> dict[int, float]:
         """Full-vocabulary log-probabilities of the ``wanted`` token ids after ``context`` (those the server gives)."""
         body = {"prompt": context, "max_tokens": 1, "temperature": 0.0}
         if self.server == "vllm":

@@ -21,7 +21,7 @@ from ..config import SamplingConfig
 from ..conversion import safetensors_from_gguf
 from ..models import load_tokenizer, resolve_model
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, exclusive_sequence_logprobs,
-                   finish_cot, kept_prefix_length, render_chat_with_tokenizer, request_seed)
+                   finish_cot, readout_after_sampled_ids, render_chat_with_tokenizer, request_seed)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ class VLLMBackend(Backend):
         self.vllm_version = vllm.__version__
         self._exact_readout = "logprob_token_ids" in vllm.SamplingParams.__struct_fields__
         self.max_logprobs = self.llm.llm_engine.model_config.max_logprobs
-        self._eos_ids = {i for i in (self._tokenizer.eos_token_id,) if i is not None}
         # engine token counters per phase: prompt tokens, those served from the prefix cache, generated
         self.stats = {phase: {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0}
                       for phase in ("cot", "readout")}
@@ -156,27 +155,21 @@ class VLLMBackend(Backend):
 
     def _finish_cot(self, request: GenerationRequest, prompt_ids: list[int], sample):
         """The Completion of one sampled CoT, and (for RAIL) the ids to read the score after."""
-        ids = [t for t in sample.token_ids if t not in self._eos_ids]
         candidates = request.candidates
-        text_of = lambda tail: self.decode(prompt_ids + tail)[len(self.decode(prompt_ids)):]  # noqa: E731
+        reason = "length" if sample.finish_reason == "length" else "eos"
+        ids = list(sample.token_ids)
         if candidates is None:
-            reason = "length" if sample.finish_reason == "length" else "eos"
-            return Completion(text=text_of(ids), finish_reason=reason, generated_tokens=len(sample.token_ids),
+            if sample.finish_reason == "stop" and ids and ids[-1] in self._tokenizer.all_special_ids:
+                ids = ids[:-1]
+            text = self.decode(prompt_ids + ids)[len(self.decode(prompt_ids)):]
+            return Completion(text=text, finish_reason=reason, generated_tokens=len(sample.token_ids),
                               token_ids=ids), None
-        generated_text = text_of(ids)
-        if sample.stop_reason == candidates.delimiter:
-            reason = "delimiter"
-            # the stop can fall inside a token: keep the text up to the delimiter only
-            generated_text = generated_text[: generated_text.index(candidates.delimiter) + len(candidates.delimiter)]
-        else:
-            reason = "length" if sample.finish_reason == "length" else "eos"
-        kept_text, forced_text, cut = finish_cot(generated_text, candidates.delimiter, request.cut_marker)
-        kept = kept_prefix_length(self.decode, ids, kept_text)
-        forced_text = kept_text[len(text_of(ids[:kept])):] + forced_text  # a cut inside a token: force the rest
-        forced_ids = (self.encode(forced_text) if forced_text else []) + list(candidates.bridge_ids)
-        readout_ids = ids[:kept] + forced_ids
-        return Completion(text=text_of(readout_ids), finish_reason=reason, generated_tokens=len(sample.token_ids),
-                          forced_text=forced_text, cut=cut, token_ids=readout_ids), readout_ids
+        at_delimiter = sample.stop_reason == candidates.delimiter
+        text, forced_text, cut, readout_ids = readout_after_sampled_ids(
+            self._tokenizer, prompt_ids, ids, sample.finish_reason, at_delimiter, candidates, request.cut_marker)
+        return Completion(text=text, finish_reason="delimiter" if at_delimiter else reason,
+                          generated_tokens=len(sample.token_ids), forced_text=forced_text, cut=cut,
+                          token_ids=readout_ids), readout_ids
 
     def _readout(self, contexts: list[tuple[list[int], ScoreCandidates]]) -> list[tuple[dict[int, float], list[int]]]:
         """One engine call: the candidates' raw log-probabilities after each context (ids)."""
