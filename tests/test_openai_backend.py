@@ -70,7 +70,9 @@ def llama_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llama_backend(llama_server):
-    return create_backend("openai", None, base_url=llama_server, concurrency=2)
+    # llama.cpp serves one request at a time and keeps one prompt cache: interleaving prompts would
+    # make it prefill (with full-vocabulary logits at every position) again and again
+    return create_backend("openai", None, base_url=llama_server, concurrency=1)
 
 
 @pytest.fixture(scope="module")
