@@ -1,0 +1,85 @@
+"""Subcommands ``report``, ``compare``, ``scaling`` and ``analyze``. Heavy imports happen inside the commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_RESAMPLES = 1000  # mirrors bootstrap.DEFAULT_RESAMPLES without importing numpy at CLI start
+
+
+def _write(text: str, out: str | None) -> None:
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+
+
+def _cmd_report(args) -> int:
+    from .render import render
+    from .runs import collect_runs
+    from .stats import parse_measures
+    from .table import build_table
+
+    table = build_table(collect_runs(args.runs), parse_measures(args.metrics), ci=args.ci,
+                        resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+    _write(render(table, args.format, caption_prefix=args.caption, standalone=args.standalone), args.out)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    import json
+
+    from .compare import compare, to_markdown
+    from .runs import collect_runs
+    from .stats import parse_measures
+
+    runs_a, runs_b = collect_runs([args.a]), collect_runs([args.b])
+    diffs = compare(runs_a, runs_b, parse_measures(args.metrics), resamples=args.resamples, seed=args.seed,
+                    confidence=args.confidence)
+    label_a, label_b = runs_a[0].judge, runs_b[0].judge
+    if args.format == "json":
+        text = json.dumps({"a": label_a, "b": label_b, "resamples": args.resamples, "seed": args.seed,
+                           "confidence": args.confidence, "differences": [d.to_dict() for d in diffs]}, indent=2) + "\n"
+    else:
+        text = to_markdown(diffs, label_a, label_b, args.confidence, args.resamples, args.seed)
+    _write(text, args.out)
+    return 0
+
+
+def register(subparsers) -> None:
+    report = subparsers.add_parser(
+        "report", help="paper-style table (Table 2) from stored runs",
+        description="One row per judge, benchmark x metric columns, an Average over the absolute benchmarks "
+                    "(Feedback Bench, FLASK, Vicuna, MT Bench: those present) and RewardBench accuracy. "
+                    "Metrics are recomputed from predictions.jsonl; no model is loaded.")
+    report.add_argument("runs", nargs="+", help="run folders: OUT, OUT/<judge> or OUT/<judge>/<bench>")
+    report.add_argument("--format", choices=("markdown", "latex", "csv", "json"), default="markdown")
+    report.add_argument("--metrics", default="r,rho", help="comma list of r, rho, tau, rmse (default r,rho)")
+    report.add_argument("--ci", action="store_true", help="add percentile bootstrap intervals over samples")
+    _add_bootstrap_options(report)
+    report.add_argument("--caption", default="", help="text put before the generated caption notes")
+    report.add_argument("--standalone", action="store_true", help="LaTeX: a full document (compiles alone)")
+    report.add_argument("--out", help="write here instead of stdout")
+    report.set_defaults(func=_cmd_report)
+
+    comp = subparsers.add_parser(
+        "compare", help="paired bootstrap of the difference between two judges",
+        description="For each benchmark both judges ran, the difference A - B of each metric on the samples "
+                    "both scored, with a paired bootstrap interval and two-sided p-value; also on the Average.")
+    comp.add_argument("a", help="run folder of judge A (OUT/<judge>)")
+    comp.add_argument("b", help="run folder of judge B")
+    comp.add_argument("--metrics", default="r,rho", help="comma list of r, rho, tau, rmse (default r,rho)")
+    _add_bootstrap_options(comp)
+    comp.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    comp.add_argument("--out", help="write here instead of stdout")
+    comp.set_defaults(func=_cmd_compare)

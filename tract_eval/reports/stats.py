@@ -1,0 +1,169 @@
+"""What a table cell measures, computed from the prediction rows of a run.
+
+Correlations and RewardBench accuracy are recomputed from ``predictions.jsonl`` (not copied from
+``metrics.json``) so that the same code yields point values, bootstrap replicates and paired
+differences.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .runs import Run, sample_key
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str  # what --metrics takes
+    field: str  # name in metrics.json
+    markdown: str
+    latex: str
+    higher_is_better: bool = True
+
+
+MEASURES = {
+    "r": Measure("r", "pearson", "r", r"$r$"),
+    "rho": Measure("rho", "spearman", "ρ", r"$\rho$"),
+    "tau": Measure("tau", "kendall", "τ", r"$\tau$"),
+    "rmse": Measure("rmse", "rmse", "RMSE", "RMSE", higher_is_better=False),
+}
+DEFAULT_MEASURES = ("r", "rho")
+REWARDBENCH_SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning")
+REWARDBENCH_SCORE = "Score"
+
+
+def parse_measures(text: str) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in MEASURES]
+    if unknown or not keys:
+        raise ValueError(f"unknown metric(s) {unknown or text!r}; choose from {', '.join(MEASURES)}")
+    return keys
+
+
+def _is_failure(row: dict) -> bool:
+    return row.get("status") in ("parse_failure", "fallback") or row.get("prediction") is None
+
+
+# -- absolute benchmarks -----------------------------------------------------------------
+
+@dataclass
+class AbsoluteData:
+    keys: list[str]  # sample keys of the usable rows, sorted
+    gold: np.ndarray
+    prediction: np.ndarray
+    n_total: int
+    parse_failures: int
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    def subset(self, keys: list[str]) -> "AbsoluteData":
+        index = {k: i for i, k in enumerate(self.keys)}
+        take = [index[k] for k in keys]
+        return AbsoluteData(list(keys), self.gold[take], self.prediction[take], self.n_total, self.parse_failures)
+
+
+def absolute_data(run: Run) -> AbsoluteData:
+    """Rows with both a gold label and a prediction (parse failures under the 'exclude' policy drop out)."""
+    usable = sorted((sample_key(r), float(r["gold"]), float(r["prediction"]))
+                    for r in run.rows if r["gold"] is not None and r["prediction"] is not None)
+    return AbsoluteData(
+        keys=[k for k, _, _ in usable],
+        gold=np.array([g for _, g, _ in usable]),
+        prediction=np.array([p for _, _, p in usable]),
+        n_total=len(run.rows),
+        parse_failures=sum(_is_failure(r) for r in run.rows),
+    )
+
+
+def absolute_measure(key: str, gold: np.ndarray, prediction: np.ndarray) -> float:
+    """One correlation / error value; nan where it is undefined (fewer than 2 rows or a constant side)."""
+    from scipy import stats
+
+    if key == "rmse":
+        return float(np.sqrt(np.mean((prediction - gold) ** 2))) if len(gold) else math.nan
+    if len(gold) < 2 or np.ptp(gold) == 0 or np.ptp(prediction) == 0:
+        return math.nan
+    if key == "r":
+        return float(stats.pearsonr(gold, prediction).statistic)
+    if key == "rho":
+        return float(stats.spearmanr(gold, prediction).statistic)
+    if key == "tau":
+        return float(stats.kendalltau(gold, prediction).statistic)
+    raise KeyError(key)
+
+
+# -- RewardBench ---------------------------------------------------------------------------
+
+@dataclass
+class PairData:
+    keys: list[str]  # subset/pair_id of the pairs with both sides scored, sorted
+    subsets: np.ndarray
+    sections: np.ndarray
+    outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie, 0 otherwise
+    n_pairs: int  # pairs in the run, scored or not
+    parse_failures: int
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    def subset(self, keys: list[str]) -> "PairData":
+        index = {k: i for i, k in enumerate(self.keys)}
+        take = [index[k] for k in keys]
+        return PairData(list(keys), self.subsets[take], self.sections[take], self.outcomes[take],
+                        self.n_pairs, self.parse_failures)
+
+    def strata(self) -> list[np.ndarray]:
+        """Row positions per subset: pairs are resampled within their subset."""
+        return [np.flatnonzero(self.subsets == s) for s in sorted(set(self.subsets.tolist()))]
+
+
+def pair_data(run: Run) -> PairData:
+    sides: dict[tuple[str, str], dict] = {}
+    for number, row in enumerate(run.rows, start=1):
+        meta = row.get("meta") or {}
+        missing = [f for f in ("subset", "section", "pair_id", "side") if f not in meta]
+        if missing:
+            raise ValueError(f"{run.path}/predictions.jsonl: row {number} (id {row['id']}) lacks meta {missing}")
+        sides.setdefault((meta["subset"], str(meta["pair_id"])), {"section": meta["section"]})[meta["side"]] = row
+    usable = []
+    for (subset, pair_id), pair in sorted(sides.items()):
+        chosen, rejected = pair.get("chosen"), pair.get("rejected")
+        if chosen is None or rejected is None or chosen["prediction"] is None or rejected["prediction"] is None:
+            continue
+        diff = chosen["prediction"] - rejected["prediction"]
+        usable.append((f"{subset}/{pair_id}", subset, pair["section"], 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0))
+    return PairData(
+        keys=[u[0] for u in usable],
+        subsets=np.array([u[1] for u in usable], dtype=object),
+        sections=np.array([u[2] for u in usable], dtype=object),
+        outcomes=np.array([u[3] for u in usable]),
+        n_pairs=len(sides),
+        parse_failures=sum(_is_failure(r) for r in run.rows),
+    )
+
+
+def rewardbench_scores(subsets: np.ndarray, sections: np.ndarray, outcomes: np.ndarray) -> dict[str, float]:
+    """Section accuracies and the leaderboard score (mean of sections).
+
+    Inside Reasoning, math-prm is weighted equally against the pooled hep-* (code) subsets, as the
+    RewardBench leaderboard does; the other sections pool their pairs.
+    """
+    scores: dict[str, float] = {}
+    for section in REWARDBENCH_SECTIONS:
+        in_section = sections == section
+        if not in_section.any():
+            continue
+        if section == "Reasoning":
+            parts = [outcomes[in_section & (subsets == "math-prm")],
+                     outcomes[in_section & (subsets != "math-prm")]]
+            scores[section] = float(np.mean([p.mean() for p in parts if len(p)]))
+        else:
+            scores[section] = float(outcomes[in_section].mean())
+    if scores:
+        scores[REWARDBENCH_SCORE] = float(np.mean(list(scores.values())))
+    return scores
