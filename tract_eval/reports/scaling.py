@@ -1,0 +1,194 @@
+"""The paper's Figure 3: average Pearson r against the number of CoTs K, ± one std over seeds.
+
+Per judge, benchmark and seed the largest K CoTs are sampled once and every smaller K averages the
+first K of them. CoTs are cached on disk (one JSONL per judge fingerprint, benchmark and seed): CoT i
+uses random stream ``i``, so asking for K=16 after K=8 only samples CoTs 8..15, and when nothing is
+missing no judge (and so no model) is built at all.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "cot-cache"
+
+
+def cache_key(config) -> str:
+    """The judge's fingerprint with ``n_cot`` and ``seed`` neutralised: those vary inside one cache."""
+    return f"{config.name}-{config.with_overrides(n_cot=1, seed=0).fingerprint()}"
+
+
+class CotCache:
+    """Per-CoT predictions (and texts) of one judge on one benchmark under one seed.
+
+    Lines are appended as samples finish, so a killed run keeps what it finished; each line holds
+    a sample's CoTs ``first_cot .. first_cot + len(per_cot) - 1``.
+    """
+
+    def __init__(self, root: Path, key: str, bench: str, seed: int):
+        self.path = Path(root) / CACHE_DIR / key / bench / f"seed-{seed}.jsonl"
+        self.per_cot: dict[str, list] = {}
+        self.gold: dict[str, float | None] = {}
+        if self.path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        if lines[-1].strip():
+            # no final newline: a run killed mid-write; drop that line so the next append starts clean
+            log.warning("%s: dropping a truncated last line (a killed run)", self.path)
+            self.path.write_text("\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""), encoding="utf-8")
+        for number, line in enumerate(lines[:-1], start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                self._merge(entry["id"], entry["gold"], entry["first_cot"], entry["per_cot"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{self.path}: line {number} is not a cache entry: {exc}") from exc
+
+    def _merge(self, sample_id: str, gold, first_cot: int, values: list) -> None:
+        have = self.per_cot.setdefault(sample_id, [])
+        if first_cot > len(have):
+            raise ValueError(f"{self.path}: sample {sample_id!r} has CoTs from {first_cot} but only {len(have)} before")
+        have[first_cot:first_cot + len(values)] = values
+        self.gold[sample_id] = gold
+
+    def count(self, sample_id: str) -> int:
+        return len(self.per_cot.get(sample_id, []))
+
+    def append(self, sample_id: str, gold, first_cot: int, row: dict) -> None:
+        values = list(row["per_cot"])
+        entry = {"id": sample_id, "gold": gold, "first_cot": first_cot, "per_cot": values,
+                 "cots": row.get("cots", []), "status": row.get("status")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        self._merge(sample_id, gold, first_cot, values)
+
+
+# (samples, n_cot, first_cot, on_row) -> None; builds the judge (and model) only when called
+Generate = Callable[[list, int, int, Callable[[object, dict], None]], None]
+
+
+def fill_cache(cache: CotCache, samples: list, k: int, generate: Generate) -> int:
+    """Make sure every sample has ``k`` CoTs; returns how many new CoTs were sampled."""
+    by_have: dict[int, list] = {}
+    for sample in samples:
+        have = cache.count(sample.id)
+        if have < k:
+            by_have.setdefault(have, []).append(sample)
+    added = 0
+    for have, group in sorted(by_have.items()):
+        def on_row(sample, row, first_cot=have):
+            cache.append(sample.id, sample.gold, first_cot, row)
+        generate(group, k - have, have, on_row)
+        added += (k - have) * len(group)
+    return added
+
+
+def mean_prediction(values: list, k: int) -> float | None:
+    """Mean of the first ``k`` per-CoT predictions, skipping unparsed ones (decode judges)."""
+    usable = [v for v in values[:k] if v is not None]
+    return sum(usable) / len(usable) if usable else None
+
+
+@dataclass
+class CurvePoint:
+    judge: str
+    bench: str
+    k: int
+    mean_r: float
+    std_r: float  # over seeds (population std; 0 with one seed)
+    seeds: int
+    n: int  # samples with a prediction at this K (min over seeds)
+    per_seed: list[float]
+
+
+def curve(judge: str, bench: str, caches: list[CotCache], ids: list[str], ks: list[int]) -> list[CurvePoint]:
+    import numpy as np
+
+    from .stats import absolute_measure
+
+    points = []
+    for k in ks:
+        values, counts = [], []
+        for cache in caches:
+            pairs = [(cache.gold[i], mean_prediction(cache.per_cot[i], k)) for i in ids]
+            pairs = [(g, p) for g, p in pairs if g is not None and p is not None]
+            counts.append(len(pairs))
+            values.append(absolute_measure("r", np.array([g for g, _ in pairs]), np.array([p for _, p in pairs])))
+        finite = [v for v in values if math.isfinite(v)]
+        points.append(CurvePoint(judge, bench, k, float(np.mean(finite)) if finite else math.nan,
+                                 float(np.std(finite)) if finite else math.nan, len(caches), min(counts), values))
+    return points
+
+
+def average_curve(points: list[CurvePoint], benches: list[str]) -> list[CurvePoint]:
+    """Per judge and K, the Average over benchmarks of each seed's r (then mean/std over seeds)."""
+    import numpy as np
+
+    out = []
+    for judge in sorted({p.judge for p in points}):
+        for k in sorted({p.k for p in points}):
+            group = [p for p in points if p.judge == judge and p.k == k and p.bench in benches]
+            if len(group) != len(benches):
+                continue
+            per_seed = np.mean([p.per_seed for p in group], axis=0)
+            out.append(CurvePoint(judge, "Average", k, float(np.nanmean(per_seed)), float(np.nanstd(per_seed)),
+                                  group[0].seeds, sum(p.n for p in group), per_seed.tolist()))
+    return out
+
+
+def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path]:
+    """One panel per benchmark (and the Average), a line per judge with a ± 1 std band; PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .table import bench_title
+
+    benches = list(dict.fromkeys(p.bench for p in points))
+    fig, axes = plt.subplots(1, len(benches), figsize=(3.6 * len(benches), 3.2), squeeze=False, sharey=False)
+    for ax, bench in zip(axes[0], benches):
+        for judge in dict.fromkeys(p.judge for p in points):
+            line = sorted((p for p in points if p.bench == bench and p.judge == judge), key=lambda p: p.k)
+            if not line:
+                continue
+            ks = [p.k for p in line]
+            mean = [p.mean_r for p in line]
+            std = [p.std_r for p in line]
+            ax.plot(ks, mean, marker="o", label=judge)
+            ax.fill_between(ks, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({p.k for p in points}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_title(bench_title(bench))
+        ax.set_xlabel("CoTs per sample (K)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Pearson r (mean ± std over seeds)")
+    axes[0][-1].legend(fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="small")
+    fig.tight_layout()
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
+    for path in paths:
+        # fixed metadata keeps the committed SVG stable across reruns
+        fig.savefig(path, dpi=150, metadata={"Date": None} if path.suffix == ".svg" else None)
+    plt.close(fig)
+    return paths
+
+
+def points_table(points: list[CurvePoint]) -> list[dict]:
+    return [{"judge": p.judge, "bench": p.bench, "k": p.k, "mean_r": p.mean_r, "std_r": p.std_r, "seeds": p.seeds,
+             "n": p.n, "per_seed_r": p.per_seed} for p in points]
