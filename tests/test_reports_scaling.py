@@ -36,7 +36,7 @@ class CountingGenerator:
         for sample in samples:
             values = [self.value(sample, first_cot + i) for i in range(n_cot)]
             self.cots += n_cot
-            on_row(sample, {"per_cot": values, "cots": [f"cot {first_cot + i}" for i in range(n_cot)],
+            on_row({"id": sample.id, "gold": sample.gold, "per_cot": values, "cots": [f"cot {first_cot + i}" for i in range(n_cot)],
                             "status": "ok"})
 
 

@@ -20,8 +20,13 @@ CACHE_DIR = "cot-cache"
 
 
 def cache_key(config) -> str:
-    """The judge's fingerprint with ``n_cot`` and ``seed`` neutralised: those vary inside one cache."""
-    return f"{config.name}-{config.with_overrides(n_cot=1, seed=0).fingerprint()}"
+    """The judge's fingerprint with ``n_cot`` and ``seed`` neutralised: those vary inside one cache.
+
+    ``extra`` bookkeeping (e.g. whether the model came from the card) does not change CoTs either.
+    """
+    neutral = config.with_overrides(n_cot=1, seed=0)
+    neutral.extra = {k: v for k, v in neutral.extra.items() if k != "model_from_card"}
+    return f"{config.name}-{neutral.fingerprint()}"
 
 
 class CotCache:
@@ -74,8 +79,8 @@ class CotCache:
         self._merge(sample_id, gold, first_cot, values)
 
 
-# (samples, n_cot, first_cot, on_row) -> None; builds the judge (and model) only when called
-Generate = Callable[[list, int, int, Callable[[object, dict], None]], None]
+# (samples, n_cot, first_cot, on_row(row)) -> None; builds the judge (and model) only when called
+Generate = Callable[[list, int, int, Callable[[dict], None]], None]
 
 
 def fill_cache(cache: CotCache, samples: list, k: int, generate: Generate) -> int:
@@ -87,8 +92,8 @@ def fill_cache(cache: CotCache, samples: list, k: int, generate: Generate) -> in
             by_have.setdefault(have, []).append(sample)
     added = 0
     for have, group in sorted(by_have.items()):
-        def on_row(sample, row, first_cot=have):
-            cache.append(sample.id, sample.gold, first_cot, row)
+        def on_row(row, first_cot=have):
+            cache.append(row["id"], row["gold"], first_cot, row)
         generate(group, k - have, have, on_row)
         added += (k - have) * len(group)
     return added
@@ -192,3 +197,55 @@ def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path
 def points_table(points: list[CurvePoint]) -> list[dict]:
     return [{"judge": p.judge, "bench": p.bench, "k": p.k, "mean_r": p.mean_r, "std_r": p.std_r, "seeds": p.seeds,
              "n": p.n, "per_seed_r": p.per_seed} for p in points]
+
+
+def judge_generator(judge_name: str, overrides: dict, seed: int, shared) -> Generate:
+    """Sample CoTs with the named judge under ``seed``; ``shared`` holds the one backend (created on first use)."""
+    from ..judges import build_judge
+
+    def generate(samples, n_cot, first_cot, on_row):
+        if "backend" not in shared:
+            base = shared["judge"]
+            shared["backend"] = base.backend  # the model loads here, and only here
+            if base.model_note:  # the card's model was swapped: the cache key would lie
+                raise RuntimeError(f"judge {judge_name}: {base.model_note}; pass --model explicitly so the "
+                                   "CoT cache is keyed on the model that really writes the CoTs")
+        judge = build_judge(judge_name, backend=shared["backend"], **{**overrides, "n_cot": n_cot, "seed": seed})
+        step = judge.config.batch_size  # batches of samples, as `run` does; each sample's CoTs share its prefill
+        for start in range(0, len(samples), step):
+            judge.judge(samples[start:start + step], first_cot=first_cot, on_row=on_row)
+
+    return generate
+
+
+def run_scaling(judge_names: list[str], benches: list, ks: list[int], seeds: list[int], overrides: dict,
+                cache_root: Path, limit: int | None = None, log_line=print, backend=None) -> list[CurvePoint]:
+    """Fill the CoT caches up to max(K) for every judge, benchmark and seed; return the curves.
+
+    ``backend``: an already loaded backend to use instead of creating one when CoTs are missing.
+    """
+    import time
+
+    from ..judges import build_judge
+
+    points: list[CurvePoint] = []
+    kmax = max(ks)
+    for judge_name in judge_names:
+        base = build_judge(judge_name, **{k: v for k, v in overrides.items() if k != "seed"})  # no model yet
+        if base.config.predictor == "rail" and not base.config.cot:
+            raise ValueError(f"judge {judge_name} writes no CoT: more CoTs cannot change its score")
+        key = cache_key(base.config)
+        shared = {"judge": base, **({"backend": backend} if backend is not None else {})}
+        for bench in benches:
+            samples = bench.select(limit)
+            caches = []
+            for seed in seeds:
+                cache = CotCache(cache_root, key, bench.name, seed)
+                started = time.perf_counter()
+                added = fill_cache(cache, samples, kmax, judge_generator(judge_name, overrides, seed, shared))
+                log_line(f"{judge_name} x {bench.name} seed {seed}: "
+                         + (f"sampled {added} new CoTs in {time.perf_counter() - started:.1f}s" if added
+                            else f"all {kmax} CoTs per sample cached ({cache.path})"))
+                caches.append(cache)
+            points += curve(judge_name, bench.name, caches, [s.id for s in samples], ks)
+    return points
