@@ -54,6 +54,18 @@ def test_values_recomputed_from_predictions(runs):
     assert rb == pytest.approx({"Chat": 1.0, "Reasoning": 0.875, "Score": (3 + 0.875) / 4})
 
 
+def test_rewardbench_columns_agree_with_package_metrics(runs):
+    from tract_eval.metrics import pairwise_metrics
+
+    table = build_table(runs, ["r"])
+    for run in (r for r in runs if r.bench == "rewardbench"):
+        expected = pairwise_metrics(run.rows)
+        cell = lambda m: table.cells[run.judge, Column("rewardbench", m, accuracy=True)].estimate.value  # noqa: E731
+        assert cell("Score") == pytest.approx(expected["score"])
+        for section, values in expected["sections"].items():
+            assert cell(section) == pytest.approx(values["accuracy"])
+
+
 def test_best_bold_second_underlined(runs):
     table = build_table(runs, ["r", "rmse"])
     for column in table.columns:

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import bootstrap
 from .runs import ABSOLUTE_BENCHES, Run, bench_order
-from .stats import absolute_data, absolute_measure, pair_data, rewardbench_scores
+from .stats import absolute_data, absolute_measures, pair_data, rewardbench_scores
 from .table import AVERAGE, bench_title
 
 
@@ -57,12 +57,12 @@ def compare(runs_a: list[Run], runs_b: list[Run], measures: list[str],
         gold_a, gold_b = pa.gold, pb.gold
         if not np.allclose(gold_a, gold_b):
             raise ValueError(f"{bench}: gold labels differ between {run_a.path} and {run_b.path} for the same ids")
-        values_a = [absolute_measure(m, gold_a, pa.prediction) for m in measures]
-        values_b = [absolute_measure(m, gold_b, pb.prediction) for m in measures]
+        values_a = absolute_measures(measures, gold_a, pa.prediction)
+        values_b = absolute_measures(measures, gold_b, pb.prediction)
         reps = bootstrap.replicates(
             [np.arange(len(keys))],
-            lambda idx: [absolute_measure(m, gold_a[idx], pa.prediction[idx])
-                         - absolute_measure(m, gold_b[idx], pb.prediction[idx]) for m in measures],
+            lambda idx: np.subtract(absolute_measures(measures, gold_a[idx], pa.prediction[idx]),
+                                    absolute_measures(measures, gold_b[idx], pb.prediction[idx])),
             resamples, bootstrap.stream_seed(seed, bench, "paired"))
         for i, m in enumerate(measures):
             out.append(Difference(bench, m, values_a[i], values_b[i],

@@ -79,21 +79,16 @@ def absolute_data(run: Run) -> AbsoluteData:
     )
 
 
-def absolute_measure(key: str, gold: np.ndarray, prediction: np.ndarray) -> float:
-    """One correlation / error value; nan where it is undefined (fewer than 2 rows or a constant side)."""
-    from scipy import stats
+def absolute_measures(keys: list[str], gold: np.ndarray, prediction: np.ndarray) -> list[float]:
+    """Correlation / error values (``MEASURES`` keys) from the package metrics; nan where undefined."""
+    from ..metrics import correlation_metrics
 
-    if key == "rmse":
-        return float(np.sqrt(np.mean((prediction - gold) ** 2))) if len(gold) else math.nan
-    if len(gold) < 2 or np.ptp(gold) == 0 or np.ptp(prediction) == 0:
-        return math.nan
-    if key == "r":
-        return float(stats.pearsonr(gold, prediction).statistic)
-    if key == "rho":
-        return float(stats.spearmanr(gold, prediction).statistic)
-    if key == "tau":
-        return float(stats.kendalltau(gold, prediction).statistic)
-    raise KeyError(key)
+    values = correlation_metrics(gold, prediction)
+    return [math.nan if values[MEASURES[k].field] is None else float(values[MEASURES[k].field]) for k in keys]
+
+
+def absolute_measure(key: str, gold: np.ndarray, prediction: np.ndarray) -> float:
+    return absolute_measures([key], gold, prediction)[0]
 
 
 # -- RewardBench ---------------------------------------------------------------------------
@@ -123,35 +118,32 @@ class PairData:
 
 
 def pair_data(run: Run) -> PairData:
-    sides: dict[tuple[str, str], dict] = {}
+    """Chosen/rejected outcomes of the pairs with both sides scored (pairing by the package metrics)."""
+    from ..metrics import pair_outcomes
+
     for number, row in enumerate(run.rows, start=1):
-        meta = row.get("meta") or {}
-        missing = [f for f in ("subset", "section", "pair_id", "side") if f not in meta]
+        missing = [f for f in ("subset", "section", "pair_id", "side") if f not in (row.get("meta") or {})]
         if missing:
             raise ValueError(f"{run.path}/predictions.jsonl: row {number} (id {row['id']}) lacks meta {missing}")
-        sides.setdefault((meta["subset"], str(meta["pair_id"])), {"section": meta["section"]})[meta["side"]] = row
-    usable = []
-    for (subset, pair_id), pair in sorted(sides.items()):
-        chosen, rejected = pair.get("chosen"), pair.get("rejected")
-        if chosen is None or rejected is None or chosen["prediction"] is None or rejected["prediction"] is None:
-            continue
-        diff = chosen["prediction"] - rejected["prediction"]
-        usable.append((f"{subset}/{pair_id}", subset, pair["section"], 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0))
+    pairs = pair_outcomes(run.rows)
+    usable = sorted((str(pid), p["subset"], p["section"], p["outcome"]) for pid, p in pairs.items()
+                    if p["outcome"] is not None)
     return PairData(
         keys=[u[0] for u in usable],
         subsets=np.array([u[1] for u in usable], dtype=object),
         sections=np.array([u[2] for u in usable], dtype=object),
-        outcomes=np.array([u[3] for u in usable]),
-        n_pairs=len(sides),
+        outcomes=np.array([u[3] for u in usable], dtype=float),
+        n_pairs=len(pairs),
         parse_failures=sum(_is_failure(r) for r in run.rows),
     )
 
 
 def rewardbench_scores(subsets: np.ndarray, sections: np.ndarray, outcomes: np.ndarray) -> dict[str, float]:
-    """Section accuracies and the leaderboard score (mean of sections).
+    """Section accuracies and the leaderboard score (mean of sections), from outcome arrays.
 
-    Inside Reasoning, math-prm is weighted equally against the pooled hep-* (code) subsets, as the
-    RewardBench leaderboard does; the other sections pool their pairs.
+    The same rule as ``metrics.pairwise_metrics`` (a test holds them equal), on arrays so that
+    thousands of bootstrap resamples stay fast: Reasoning weighs math-prm equally against the pooled
+    hep-* subsets; the other sections pool their pairs.
     """
     scores: dict[str, float] = {}
     for section in REWARDBENCH_SECTIONS:

@@ -9,8 +9,8 @@ import numpy as np
 
 from . import bootstrap
 from .runs import ABSOLUTE_BENCHES, Run, bench_order
-from .stats import (MEASURES, REWARDBENCH_SCORE, REWARDBENCH_SECTIONS, absolute_data, absolute_measure,
-                    pair_data, rewardbench_scores)
+from .stats import (MEASURES, REWARDBENCH_SCORE, REWARDBENCH_SECTIONS, absolute_data, absolute_measures, pair_data,
+                    rewardbench_scores)
 
 AVERAGE = "Average"
 BENCH_TITLES = {
@@ -123,13 +123,13 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
                 continue
             data = absolute_data(run)
             counts[judge, bench] = Counts(data.n, data.n_total, data.parse_failures)
-            values = [absolute_measure(m, data.gold, data.prediction) for m in measures]
+            values = absolute_measures(measures, data.gold, data.prediction)
             bench_values[bench] = values
             reps = None
             if ci and data.n:
                 reps = bootstrap.replicates(
                     [np.arange(data.n)],
-                    lambda idx: [absolute_measure(m, data.gold[idx], data.prediction[idx]) for m in measures],
+                    lambda idx: absolute_measures(measures, data.gold[idx], data.prediction[idx]),
                     resamples, bootstrap.stream_seed(seed, bench))
                 bench_reps[bench] = reps
             for i, m in enumerate(measures):
