@@ -156,7 +156,7 @@ def test_malformed_rows_name_file_line_and_field(tmp_path):
     lines = (folder / "predictions.jsonl").read_text().splitlines()
     lines[2] = lines[2].replace('"prediction": 2.0', '"prediction": "2"')
     (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(RunFormatError, match=r"predictions.jsonl: line 3 field 'prediction'"):
+    with pytest.raises(RunFormatError, match=r"predictions.jsonl: row 3 field 'prediction'"):
         collect_runs([tmp_path / "runs"])
     lines[2] = "{not json"
     (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n")

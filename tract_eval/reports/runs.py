@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
@@ -42,30 +39,28 @@ _REQUIRED = {"id": str, "prediction": (int, float, type(None)), "gold": (int, fl
 
 
 def read_predictions(path: Path) -> list[dict]:
-    """Rows of a predictions file; a malformed line fails naming the file, line and field."""
-    rows: list[dict] = []
+    """Rows of a predictions file (a torn last line of a run in progress is left out, never repaired here);
+    a malformed row fails naming the file, row and field."""
+    from ..runner import CorruptPredictions
+    from ..runner import read_predictions as read_rows
+
+    try:
+        rows = read_rows(path)
+    except CorruptPredictions as exc:
+        raise RunFormatError(str(exc)) from exc
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RunFormatError(f"{path}: line {number} is not valid JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise RunFormatError(f"{path}: line {number} is not a JSON object")
-            for name, kinds in _REQUIRED.items():
-                if name not in row:
-                    raise RunFormatError(f"{path}: line {number} has no field {name!r}")
-                if not isinstance(row[name], kinds) or isinstance(row[name], bool):
-                    raise RunFormatError(
-                        f"{path}: line {number} field {name!r} has type {type(row[name]).__name__}")
-            key = sample_key(row)
-            if key in seen:
-                raise RunFormatError(f"{path}: line {number} repeats sample {key!r} (first on line {seen[key]})")
-            seen[key] = number
-            rows.append(row)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise RunFormatError(f"{path}: row {number} is not a JSON object")
+        for name, kinds in _REQUIRED.items():
+            if name not in row:
+                raise RunFormatError(f"{path}: row {number} has no field {name!r}")
+            if not isinstance(row[name], kinds) or isinstance(row[name], bool):
+                raise RunFormatError(f"{path}: row {number} field {name!r} has type {type(row[name]).__name__}")
+        key = sample_key(row)
+        if key in seen:
+            raise RunFormatError(f"{path}: row {number} repeats sample {key!r} (first in row {seen[key]})")
+        seen[key] = number
     return rows
 
 

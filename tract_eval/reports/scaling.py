@@ -8,13 +8,11 @@ missing no judge (and so no model) is built at all.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-log = logging.getLogger(__name__)
 
 CACHE_DIR = "cot-cache"
 
@@ -44,20 +42,14 @@ class CotCache:
             self._load()
 
     def _load(self) -> None:
-        text = self.path.read_text(encoding="utf-8")
-        lines = text.split("\n")
-        if lines[-1].strip():
-            # no final newline: a run killed mid-write; drop that line so the next append starts clean
-            log.warning("%s: dropping a truncated last line (a killed run)", self.path)
-            self.path.write_text("\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""), encoding="utf-8")
-        for number, line in enumerate(lines[:-1], start=1):
-            if not line.strip():
-                continue
+        from ..runner import read_predictions
+
+        # a torn last line (killed mid-write) is cut off, so the next append starts on a clean line
+        for number, entry in enumerate(read_predictions(self.path, repair=True), start=1):
             try:
-                entry = json.loads(line)
                 self._merge(entry["id"], entry["gold"], entry["first_cot"], entry["per_cot"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{self.path}: line {number} is not a cache entry: {exc}") from exc
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"{self.path}: entry {number} is not a cache entry: {exc!r}") from exc
 
     def _merge(self, sample_id: str, gold, first_cot: int, values: list) -> None:
         have = self.per_cot.setdefault(sample_id, [])
