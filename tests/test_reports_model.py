@@ -2,22 +2,9 @@
 missing CoTs and loads no model when all are cached; cot-shift and CoT perplexity."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-DATA_DIR = Path(os.environ.get("TRACT_EVAL_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA_DIR / "prometheus" / "vicuna_eval.json").is_file(),
-                                reason=f"shared data not found under {DATA_DIR}")
 OVERRIDES = {"max_new_tokens": 6, "batch_size": 4}
-
-
-@pytest.fixture(scope="module")
-def embedded_backend():
-    from tract_eval.backends import create_backend
-
-    return create_backend("transformers", None, device="cpu")
 
 
 class Forbidden:
@@ -30,14 +17,14 @@ class Forbidden:
 
 
 @pytest.mark.slow
-@needs_data
-def test_larger_k_samples_only_missing_and_cached_k_loads_nothing(tmp_path, embedded_backend, monkeypatch):
+def test_larger_k_samples_only_missing_and_cached_k_loads_nothing(tmp_path, embedded_backend, data_dir,
+                                                                   monkeypatch):
     from tract_eval.benchmarks import load_benchmark
     from tract_eval.cli import main
+    from tract_eval.judges import Judge, build_judge
     from tract_eval.reports.scaling import CotCache, cache_key, run_scaling
-    from tract_eval.judges import build_judge
 
-    bench = load_benchmark("vicuna", DATA_DIR)
+    bench = load_benchmark("vicuna", data_dir)
     log: list[str] = []
     run = lambda ks, backend: run_scaling(["tract"], [bench], ks, [0], OVERRIDES, tmp_path, limit=2,  # noqa: E731
                                           log_line=log.append, backend=backend)
@@ -53,20 +40,20 @@ def test_larger_k_samples_only_missing_and_cached_k_loads_nothing(tmp_path, embe
     run([1, 2], Forbidden())
     assert "all 2 CoTs per sample cached" in log[-1]
 
-    # the CLI on the same cache: no model constructed
+    # the CLI on the same cache: no judge reaches for its backend, no model is constructed
     def no_model(*args, **kwargs):
-        raise AssertionError("TransformersBackend constructed although every CoT was cached")
+        raise AssertionError("a model was asked for although every CoT was cached")
 
+    monkeypatch.setattr(Judge, "backend", property(no_model))
     monkeypatch.setattr("tract_eval.backends.transformers_backend.TransformersBackend.__init__", no_model)
     out = tmp_path / "report"
     assert main(["scaling", "--judge", "tract", "--bench", "vicuna", "--limit", "2", "--n-cot", "1,2",
                  "--seeds", "1", "--max-new-tokens", "6", "--batch-size", "4", "--cache", str(tmp_path),
-                 "--out", str(out), "--data-dir", str(DATA_DIR)]) == 0
+                 "--out", str(out), "--data-dir", str(data_dir)]) == 0
     assert {p.name for p in out.iterdir()} >= {"scaling.md", "scaling.csv", "scaling.json", "scaling.png", "scaling.svg"}
 
 
 @pytest.mark.slow
-@needs_data
 def test_perplexity_matches_the_models_own_loss(embedded_backend):
     import math
 
@@ -92,15 +79,14 @@ def test_perplexity_matches_the_models_own_loss(embedded_backend):
 
 
 @pytest.mark.slow
-@needs_data
-def test_cot_shift_on_annotation_cots(embedded_backend):
+def test_cot_shift_on_annotation_cots(embedded_backend, data_dir):
     import numpy as np
 
     from tract_eval.benchmarks import load_benchmark
     from tract_eval.judges import build_judge
     from tract_eval.reports.analysis import ANNOTATION_SUFFIX, annotation_cots, cot_shift
 
-    bench = load_benchmark("vicuna", DATA_DIR)
+    bench = load_benchmark("vicuna", data_dir)
     samples = bench.select(2)
     annotations = annotation_cots(bench)
     assert len(annotations) == 3 * len(bench.samples)
