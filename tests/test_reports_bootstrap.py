@@ -131,7 +131,10 @@ def test_cli_compare_round_trip(tmp_path, capsys):
     out = _two_judges(tmp_path)
     assert main(["compare", str(out / "good"), str(out / "poor"), "--resamples", "100"]) == 0
     text = capsys.readouterr().out
-    assert "A: good" in text and "B: poor" in text and "Average" in text
+    assert "A: good" in text and "B: poor" in text and "Average" in text and "Not compared" not in text
+    write_run(out, "good", "flask", absolute_rows(GOLD, GOLD))
+    assert main(["compare", str(out / "good"), str(out / "poor"), "--resamples", "20"]) == 0
+    assert "Not compared (run by one judge only): FLASK." in capsys.readouterr().out
     assert main(["compare", str(out / "good"), str(out / "poor"), "--resamples", "100", "--format", "json",
                  "--out", str(tmp_path / "c.json")]) == 0
     payload = json.loads((tmp_path / "c.json").read_text())

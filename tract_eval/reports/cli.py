@@ -39,7 +39,7 @@ def _cmd_report(args) -> int:
 def _cmd_compare(args) -> int:
     import json
 
-    from .compare import compare, to_markdown
+    from .compare import compare, to_markdown, unshared_benches
     from .runs import collect_runs
     from .stats import parse_measures
 
@@ -49,9 +49,11 @@ def _cmd_compare(args) -> int:
     label_a, label_b = runs_a[0].judge, runs_b[0].judge
     if args.format == "json":
         text = json.dumps({"a": label_a, "b": label_b, "resamples": args.resamples, "seed": args.seed,
-                           "confidence": args.confidence, "differences": [d.to_dict() for d in diffs]}, indent=2) + "\n"
+                           "confidence": args.confidence, "differences": [d.to_dict() for d in diffs],
+                           "not_compared": unshared_benches(runs_a, runs_b)}, indent=2) + "\n"
     else:
-        text = to_markdown(diffs, label_a, label_b, args.confidence, args.resamples, args.seed)
+        text = to_markdown(diffs, label_a, label_b, args.confidence, args.resamples, args.seed,
+                           unshared_benches(runs_a, runs_b))
     _write(text, args.out)
     return 0
 

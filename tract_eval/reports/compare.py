@@ -103,8 +103,13 @@ def _compare_pairs(bench, run_a, run_b, resamples, seed, confidence) -> list[Dif
             for i, n in enumerate(names)]
 
 
+def unshared_benches(runs_a: list[Run], runs_b: list[Run]) -> list[str]:
+    """Benchmarks only one side ran (left out of the comparison, and said so)."""
+    return bench_order({r.bench for r in runs_a} ^ {r.bench for r in runs_b})
+
+
 def to_markdown(diffs: list[Difference], label_a: str, label_b: str, confidence: float, resamples: int,
-                seed: int) -> str:
+                seed: int, unshared: list[str] = ()) -> str:
     from tabulate import tabulate
 
     from .stats import MEASURES
@@ -125,6 +130,8 @@ def to_markdown(diffs: list[Difference], label_a: str, label_b: str, confidence:
     note = (f"Paired bootstrap over the samples both judges scored ({resamples} resamples, seed {seed}); "
             "p is the two-sided bootstrap p-value for no difference. RewardBench resamples pairs within subsets; "
             "the Average resamples each benchmark independently.")
-    if not any(d.bench == AVERAGE for d in diffs) and len({d.bench for d in diffs}) > 1:
+    if not any(d.bench == AVERAGE for d in diffs):
         note += " No Average: fewer than two absolute benchmarks are shared."
+    if unshared:
+        note += f" Not compared (run by one judge only): {', '.join(bench_title(b) for b in unshared)}."
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n\n" + note + "\n"
