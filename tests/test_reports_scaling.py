@@ -98,3 +98,15 @@ def test_curve_averages_first_k_and_spreads_over_seeds(tmp_path):
     paths = plot(points + average, tmp_path / "fig" / "scaling")
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 1000 for p in paths)
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cache_key_ignores_k_and_seed_but_not_sampling_settings():
+    from tract_eval.reports.scaling import build_judge_with, cache_key
+
+    base = build_judge_with("tract", {"max_new_tokens": 32, "backend": None, "model": None})
+    other_k = build_judge_with("tract", {"max_new_tokens": 32, "n_cot": 8, "seed": 5})
+    assert cache_key(base.config) == cache_key(other_k.config)
+    assert cache_key(base.config) != cache_key(build_judge_with("tract", {"max_new_tokens": 64}).config)
+    assert cache_key(base.config) != cache_key(build_judge_with("tract", {"temperature": 0.7}).config)
+    named = build_judge_with("tract", {"backend": "transformers"})  # a backend name, not a Backend object
+    assert named.config.backend == "transformers" and named._backend is None

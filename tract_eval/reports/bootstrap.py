@@ -2,7 +2,7 @@
 
 ``scipy.stats.bootstrap`` resamples one set of paired observations; an Average over several
 benchmarks (resampled independently, sizes kept) and RewardBench (pairs resampled within each
-subset, so the leaderboard weights stay fixed) need strata, hence this small engine.
+section, so the leaderboard weights stay fixed) need strata, hence this small engine.
 """
 from __future__ import annotations
 

@@ -139,10 +139,10 @@ def _cmd_cot_shift(args) -> int:
     import json
 
     from ..commands import judge_overrides
-    from ..judges import build_judge
     from .analysis import annotation_cots, cot_shift, read_annotation_file
+    from .scaling import build_judge_with
 
-    judge = build_judge(args.judge, **judge_overrides(args))
+    judge = build_judge_with(args.judge, judge_overrides(args))
     results, details = {}, {}
     for bench in _load_benches(args.bench, args.data_dir):
         samples = bench.select(args.limit)
@@ -164,11 +164,11 @@ def _cmd_perplexity(args) -> int:
     import json
 
     from ..commands import judge_overrides
-    from ..judges import build_judge
     from .analysis import annotation_cots, own_cot_text, perplexity
     from .runs import load_run
+    from .scaling import build_judge_with
 
-    judge = build_judge(args.judge, **judge_overrides(args))
+    judge = build_judge_with(args.judge, judge_overrides(args))
     sets = {}
     if args.run:
         for folder in args.run:

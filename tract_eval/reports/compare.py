@@ -128,8 +128,8 @@ def to_markdown(diffs: list[Difference], label_a: str, label_b: str, confidence:
     headers = ["Benchmark", "Metric", f"A: {label_a}", f"B: {label_b}", "A − B", f"{confidence:.0%} CI", "p",
                "n paired", "only A/B"]
     note = (f"Paired bootstrap over the samples both judges scored ({resamples} resamples, seed {seed}); "
-            "p is the two-sided bootstrap p-value for no difference. RewardBench resamples pairs within subsets; "
-            "the Average resamples each benchmark independently.")
+            "p is the two-sided bootstrap p-value for no difference. RewardBench resamples pairs within "
+            "sections (Reasoning: math-prm and code apart); the Average resamples each benchmark independently.")
     if not any(d.bench == AVERAGE for d in diffs):
         note += " No Average: fewer than two absolute benchmarks are shared."
     if unshared:

@@ -22,7 +22,7 @@ def caption(table: Table, prefix: str = "") -> str:
         parts.append("RewardBench: accuracy in %, chosen scored above rejected, ties count half.")
     if table.confidence is not None:
         parts.append(f"Brackets: {table.confidence:.0%} percentile bootstrap intervals over samples "
-                     f"({table.resamples} resamples, seed {table.seed}).")
+                     f"({table.resamples} resamples, seed {table.seed}; RewardBench pairs resampled within sections).")
     return " ".join(parts)
 
 

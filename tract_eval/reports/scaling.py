@@ -191,9 +191,24 @@ def points_table(points: list[CurvePoint]) -> list[dict]:
              "n": p.n, "per_seed_r": p.per_seed} for p in points]
 
 
+def build_judge_with(judge_name: str, overrides: dict, backend=None):
+    """``build_judge`` with the CLI's overrides, where ``backend`` (a backend *name*) is a config field.
+
+    ``build_judge``'s own ``backend`` parameter is an already created Backend object, so the name
+    override is applied to the config instead (the backend is created lazily from it).
+    """
+    from ..judges import build_judge
+
+    settings = dict(overrides)
+    backend_name = settings.pop("backend", None)
+    judge = build_judge(judge_name, backend=backend, **settings)
+    if backend_name is not None:
+        judge.config = judge.config.with_overrides(backend=backend_name)
+    return judge
+
+
 def judge_generator(judge_name: str, overrides: dict, seed: int, shared) -> Generate:
     """Sample CoTs with the named judge under ``seed``; ``shared`` holds the one backend (created on first use)."""
-    from ..judges import build_judge
 
     def generate(samples, n_cot, first_cot, on_row):
         if "backend" not in shared:
@@ -202,7 +217,7 @@ def judge_generator(judge_name: str, overrides: dict, seed: int, shared) -> Gene
             if base.model_note:  # the card's model was swapped: the cache key would lie
                 raise RuntimeError(f"judge {judge_name}: {base.model_note}; pass --model explicitly so the "
                                    "CoT cache is keyed on the model that really writes the CoTs")
-        judge = build_judge(judge_name, backend=shared["backend"], **{**overrides, "n_cot": n_cot, "seed": seed})
+        judge = build_judge_with(judge_name, {**overrides, "n_cot": n_cot, "seed": seed}, shared["backend"])
         step = judge.config.batch_size  # batches of samples, as `run` does; each sample's CoTs share its prefill
         for start in range(0, len(samples), step):
             judge.judge(samples[start:start + step], first_cot=first_cot, on_row=on_row)
@@ -218,12 +233,10 @@ def run_scaling(judge_names: list[str], benches: list, ks: list[int], seeds: lis
     """
     import time
 
-    from ..judges import build_judge
-
     points: list[CurvePoint] = []
     kmax = max(ks)
     for judge_name in judge_names:
-        base = build_judge(judge_name, **{k: v for k, v in overrides.items() if k != "seed"})  # no model yet
+        base = build_judge_with(judge_name, {k: v for k, v in overrides.items() if k != "seed"})  # no model yet
         if base.config.predictor == "rail" and not base.config.cot:
             raise ValueError(f"judge {judge_name} writes no CoT: more CoTs cannot change its score")
         key = cache_key(base.config)

@@ -113,8 +113,14 @@ class PairData:
                         self.n_pairs, self.parse_failures)
 
     def strata(self) -> list[np.ndarray]:
-        """Row positions per subset: pairs are resampled within their subset."""
-        return [np.flatnonzero(self.subsets == s) for s in sorted(set(self.subsets.tolist()))]
+        """Row positions per resampling stratum: a section, with Reasoning split into math-prm and code.
+
+        Resampling within these keeps every leaderboard weight fixed, while small subsets (a few pairs
+        under --limit) still vary; strata by subset would freeze every one-pair subset.
+        """
+        labels = np.array([f"{sec}/{sub == 'math-prm'}" if sec == "Reasoning" else sec
+                           for sec, sub in zip(self.sections, self.subsets)], dtype=object)
+        return [np.flatnonzero(labels == label) for label in sorted(set(labels.tolist()))]
 
 
 def pair_data(run: Run) -> PairData:
