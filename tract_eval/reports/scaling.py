@@ -154,7 +154,7 @@ def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path
     from .table import bench_title
 
     benches = list(dict.fromkeys(p.bench for p in points))
-    fig, axes = plt.subplots(1, len(benches), figsize=(3.6 * len(benches), 3.2), squeeze=False, sharey=False)
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 3.6), squeeze=False, sharey=False)
     for ax, bench in zip(axes[0], benches):
         for judge in dict.fromkeys(p.judge for p in points):
             line = sorted((p for p in points if p.bench == bench and p.judge == judge), key=lambda p: p.k)
@@ -174,7 +174,9 @@ def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path
     axes[0][0].set_ylabel("Pearson r (mean ± std over seeds)")
     axes[0][-1].legend(fontsize="small")
     if title:
-        fig.suptitle(title, fontsize="small")
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, width=55 * len(benches)), fontsize="small")
     fig.tight_layout()
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
