@@ -98,6 +98,9 @@ def test_curve_averages_first_k_and_spreads_over_seeds(tmp_path):
     paths = plot(points + average, tmp_path / "fig" / "scaling")
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 1000 for p in paths)
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
+    undefined = [p.__class__(**{**p.__dict__, "bench": "flask", "mean_r": float("nan"), "std_r": float("nan")})
+                 for p in points]
+    assert plot(undefined + points, tmp_path / "fig" / "partly-undefined")[0].stat().st_size > 1000
 
 
 def test_cache_key_ignores_k_and_seed_but_not_sampling_settings():

@@ -157,7 +157,9 @@ def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path
     fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 3.6), squeeze=False, sharey=False)
     for ax, bench in zip(axes[0], benches):
         for judge in dict.fromkeys(p.judge for p in points):
-            line = sorted((p for p in points if p.bench == bench and p.judge == judge), key=lambda p: p.k)
+            # an undefined r (e.g. constant gold on a tiny --limit) has no point to draw
+            line = sorted((p for p in points if p.bench == bench and p.judge == judge and math.isfinite(p.mean_r)),
+                          key=lambda p: p.k)
             if not line:
                 continue
             ks = [p.k for p in line]
@@ -165,8 +167,12 @@ def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path
             std = [p.std_r for p in line]
             ax.plot(ks, mean, marker="o", label=judge)
             ax.fill_between(ks, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        all_k = sorted({p.k for p in points})
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({p.k for p in points}))
+        ax.set_xlim(all_k[0] / 1.25, all_k[-1] * 1.25)
+        ax.set_xticks(all_k)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "r undefined", ha="center", va="center", transform=ax.transAxes)
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_title(bench_title(bench))
         ax.set_xlabel("CoTs per sample (K)")
