@@ -178,7 +178,8 @@ def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path
         ax.set_xlabel("CoTs per sample (K)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("Pearson r (mean ± std over seeds)")
-    axes[0][-1].legend(fontsize="small")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize="small")
     if title:
         import textwrap
 
