@@ -1,0 +1,133 @@
+"""Find and read the runs written by ``tract-eval run``: ``OUT/<judge>/<bench>/predictions.jsonl``."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+MANIFEST = "manifest.json"
+
+# The paper's Table 2 order; the Average column runs over these (the ones present).
+ABSOLUTE_BENCHES = ("feedback-bench", "flask", "vicuna", "mt-bench")
+PAIRWISE_BENCHES = ("rewardbench",)
+
+
+class RunFormatError(ValueError):
+    """A run folder or one of its files does not have the shape ``tract-eval run`` writes."""
+
+
+@dataclass
+class Run:
+    judge: str
+    bench: str
+    path: Path
+    rows: list[dict]
+    metrics: dict = field(default_factory=dict)  # metrics.json as written by the run (may be absent)
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def pairwise(self) -> bool:
+        """RewardBench-style runs score chosen/rejected sides; accuracy replaces correlations."""
+        if self.bench in PAIRWISE_BENCHES:
+            return True
+        return any(isinstance(r.get("meta"), dict) and "side" in r["meta"] for r in self.rows[:1])
+
+
+_REQUIRED = {"id": str, "prediction": (int, float, type(None)), "gold": (int, float, type(None))}
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Rows of a predictions file (a torn last line of a run in progress is left out, never repaired here);
+    a malformed row fails naming the file, row and field."""
+    from ..runner import CorruptPredictions
+    from ..runner import read_predictions as read_rows
+
+    try:
+        rows = read_rows(path)
+    except CorruptPredictions as exc:
+        raise RunFormatError(str(exc)) from exc
+    seen: dict[str, int] = {}
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise RunFormatError(f"{path}: row {number} is not a JSON object")
+        for name, kinds in _REQUIRED.items():
+            if name not in row:
+                raise RunFormatError(f"{path}: row {number} has no field {name!r}")
+            if not isinstance(row[name], kinds) or isinstance(row[name], bool):
+                raise RunFormatError(f"{path}: row {number} field {name!r} has type {type(row[name]).__name__}")
+        key = sample_key(row)
+        if key in seen:
+            raise RunFormatError(f"{path}: row {number} repeats sample {key!r} (first in row {seen[key]})")
+        seen[key] = number
+    return rows
+
+
+def sample_key(row: dict) -> str:
+    """Rows are keyed on (subset, id) where a subset is given: RewardBench ids repeat across subsets."""
+    meta = row.get("meta") or {}
+    subset = meta.get("subset")
+    side = meta.get("side")
+    parts = [str(p) for p in (subset, row["id"], side) if p is not None]
+    return "/".join(parts)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunFormatError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def load_run(folder: Path) -> Run:
+    folder = Path(folder)
+    predictions = folder / PREDICTIONS
+    if not predictions.is_file():
+        raise RunFormatError(f"{folder}: no {PREDICTIONS}")
+    rows = read_predictions(predictions)
+    if not rows:
+        raise RunFormatError(f"{predictions}: holds no predictions")
+    # the folder names are what the user sees on disk and passes around, so they label the table
+    return Run(
+        judge=folder.parent.name,
+        bench=folder.name,
+        path=folder,
+        rows=rows,
+        metrics=_read_json(folder / METRICS),
+        manifest=_read_json(folder / MANIFEST),
+    )
+
+
+def collect_runs(roots: list[str | Path]) -> list[Run]:
+    """Every run under the given folders: an OUT folder, a judge folder or a single run folder.
+
+    Two runs of the same judge and benchmark (e.g. from two OUT folders) are an error:
+    a table cell must come from one run.
+    """
+    runs: list[Run] = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such run folder")
+        folders = sorted({p.parent for p in root.rglob(PREDICTIONS)})
+        if not folders:
+            raise RunFormatError(f"{root}: holds no {PREDICTIONS} (expected OUT/<judge>/<bench>/{PREDICTIONS})")
+        runs.extend(load_run(folder) for folder in folders)
+    seen: dict[tuple[str, str], Path] = {}
+    for run in runs:
+        key = (run.judge, run.bench)
+        if key in seen:
+            raise RunFormatError(
+                f"judge {run.judge!r} on {run.bench!r} appears twice: {seen[key]} and {run.path}; "
+                "pass one of them")
+        seen[key] = run.path
+    return runs
+
+
+def bench_order(benches) -> list[str]:
+    """Paper order first (absolute, then RewardBench), others alphabetically after."""
+    known = list(ABSOLUTE_BENCHES) + list(PAIRWISE_BENCHES)
+    return sorted(set(benches), key=lambda b: (known.index(b) if b in known else len(known), b))

@@ -1,0 +1,167 @@
+"""What a table cell measures, computed from the prediction rows of a run.
+
+Correlations and RewardBench accuracy are recomputed from ``predictions.jsonl`` (not copied from
+``metrics.json``) so that the same code yields point values, bootstrap replicates and paired
+differences.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .runs import Run, sample_key
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str  # what --metrics takes
+    field: str  # name in metrics.json
+    markdown: str
+    latex: str
+    higher_is_better: bool = True
+
+
+MEASURES = {
+    "r": Measure("r", "pearson", "r", r"$r$"),
+    "rho": Measure("rho", "spearman", "ρ", r"$\rho$"),
+    "tau": Measure("tau", "kendall", "τ", r"$\tau$"),
+    "rmse": Measure("rmse", "rmse", "RMSE", "RMSE", higher_is_better=False),
+}
+DEFAULT_MEASURES = ("r", "rho")
+REWARDBENCH_SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning")
+REWARDBENCH_SCORE = "Score"
+
+
+def parse_measures(text: str) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in MEASURES]
+    if unknown or not keys:
+        raise ValueError(f"unknown metric(s) {unknown or text!r}; choose from {', '.join(MEASURES)}")
+    return keys
+
+
+def _is_failure(row: dict) -> bool:
+    return row.get("status") in ("parse_failure", "fallback") or row.get("prediction") is None
+
+
+# -- absolute benchmarks -----------------------------------------------------------------
+
+@dataclass
+class AbsoluteData:
+    keys: list[str]  # sample keys of the usable rows, sorted
+    gold: np.ndarray
+    prediction: np.ndarray
+    n_total: int
+    parse_failures: int
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    def subset(self, keys: list[str]) -> "AbsoluteData":
+        index = {k: i for i, k in enumerate(self.keys)}
+        take = [index[k] for k in keys]
+        return AbsoluteData(list(keys), self.gold[take], self.prediction[take], self.n_total, self.parse_failures)
+
+
+def absolute_data(run: Run) -> AbsoluteData:
+    """Rows with both a gold label and a prediction (parse failures under the 'exclude' policy drop out)."""
+    usable = sorted((sample_key(r), float(r["gold"]), float(r["prediction"]))
+                    for r in run.rows if r["gold"] is not None and r["prediction"] is not None)
+    return AbsoluteData(
+        keys=[k for k, _, _ in usable],
+        gold=np.array([g for _, g, _ in usable]),
+        prediction=np.array([p for _, _, p in usable]),
+        n_total=len(run.rows),
+        parse_failures=sum(_is_failure(r) for r in run.rows),
+    )
+
+
+def absolute_measures(keys: list[str], gold: np.ndarray, prediction: np.ndarray) -> list[float]:
+    """Correlation / error values (``MEASURES`` keys) from the package metrics; nan where undefined."""
+    from ..metrics import correlation_metrics
+
+    values = correlation_metrics(gold, prediction)
+    return [math.nan if values[MEASURES[k].field] is None else float(values[MEASURES[k].field]) for k in keys]
+
+
+def absolute_measure(key: str, gold: np.ndarray, prediction: np.ndarray) -> float:
+    return absolute_measures([key], gold, prediction)[0]
+
+
+# -- RewardBench ---------------------------------------------------------------------------
+
+@dataclass
+class PairData:
+    keys: list[str]  # subset/pair_id of the pairs with both sides scored, sorted
+    subsets: np.ndarray
+    sections: np.ndarray
+    outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie, 0 otherwise
+    n_pairs: int  # pairs in the run, scored or not
+    parse_failures: int
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    def subset(self, keys: list[str]) -> "PairData":
+        index = {k: i for i, k in enumerate(self.keys)}
+        take = [index[k] for k in keys]
+        return PairData(list(keys), self.subsets[take], self.sections[take], self.outcomes[take],
+                        self.n_pairs, self.parse_failures)
+
+    def strata(self) -> list[np.ndarray]:
+        """Row positions per resampling stratum: a section, with Reasoning split into math-prm and code.
+
+        Resampling within these keeps every leaderboard weight fixed, while small subsets (a few pairs
+        under --limit) still vary; strata by subset would freeze every one-pair subset.
+        """
+        labels = np.array([f"{sec}/{sub == 'math-prm'}" if sec == "Reasoning" else sec
+                           for sec, sub in zip(self.sections, self.subsets)], dtype=object)
+        return [np.flatnonzero(labels == label) for label in sorted(set(labels.tolist()))]
+
+
+def pair_data(run: Run) -> PairData:
+    """Chosen/rejected outcomes of the pairs with both sides scored (pairing by the package metrics)."""
+    from ..metrics import pair_outcomes
+
+    for number, row in enumerate(run.rows, start=1):
+        missing = [f for f in ("subset", "section", "pair_id", "side") if f not in (row.get("meta") or {})]
+        if missing:
+            raise ValueError(f"{run.path}/predictions.jsonl: row {number} (id {row['id']}) lacks meta {missing}")
+    pairs = pair_outcomes(run.rows)
+    usable = sorted((str(pid), p["subset"], p["section"], p["outcome"]) for pid, p in pairs.items()
+                    if p["outcome"] is not None)
+    return PairData(
+        keys=[u[0] for u in usable],
+        subsets=np.array([u[1] for u in usable], dtype=object),
+        sections=np.array([u[2] for u in usable], dtype=object),
+        outcomes=np.array([u[3] for u in usable], dtype=float),
+        n_pairs=len(pairs),
+        parse_failures=sum(_is_failure(r) for r in run.rows),
+    )
+
+
+def rewardbench_scores(subsets: np.ndarray, sections: np.ndarray, outcomes: np.ndarray) -> dict[str, float]:
+    """Section accuracies and the leaderboard score (mean of sections), from outcome arrays.
+
+    The same rule as ``metrics.pairwise_metrics`` (a test holds them equal), on arrays so that
+    thousands of bootstrap resamples stay fast: Reasoning weighs math-prm equally against the pooled
+    hep-* subsets; the other sections pool their pairs.
+    """
+    scores: dict[str, float] = {}
+    for section in REWARDBENCH_SECTIONS:
+        in_section = sections == section
+        if not in_section.any():
+            continue
+        if section == "Reasoning":
+            parts = [outcomes[in_section & (subsets == "math-prm")],
+                     outcomes[in_section & (subsets != "math-prm")]]
+            scores[section] = float(np.mean([p.mean() for p in parts if len(p)]))
+        else:
+            scores[section] = float(outcomes[in_section].mean())
+    if scores:
+        scores[REWARDBENCH_SCORE] = float(np.mean(list(scores.values())))
+    return scores

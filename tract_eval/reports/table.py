@@ -1,0 +1,196 @@
+"""The paper's Table 2: one row per judge, benchmark x metric columns, an Average over the absolute
+benchmarks and RewardBench accuracy in its own columns; best bold, second underlined."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import bootstrap
+from .runs import ABSOLUTE_BENCHES, Run, bench_order
+from .stats import (MEASURES, REWARDBENCH_SCORE, REWARDBENCH_SECTIONS, absolute_data, absolute_measures, pair_data,
+                    rewardbench_scores)
+
+AVERAGE = "Average"
+BENCH_TITLES = {
+    "feedback-bench": "Feedback Bench",
+    "flask": "FLASK",
+    "vicuna": "Vicuna Bench",
+    "mt-bench": "MT Bench",
+    "rewardbench": "RewardBench",
+    AVERAGE: AVERAGE,
+}
+
+
+def bench_title(bench: str) -> str:
+    return BENCH_TITLES.get(bench, bench)
+
+
+@dataclass(frozen=True)
+class Column:
+    group: str  # benchmark, "Average" or a pairwise benchmark
+    measure: str  # a MEASURES key, or a RewardBench section / "Score"
+    accuracy: bool = False  # shown as a percentage
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.accuracy or MEASURES[self.measure].higher_is_better
+
+    def label(self, style: str) -> str:
+        if self.accuracy:
+            return self.measure
+        return MEASURES[self.measure].latex if style == "latex" else MEASURES[self.measure].markdown
+
+    def format(self, value: float | None) -> str:
+        if value is None or not math.isfinite(value):
+            return "–"
+        return f"{100 * value:.1f}" if self.accuracy else f"{value:.3f}"
+
+
+@dataclass
+class Cell:
+    estimate: bootstrap.Estimate | None = None
+    rank: int = 0  # 1 best, 2 second best, 0 otherwise
+    partial: bool = False  # an Average over fewer benchmarks than the column's
+
+    def text(self, column: Column) -> str:
+        return column.format(self.estimate.value if self.estimate else None)
+
+    def interval(self, column: Column) -> str:
+        if not self.estimate or self.estimate.low is None:
+            return ""
+        return f"[{column.format(self.estimate.low)}, {column.format(self.estimate.high)}]"
+
+
+@dataclass
+class Counts:
+    used: int  # samples (pairs for RewardBench) entering the metric
+    total: int
+    parse_failures: int
+    pairwise: bool = False
+
+
+@dataclass
+class Table:
+    judges: list[str]
+    columns: list[Column]
+    cells: dict[tuple[str, Column], Cell]
+    counts: dict[tuple[str, str], Counts]
+    benches: list[str]  # benchmark order of the columns
+    averaged: list[str]  # absolute benchmarks in the Average
+    partial_averages: dict[str, list[str]] = field(default_factory=dict)  # judge -> its own averaged benches
+    confidence: float | None = None
+    resamples: int = 0
+    seed: int | None = None
+
+    def groups(self) -> list[tuple[str, list[Column]]]:
+        out: list[tuple[str, list[Column]]] = []
+        for column in self.columns:
+            if not out or out[-1][0] != column.group:
+                out.append((column.group, []))
+            out[-1][1].append(column)
+        return out
+
+
+def build_table(runs: list[Run], measures: list[str], ci: bool = False,
+                resamples: int = bootstrap.DEFAULT_RESAMPLES, seed: int = 0,
+                confidence: float = bootstrap.DEFAULT_CONFIDENCE) -> Table:
+    if not runs:
+        raise ValueError("no runs to report")
+    judges = sorted({r.judge for r in runs})
+    benches = bench_order(r.bench for r in runs)
+    by_key = {(r.judge, r.bench): r for r in runs}
+    absolute = [b for b in benches if not any(r.pairwise for r in runs if r.bench == b)]
+    pairwise = [b for b in benches if b not in absolute]
+    averaged = [b for b in absolute if b in ABSOLUTE_BENCHES]
+
+    columns: list[Column] = [Column(b, m) for b in absolute for m in measures]
+    if averaged:
+        columns += [Column(AVERAGE, m) for m in measures]
+    cells: dict[tuple[str, Column], Cell] = {}
+    counts: dict[tuple[str, str], Counts] = {}
+    table = Table(judges, columns, cells, counts, benches, averaged,
+                  confidence=confidence if ci else None, resamples=resamples if ci else 0,
+                  seed=seed if ci else None)
+
+    for judge in judges:
+        bench_reps: dict[str, np.ndarray] = {}
+        bench_values: dict[str, list[float]] = {}
+        for bench in absolute:
+            run = by_key.get((judge, bench))
+            if run is None:
+                continue
+            data = absolute_data(run)
+            counts[judge, bench] = Counts(data.n, data.n_total, data.parse_failures)
+            values = absolute_measures(measures, data.gold, data.prediction)
+            bench_values[bench] = values
+            reps = None
+            if ci and data.n:
+                reps = bootstrap.replicates(
+                    [np.arange(data.n)],
+                    lambda idx: absolute_measures(measures, data.gold[idx], data.prediction[idx]),
+                    resamples, bootstrap.stream_seed(seed, bench))
+                bench_reps[bench] = reps
+            for i, m in enumerate(measures):
+                est = bootstrap.estimate(values[i], reps[:, i], confidence) if reps is not None else \
+                    bootstrap.Estimate(values[i])
+                cells[judge, Column(bench, m)] = Cell(est)
+        present = [b for b in averaged if b in bench_values]
+        if present:
+            if present != averaged:
+                table.partial_averages[judge] = present
+            for i, m in enumerate(measures):
+                value = float(np.mean([bench_values[b][i] for b in present]))
+                if ci and all(b in bench_reps for b in present):
+                    # benchmarks are resampled independently: the Average of replicate b is the mean of theirs
+                    reps = np.mean([bench_reps[b][:, i] for b in present], axis=0)
+                    est = bootstrap.estimate(value, reps, confidence)
+                else:
+                    est = bootstrap.Estimate(value)
+                cells[judge, Column(AVERAGE, m)] = Cell(est, partial=present != averaged)
+        for bench in pairwise:
+            run = by_key.get((judge, bench))
+            if run is None:
+                continue
+            data = pair_data(run)
+            counts[judge, bench] = Counts(data.n, data.n_pairs, data.parse_failures, pairwise=True)
+            scores = rewardbench_scores(data.subsets, data.sections, data.outcomes)
+            names = [s for s in (*REWARDBENCH_SECTIONS, REWARDBENCH_SCORE) if s in scores]
+            reps = None
+            if ci and data.n:
+                reps = bootstrap.replicates(
+                    data.strata(),
+                    lambda idx: [rewardbench_scores(data.subsets[idx], data.sections[idx], data.outcomes[idx])[s]
+                                 for s in names],
+                    resamples, bootstrap.stream_seed(seed, bench))
+            for i, name in enumerate(names):
+                column = Column(bench, name, accuracy=True)
+                if column not in columns:
+                    columns.append(column)
+                est = bootstrap.estimate(scores[name], reps[:, i], confidence) if reps is not None else \
+                    bootstrap.Estimate(scores[name])
+                cells[judge, column] = Cell(est)
+    # RewardBench columns in their canonical order after the correlation columns
+    order = {name: i for i, name in enumerate((*REWARDBENCH_SECTIONS, REWARDBENCH_SCORE))}
+    table.columns = [c for c in columns if not c.accuracy] + sorted(
+        (c for c in columns if c.accuracy), key=lambda c: (benches.index(c.group), order.get(c.measure, 99)))
+    _rank(table)
+    return table
+
+
+def _rank(table: Table) -> None:
+    """Bold the best and underline the second best value per column, comparing what is displayed.
+
+    Ties share a rank; partial Averages are not comparable and are never marked.
+    """
+    for column in table.columns:
+        ranked = [(table.cells[j, column], table.cells[j, column].text(column)) for j in table.judges
+                  if (j, column) in table.cells and not table.cells[j, column].partial]
+        if len(ranked) < 2:  # nothing to compare against
+            continue
+        shown = sorted({float(t) for _, t in ranked if t != "–"}, reverse=column.higher_is_better)
+        for cell, text in ranked:
+            if text != "–" and shown:
+                position = shown.index(float(text))
+                cell.rank = position + 1 if position < 2 else 0
