@@ -107,7 +107,10 @@ def test_other_config_or_seed_is_refused(tmp_path, vicuna):
         run_benchmark(build_judge("tract", backend=LengthBackend(), seed=1), vicuna, tmp_path, limit=2)
     with pytest.raises(RunConflict, match="n_cot"):
         run_benchmark(build_judge("tract", backend=LengthBackend(), n_cot=2), vicuna, tmp_path, limit=2)
-    # batch size and device do not change predictions: allowed
+    # batch size, device, or naming the card's model explicitly do not change predictions: allowed
+    run_benchmark(build_judge("tract", backend=LengthBackend(), model=None), vicuna, tmp_path, limit=2)
+    assert build_judge("prometheus-2").config.fingerprint() == build_judge(
+        "prometheus-2", model="prometheus-eval/prometheus-7b-v2.0").config.fingerprint()
     run_benchmark(build_judge("tract", backend=LengthBackend(), batch_size=3), vicuna, tmp_path, limit=2)
 
 

@@ -77,6 +77,8 @@ class JudgeConfig:
         data = self.to_dict()
         for key in ("batch_size", "device", "description"):
             data.pop(key, None)
+        # where the model name came from (card or --model) does not change predictions
+        data["extra"] = {k: v for k, v in data["extra"].items() if k != "model_from_card"}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def with_overrides(self, **overrides) -> "JudgeConfig":
