@@ -96,14 +96,15 @@ class JudgeConfig:
         return JudgeConfig(**data)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path, what: str = "judge card") -> dict:
+    """A YAML file that must hold a mapping; errors name the file."""
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a judge card must be a mapping")
+        raise ValueError(f"{path}: a {what} must be a mapping")
     return data
 
 
@@ -114,7 +115,7 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
         path = card_dir("judges") / f"{name_or_path}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no judge card {name_or_path!r} (looked for {path})")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     data.setdefault("name", path.stem)
     known = {f.name for f in dataclasses.fields(JudgeConfig)}
     unknown = set(data) - known

@@ -78,8 +78,15 @@ class Backend(ABC):
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
         """Score readout after supplied continuations, one per request."""
 
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a text that already carries its special tokens (chat template applied)."""
+        return list(self.tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer().decode(ids, skip_special_tokens=False)
+
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer()(text, add_special_tokens=False)["input_ids"])
+        return len(self.encode(text))
 
     def describe(self) -> dict:
         return {"backend": self.name}

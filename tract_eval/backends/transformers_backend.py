@@ -95,12 +95,6 @@ class TransformersBackend(Backend):
     def render_chat(self, messages: list[dict], response_prefix: str = "") -> str:
         return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=False)
-
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
                  on_done: OnDone | None = None) -> list[list[Completion]]:
         import torch

@@ -87,12 +87,6 @@ class VLLMBackend(Backend):
             "engine_tokens": {phase: dict(counts) for phase, counts in self.stats.items()},
         }
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=False)
-
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
                  on_done: OnDone | None = None) -> list[list[Completion]]:
         from vllm import SamplingParams, TokensPrompt

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from ..config import read_yaml_mapping
 from transformers import TrainingArguments
 
 from ..cards import card_dir
@@ -103,12 +103,7 @@ def load_recipe(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
     path = recipe_path(name_or_path).resolve()
     if path in _seen:
         raise ValueError(f"{path}: 'extends' loops back to itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a training recipe must be a mapping")
+    data = read_yaml_mapping(path, "training recipe")
     parent = data.pop("extends", None)
     if parent:
         parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
