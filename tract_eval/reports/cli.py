@@ -1,4 +1,4 @@
-"""Subcommands ``report``, ``compare``, ``scaling`` and ``analyze``. Heavy imports happen inside the commands."""
+"""Subcommands ``report``, ``compare``, ``scaling``, ``analyze`` and ``lambda-sweep``. Heavy imports happen inside the commands."""
 from __future__ import annotations
 
 import argparse
@@ -196,7 +196,25 @@ def _cmd_perplexity(args) -> int:
     return 0
 
 
+def _cmd_lambda_sweep(args) -> int:
+    from .lambda_sweep import sweep_points, write_sweep
+    from .runs import collect_runs
+
+    points = sweep_points(collect_runs(args.runs))
+    for path in write_sweep(points, Path(args.out)):
+        print(path)
+    print((Path(args.out) / "lambda_sweep.md").read_text())
+    return 0
+
+
 def register(subparsers) -> None:
+    sweep = subparsers.add_parser(
+        "lambda-sweep", help="paper Figure 2: average Pearson r against the CoT-RAFT weight λ",
+        description="For runs of models trained with `tract-eval train --lambda ...` (one judge folder per "
+                    "model), read λ from each model's training_summary.json and plot average Pearson r vs λ.")
+    sweep.add_argument("runs", nargs="+", help="run folders: OUT or OUT/<judge>")
+    sweep.add_argument("--out", default="reports/lambda", help="folder for lambda_sweep.{md,json,png,svg}")
+    sweep.set_defaults(func=_cmd_lambda_sweep)
     report = subparsers.add_parser(
         "report", help="paper-style table (Table 2) from stored runs",
         description="One row per judge, benchmark x metric columns, an Average over the absolute benchmarks "
