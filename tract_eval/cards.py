@@ -27,3 +27,13 @@ def cards_root() -> Path:
 
 def card_dir(kind: str) -> Path:
     return cards_root() / kind
+
+
+def find_card(kind: str, name_or_path: str, what: str) -> Path:
+    """A built-in card by name (``<kind>/<name>.yaml``) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = card_dir(kind) / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} {name_or_path!r} (looked for {path})")
+    return path

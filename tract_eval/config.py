@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from .candidates import DEFAULT_DELIMITER
-from .cards import card_dir
+from .cards import card_dir, find_card
 
 
 @dataclass
@@ -110,11 +110,7 @@ def read_yaml_mapping(path: Path, what: str = "judge card") -> dict:
 
 def load_judge_card(name_or_path: str) -> JudgeConfig:
     """A built-in card name (``judges/<name>.yaml``) or a path to a YAML card."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = card_dir("judges") / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no judge card {name_or_path!r} (looked for {path})")
+    path = find_card("judges", name_or_path, "judge card")
     data = read_yaml_mapping(path)
     data.setdefault("name", path.stem)
     known = {f.name for f in dataclasses.fields(JudgeConfig)}

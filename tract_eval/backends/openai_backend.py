@@ -21,7 +21,6 @@ import asyncio
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates

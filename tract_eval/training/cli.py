@@ -9,7 +9,6 @@ Heavy libraries (torch, transformers) load inside the commands.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import read_yaml_mapping
 from transformers import TrainingArguments
 
-from ..cards import card_dir
+from ..cards import find_card
 from .objectives import OBJECTIVES, SCORE_PROBS
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,7 @@ class TrainConfig(TrainingArguments):
 
 
 def recipe_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = card_dir("training") / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no training recipe {name_or_path!r} (looked for {path})")
-    return path
+    return find_card("training", name_or_path, "training recipe")
 
 
 def load_recipe(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
