@@ -30,14 +30,14 @@ def test_local_folder_model_runs_every_predictor(tiny_model_dir, data_dir):
         rows = build_judge(name, backend=backend, max_new_tokens=8, n_cot=2).judge(samples)
         assert len(rows) == 2
         if name != "ce-decode-cot":
-            assert all(1 <= r["prediction"] <= 5 for r in rows)
-            assert all(abs(sum(p.values()) - 1) < 1e-6 for r in rows for p in r["score_probs"])
+            assert all(1 <= r.prediction <= 5 for r in rows)
+            assert all(abs(sum(p.values()) - 1) < 1e-6 for r in rows for p in r.score_probs)
         else:  # a random model writes no verdict: counted as parse failures, never dropped
-            assert all(r["status"] in ("ok", "parse_failure") for r in rows)
+            assert all(r.status in ("ok", "parse_failure") for r in rows)
 
 
 def test_bfloat16_weights_still_read_scores_in_float32(tiny_model_dir, data_dir):
     backend = TransformersBackend(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     assert backend.model.dtype == torch.bfloat16
     rows = build_judge("tract", backend=backend, max_new_tokens=6).judge(load_benchmark("vicuna", data_dir).select(1))
-    assert 1 <= rows[0]["prediction"] <= 5 and rows[0]["candidate_mass"][0] > 0
+    assert 1 <= rows[0].prediction <= 5 and rows[0].candidate_mass[0] > 0

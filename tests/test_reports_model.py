@@ -101,5 +101,5 @@ def test_cot_shift_on_annotation_cots(embedded_backend, data_dir):
     assert ((given >= 1) & (given <= 5)).all()
     # the given-CoT score is the RAIL read after exactly that text
     direct = judge.score_given_cots(samples[:1], [[annotations[0].cot + ANNOTATION_SUFFIX]])[0]
-    assert direct["per_cot"][0] == pytest.approx(rows[0]["given_cot_prediction"], abs=1e-6)
+    assert direct.per_cot[0] == pytest.approx(rows[0]["given_cot_prediction"], abs=1e-6)
     assert direct["forced"] == [""]  # the suffix is the delimiter: nothing had to be forced

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tract_eval.records import Prediction
+
 from tract_eval.reports.scaling import CotCache, average_curve, curve, fill_cache, plot
 
 
@@ -36,8 +38,8 @@ class CountingGenerator:
         for sample in samples:
             values = [self.value(sample, first_cot + i) for i in range(n_cot)]
             self.cots += n_cot
-            on_row({"id": sample.id, "gold": sample.gold, "per_cot": values, "cots": [f"cot {first_cot + i}" for i in range(n_cot)],
-                            "status": "ok"})
+            on_row(Prediction(id=sample.id, gold=sample.gold, prediction=None, status="ok", per_cot=values,
+                              cots=[f"cot {first_cot + i}" for i in range(n_cot)]))
 
 
 def test_smaller_k_reuses_and_larger_k_adds_only_missing(tmp_path):

@@ -14,7 +14,8 @@ from transformers import PreTrainedTokenizerFast
 from tract_eval.backends import Backend, Completion
 from tract_eval.benchmarks import load_benchmark
 from tract_eval.judges import build_judge
-from tract_eval.runner import RunConflict, merge_shards, read_predictions, run_benchmark
+from tract_eval.records import read_predictions
+from tract_eval.runner import RunConflict, merge_shards, run_benchmark
 
 
 class LengthBackend(Backend):

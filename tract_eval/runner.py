@@ -20,19 +20,13 @@ from pathlib import Path
 from .benchmarks import Benchmark, Sample
 from .judges import Judge
 from .metrics import generation_summary
+from .records import MANIFEST, METRICS, PREDICTIONS, JsonlAppender, read_predictions, write_json_atomic
 
 
 class RunConflict(RuntimeError):
     """The output folder holds a run made with another judge config or seed."""
 
 
-class CorruptPredictions(ValueError):
-    pass
-
-
-PREDICTIONS = "predictions.jsonl"
-METRICS = "metrics.json"
-MANIFEST = "manifest.json"
 
 
 def _versions() -> dict:
@@ -58,38 +52,6 @@ def git_revision() -> str | None:
     return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_predictions(path: Path, repair: bool = False) -> list[dict]:
-    """Rows of a predictions file. A torn last line (killed mid-write) is dropped, and with
-    ``repair`` cut off the file; a bad line anywhere else is an error naming it."""
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    rows, good_bytes = [], 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            good_bytes += len(line) + 1
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            is_last = all(not rest.strip() for rest in lines[number:])
-            if not is_last:
-                raise CorruptPredictions(f"{path}: line {number} is not valid JSON ({exc}); fix or remove it") from exc
-            if repair:
-                with open(path, "r+b") as fh:
-                    fh.truncate(good_bytes)
-            break
-        good_bytes += len(line) + 1
-    return rows
-
-
 @dataclass
 class RunResult:
     judge: str
@@ -100,22 +62,6 @@ class RunResult:
     reused_samples: int
     seconds: float
     kind: str
-
-
-class PredictionWriter:
-    """Appends one JSON line per finished sample, flushed and fsynced."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = open(path, "a", encoding="utf-8")
-
-    def __call__(self, row: dict) -> None:
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -190,7 +136,7 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
         }
         write_json_atomic(manifest_path, manifest)
     if todo:
-        writer = PredictionWriter(predictions_path)
+        writer = JsonlAppender(predictions_path)
         size = batch_size or judge.config.batch_size
         # per_request = len(todo) samples; the batch size counts sequences (samples x CoTs)
         per_batch = max(1, size // max(1, judge.config.n_cot if judge.config.cot else 1))
@@ -200,7 +146,7 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
 
                 def on_row(row, _writer=writer):
                     _writer(row)
-                    existing[row["id"]] = row
+                    existing[row.id] = row.to_dict()
                     if progress:
                         progress(1)
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
 from ..models import load_tokenizer, resolve_model
-from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, exclusive_sequence_logprobs,
-                   finish_cot, readout_after_sampled_ids, render_chat_with_tokenizer, request_seed)
+from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, render_chat_with_tokenizer, request_seed
+from ..protocol import exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
 from ..models import ModelSource, load_kwargs, load_tokenizer, resolve_model
-from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, exclusive_sequence_logprobs, finish_cot,
-                   kept_prefix_length, render_chat_with_tokenizer, stream_seed)
+from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, render_chat_with_tokenizer, stream_seed
+from ..protocol import exclusive_sequence_logprobs, finish_cot, kept_prefix_length
 
 log = logging.getLogger(__name__)
 

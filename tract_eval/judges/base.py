@@ -13,10 +13,11 @@ from ..config import JudgeConfig
 from ..models import EMBEDDED_NAME, ModelUnavailable
 from ..parsing import parse_score
 from ..prompts import GradingFields, render_prompt
+from ..records import Prediction
 
 log = logging.getLogger(__name__)
 
-OnRow = Callable[[dict], None]
+OnRow = Callable[[Prediction], None]
 
 
 class Judge:
@@ -87,12 +88,12 @@ class Judge:
         return self.backend.render_chat(self.messages(sample), self.response_prefix)
 
     # -- judging -------------------------------------------------------------------
-    def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None) -> list[dict]:
+    def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None) -> list[Prediction]:
         """One prediction row per sample (see README: predictions.jsonl), in order."""
         cfg = self.config
         inputs = [self.build_input(s) for s in samples]
         started = time.perf_counter()
-        rows: list[dict | None] = [None] * len(samples)
+        rows: list[Prediction | None] = [None] * len(samples)
 
         def finish(index: int, completions: list[Completion]) -> None:
             rows[index] = self._row(samples[index], inputs[index], completions, time.perf_counter() - started)
@@ -116,7 +117,7 @@ class Judge:
             self.backend.generate(requests, cfg.sampling, cfg.seed, on_done=finish)
         return rows  # type: ignore[return-value]
 
-    def score_given_cots(self, samples: list[Sample], cots: list[list[str]], on_row: OnRow | None = None) -> list[dict]:
+    def score_given_cots(self, samples: list[Sample], cots: list[list[str]], on_row: OnRow | None = None) -> list[Prediction]:
         """RAIL read after supplied CoTs instead of generated ones (TRACT Table 3 analysis)."""
         inputs = [self.build_input(s) for s in samples]
         rows = []
@@ -130,7 +131,7 @@ class Judge:
         return rows
 
     # -- rows ------------------------------------------------------------------------
-    def _row(self, sample: Sample, text: str, completions: list[Completion], seconds: float) -> dict:
+    def _row(self, sample: Sample, text: str, completions: list[Completion], seconds: float) -> Prediction:
         cfg = self.config
         per_cot, score_probs, raw_probs, masses = [], [], [], []
         for completion in completions:
@@ -152,23 +153,24 @@ class Judge:
             prediction, status = float(cfg.fallback_score), "fallback"
         else:
             prediction, status = None, "parse_failure"
-        return {
-            "id": sample.id,
-            "gold": sample.gold,
-            "prediction": prediction,
-            "per_cot": per_cot,
-            "status": status,
-            "cots": [c.text for c in completions],
-            "score_probs": score_probs,
-            "raw_probs": raw_probs,
-            "candidate_mass": masses,
-            "finish_reasons": [c.finish_reason for c in completions],
-            "forced": [c.forced_text for c in completions],
-            "cut": [c.cut for c in completions],
-            "cot_parse_failures": sum(p is None for p in per_cot),
-            "input": text,
-            "prompt_tokens": self.backend.count_tokens(text),
-            "generated_tokens": sum(c.generated_tokens for c in completions),
-            "seconds": round(seconds, 3),
-            "meta": sample.meta,
-        }
+        return Prediction(
+            id=sample.id,
+            gold=sample.gold,
+            prediction=prediction,
+            per_cot=per_cot,
+            status=status,
+            cots=[c.text for c in completions],
+            score_probs=score_probs,
+            raw_probs=raw_probs,
+            candidate_mass=masses,
+            missing_candidates=[list(c.missing_candidates) for c in completions],
+            finish_reasons=[c.finish_reason for c in completions],
+            forced=[c.forced_text for c in completions],
+            cut=[c.cut for c in completions],
+            cot_parse_failures=sum(p is None for p in per_cot),
+            input=text,
+            prompt_tokens=self.backend.count_tokens(text),
+            generated_tokens=sum(c.generated_tokens for c in completions),
+            seconds=round(seconds, 3),
+            meta=sample.meta,
+        )

@@ -135,9 +135,9 @@ def cot_shift(judge, samples: list, annotations: list[AnnotationCot], on_row=Non
     samples = [s for s in samples if s.id in by_sample]
     if not samples:
         raise ValueError("no sample has annotation CoTs")
-    given_rows = judge.score_given_cots(samples, [[a.cot + ANNOTATION_SUFFIX for a in by_sample[s.id]]
-                                                  for s in samples], on_row=on_row)
-    own_rows = judge.judge(samples, on_row=on_row)
+    given_rows = [r.to_dict() for r in judge.score_given_cots(
+        samples, [[a.cot + ANNOTATION_SUFFIX for a in by_sample[s.id]] for s in samples], on_row=on_row)]
+    own_rows = [r.to_dict() for r in judge.judge(samples, on_row=on_row)]
     details, given_err, own_err, failed = [], [], [], 0
     for sample, given, own in zip(samples, given_rows, own_rows):
         if own["prediction"] is None:

@@ -5,9 +5,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PREDICTIONS = "predictions.jsonl"
-METRICS = "metrics.json"
-MANIFEST = "manifest.json"
+from ..records import MANIFEST, METRICS, PREDICTIONS, CorruptPredictions
+from ..records import read_predictions as read_rows
 
 # The paper's Table 2 order; the Average column runs over these (the ones present).
 ABSOLUTE_BENCHES = ("feedback-bench", "flask", "vicuna", "mt-bench")
@@ -41,9 +40,6 @@ _REQUIRED = {"id": str, "prediction": (int, float, type(None)), "gold": (int, fl
 def read_predictions(path: Path) -> list[dict]:
     """Rows of a predictions file (a torn last line of a run in progress is left out, never repaired here);
     a malformed row fails naming the file, row and field."""
-    from ..runner import CorruptPredictions
-    from ..runner import read_predictions as read_rows
-
     try:
         rows = read_rows(path)
     except CorruptPredictions as exc:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..records import Prediction
+
 
 CACHE_DIR = "cot-cache"
 
@@ -42,7 +44,7 @@ class CotCache:
             self._load()
 
     def _load(self) -> None:
-        from ..runner import read_predictions
+        from ..records import read_predictions
 
         # a torn last line (killed mid-write) is cut off, so the next append starts on a clean line
         for number, entry in enumerate(read_predictions(self.path, repair=True), start=1):
@@ -61,10 +63,10 @@ class CotCache:
     def count(self, sample_id: str) -> int:
         return len(self.per_cot.get(sample_id, []))
 
-    def append(self, sample_id: str, gold, first_cot: int, row: dict) -> None:
-        values = list(row["per_cot"])
+    def append(self, sample_id: str, gold, first_cot: int, row: Prediction) -> None:
+        values = list(row.per_cot)
         entry = {"id": sample_id, "gold": gold, "first_cot": first_cot, "per_cot": values,
-                 "cots": row.get("cots", []), "status": row.get("status")}
+                 "cots": row.cots, "status": row.status}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
@@ -85,7 +87,7 @@ def fill_cache(cache: CotCache, samples: list, k: int, generate: Generate) -> in
     added = 0
     for have, group in sorted(by_have.items()):
         def on_row(row, first_cot=have):
-            cache.append(row["id"], row["gold"], first_cot, row)
+            cache.append(row.id, row.gold, first_cot, row)
         generate(group, k - have, have, on_row)
         added += (k - have) * len(group)
     return added

@@ -3,7 +3,7 @@
 TRACT rewrites an annotation ``"<feedback> [RESULT] <n>"`` as the CoT
 ``"<feedback> So the overall score is"`` followed by the score. The CoT is
 closed with the same rule the backends apply to a generated CoT
-(:func:`tract_eval.backends.base.finish_cot`), so a feedback that already says
+(:func:`tract_eval.protocol.finish_cot`), so a feedback that already says
 "So the overall ..." is cut there instead of carrying the delimiter twice.
 
 Two sources are understood:
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..backends.base import finish_cot
+from ..protocol import finish_cot
 from ..candidates import DEFAULT_DELIMITER
 from ..parsing import parse_score
 from ..prompts import GradingFields, format_rubric, parse_prometheus_prompt, render_prompt

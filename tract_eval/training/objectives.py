@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backends.base import finish_cot
+from ..protocol import finish_cot
 from ..candidates import ScoreCandidates
 
 OBJECTIVES = ("ce", "raft", "cot_raft")

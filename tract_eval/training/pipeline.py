@@ -25,6 +25,7 @@ from ..candidates import derive_score_candidates
 from ..config import load_judge_card
 from ..judges import Judge, build_judge
 from ..prompts import parse_prometheus_prompt
+from ..records import Prediction
 from .data import TrainingDataError, TrainingRow, iter_jsonl, load_training_rows
 from .objectives import LeftPadCollator, encode_row
 
@@ -161,18 +162,18 @@ def generate_self_cots(model: str | None, rows: list[TrainingRow], judge_name: s
         by_id = {row.id: row for row in pending}
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a") as fh:
-            def save(prediction: dict) -> None:
-                row, text = by_id[prediction["id"]], prediction["cots"][0]
+            def save(prediction: Prediction) -> None:
+                row, text = by_id[prediction.id], prediction.cots[0]
                 cot = text[: len(text) - len(bridge)] if bridge and text.endswith(bridge) else text
                 if not cot.endswith(delimiter):
                     raise RuntimeError(f"row {row.id}: the generated CoT does not end with {delimiter!r}")
                 record = dataclasses.replace(row, cot=cot, meta={
                     **row.meta,
                     "annotation_cot": row.cot,
-                    "finish_reason": prediction["finish_reasons"][0],
-                    "cut": prediction["cut"][0],
-                    "generated_tokens": prediction["generated_tokens"],
-                    "discarded_prediction": prediction["prediction"],
+                    "finish_reason": prediction.finish_reasons[0],
+                    "cut": prediction.cut[0],
+                    "generated_tokens": prediction.generated_tokens,
+                    "discarded_prediction": prediction.prediction,
                 }).to_dict()
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                 fh.flush()

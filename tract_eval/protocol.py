@@ -1,0 +1,75 @@
+"""The TRACT readout protocol, once, for every backend and for training.
+
+A CoT is finished by TRACT's rule (cut at the cut marker, force the delimiter), the bridge tokens
+shared by all score candidates follow, and the score distribution is read at the next position;
+multi-token candidates (e.g. "10") are scored as sequences. Backends sample and return token
+log-probabilities; these functions turn what they sampled into the exact readout context.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from .candidates import ScoreCandidates
+
+
+def finish_cot(text: str, delimiter: str, cut_marker: str | None) -> tuple[str, str, bool]:
+    """TRACT's rule for a CoT that did not end with the delimiter.
+
+    Returns ``(kept_text, forced_text, cut)``: keep the CoT up to the first
+    ``cut_marker`` if present (else all of it) and force the delimiter after it.
+    """
+    if text.endswith(delimiter):
+        return text, "", False
+    cut = False
+    if cut_marker and cut_marker in text:
+        text = text[: text.index(cut_marker)]
+        cut = True
+    separator = " " if text and not text[-1].isspace() else ""
+    return text, separator + delimiter, cut
+
+def kept_prefix_length(decode: Callable[[list[int]], str], ids: list[int], kept_text: str) -> int:
+    """The largest prefix of ``ids`` whose text is a prefix of ``kept_text`` (where a cut CoT ends)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if kept_text.startswith(decode(ids[:mid])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+def readout_after_sampled_ids(tokenizer, prompt_ids: list[int], ids: list[int], finish_reason: str,
+                              stopped_at_delimiter: bool, candidates: ScoreCandidates,
+                              cut_marker: str | None) -> tuple[str, str, bool, list[int]]:
+    """TRACT's cut/append rule on the ids an engine sampled (vLLM, offline or served).
+
+    Returns ``(text, forced_text, cut, readout_ids)``: the ids after the prompt to read the score
+    after (kept CoT ids + forced delimiter ids + bridge ids) and their text.
+    """
+    decode = lambda tail: tokenizer.decode(tail, skip_special_tokens=False)  # noqa: E731
+    if finish_reason == "stop" and not stopped_at_delimiter and ids and ids[-1] in tokenizer.all_special_ids:
+        ids = ids[:-1]  # the end-of-sequence token
+    prompt_text = decode(prompt_ids)
+    text_of = lambda tail: decode(prompt_ids + tail)[len(prompt_text):]  # noqa: E731
+    generated_text = text_of(ids)
+    delimiter = candidates.delimiter
+    if stopped_at_delimiter:  # the stop can fall inside a token: keep the text up to the delimiter
+        generated_text = generated_text[: generated_text.index(delimiter) + len(delimiter)]
+    kept_text, forced_text, cut = finish_cot(generated_text, delimiter, cut_marker)
+    kept = kept_prefix_length(decode, ids, kept_text)
+    forced_text = kept_text[len(text_of(ids[:kept])):] + forced_text  # a cut inside a token: force the rest
+    forced_ids = list(tokenizer(forced_text, add_special_tokens=False)["input_ids"]) if forced_text else []
+    readout_ids = ids[:kept] + forced_ids + list(candidates.bridge_ids)
+    return text_of(readout_ids), forced_text, cut, readout_ids
+
+def exclusive_sequence_logprobs(totals: dict[int, float], candidates: ScoreCandidates) -> dict[int, float]:
+    """Multi-token candidates (e.g. "1" and "10"): log P(sequence) minus the mass of the longer
+    candidates it prefixes, so that "1" means "1 and then not 0"."""
+    adjusted = {}
+    for score, seq in zip(candidates.scores, candidates.sequences):
+        longer = [totals[s] for s, other in zip(candidates.scores, candidates.sequences)
+                  if len(other) > len(seq) and other[: len(seq)] == seq]
+        p = math.exp(totals[score]) - sum(math.exp(v) for v in longer)
+        adjusted[score] = math.log(p) if p > 0 else float("-inf")
+    return adjusted

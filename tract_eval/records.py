@@ -1,0 +1,127 @@
+"""Typed prediction records and the run files: names, one fsynced JSONL appender, one reader.
+
+Every piece of code that writes or reads ``predictions.jsonl`` (the runner, merge, reports, the
+CoT cache) goes through this module, so a row has one shape and a torn line one rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+MANIFEST = "manifest.json"
+RESULTS = "results.json"
+
+# Row statuses. ``ok``: scored; ``parse_failure``: no score could be read (excluded by default);
+# ``fallback``: unparsed, scored with the judge's fallback score; ``partial_candidates``: a top-k
+# readout omitted score candidates, so the distribution is incomplete; ``too_long``: the prompt
+# plus the generation budget exceeds the model's context and the row was not judged.
+STATUSES = ("ok", "parse_failure", "fallback", "partial_candidates", "too_long")
+
+
+class CorruptPredictions(ValueError):
+    """A predictions file has a malformed line other than a torn last one."""
+
+
+@dataclass
+class Prediction:
+    """One judged sample: what ``predictions.jsonl`` holds, one JSON object per line (see README)."""
+
+    id: str
+    gold: float | None
+    prediction: float | None  # mean of the parsed ``per_cot`` values, or the fallback, or None
+    status: str
+    per_cot: list[float | None] = field(default_factory=list)
+    cots: list[str] = field(default_factory=list)
+    score_probs: list[dict[str, float]] = field(default_factory=list)  # renormalised over candidates
+    raw_probs: list[dict[str, float]] = field(default_factory=list)  # full-vocabulary probabilities
+    candidate_mass: list[float] = field(default_factory=list)
+    missing_candidates: list[list[int]] = field(default_factory=list)  # per CoT, from top-k readouts
+    finish_reasons: list[str] = field(default_factory=list)
+    forced: list[str] = field(default_factory=list)
+    cut: list[bool] = field(default_factory=list)
+    retries: list[int] = field(default_factory=list)  # per CoT: regenerations after unparsable output
+    cot_parse_failures: int = 0
+    input: str = ""
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"prediction {self.id!r}: unknown status {self.status!r}; known: {', '.join(STATUSES)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Prediction":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+    """Objects of a JSONL file. A torn last line (killed mid-write) is dropped, and with ``repair``
+    cut off the file; a bad line anywhere else is an error naming the file and line."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows, good_bytes = [], 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            good_bytes += len(line) + 1
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            is_last = all(not rest.strip() for rest in lines[number:])
+            if not is_last:
+                raise CorruptPredictions(f"{path}: line {number} is not valid JSON ({exc}); fix or remove it") from exc
+            if repair:
+                with open(path, "r+b") as fh:
+                    fh.truncate(good_bytes)
+            break
+        good_bytes += len(line) + 1
+    return rows
+
+
+def read_predictions(path: Path, repair: bool = False) -> list[dict]:
+    """Rows of a predictions file as JSON objects (see :func:`read_jsonl`)."""
+    return read_jsonl(path, repair=repair)
+
+
+class JsonlAppender:
+    """Appends one JSON line per record, flushed and fsynced, so a killed run keeps every finished row."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def __call__(self, record: Prediction | dict) -> None:
+        data = record.to_dict() if isinstance(record, Prediction) else record
+        self._fh.write(json.dumps(data, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
