@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import InputNotFoundError
+
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -20,7 +22,7 @@ def cards_root() -> Path:
     for candidate in (_PACKAGE / "_cards", _PACKAGE.parent):
         if (candidate / "judges").is_dir():
             return candidate
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"cannot find the judge cards next to {_PACKAGE}; set TRACT_EVAL_CARDS to the folder holding judges/"
     )
 
@@ -35,5 +37,5 @@ def find_card(kind: str, name_or_path: str, what: str) -> Path:
     if not path.suffix:
         path = card_dir(kind) / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no {what} {name_or_path!r} (looked for {path})")
+        raise InputNotFoundError(f"no {what} {name_or_path!r} (looked for {path})")
     return path

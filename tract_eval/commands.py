@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
+from .errors import ConfigError, InputNotFoundError
 
 
 def register(subparsers) -> None:
@@ -86,10 +87,17 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _names(spec: str, flag: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"{flag} names nothing: {spec!r}")
+    return names
+
+
 def _bench_names(spec: str) -> list[str]:
     from .benchmarks import builtin_benchmark_names
 
-    return builtin_benchmark_names() if spec == "all" else [b.strip() for b in spec.split(",") if b.strip()]
+    return builtin_benchmark_names() if spec == "all" else _names(spec, "--bench")
 
 
 def cmd_run(args) -> int:
@@ -101,23 +109,28 @@ def cmd_run(args) -> int:
     from .runner import parse_shard, run_benchmark
 
     console = Console(stderr=True)
+    # Everything a user can get wrong is checked here, before any model loads.
     shard = parse_shard(args.shard)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, not {args.limit}")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise InputNotFoundError(f"--data-dir {args.data_dir}: no such folder")
+    judges = [build_judge(name, **judge_overrides(args)) for name in _names(args.judge, "--judge")]
     benches, skipped = [], []
     for name in _bench_names(args.bench):
         try:
             benches.append(load_benchmark(name, args.data_dir, drop_reference=args.no_reference))
         except DataUnavailable as exc:
             if args.bench != "all":
-                raise SystemExit(f"error: {exc}") from None
+                raise
             skipped.append((name, str(exc)))
     for name, reason in skipped:
         console.print(f"[yellow]skipped {name}[/]: {reason}")
     if not benches:
-        raise SystemExit("error: no benchmark data available (see the skipped reasons above)")
+        raise DataUnavailable("no benchmark data available (see the skipped reasons above)")
 
     results, usage_lines = [], []
-    for judge_name in [j.strip() for j in args.judge.split(",") if j.strip()]:
-        judge = build_judge(judge_name, **judge_overrides(args))
+    for judge in judges:
         for bench in benches:
             columns = [TextColumn(f"{judge.name} × {bench.name}"), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn(), TimeRemainingColumn()]

@@ -12,6 +12,7 @@ import yaml
 
 from .candidates import DEFAULT_DELIMITER
 from .cards import card_dir, find_card
+from .errors import ConfigError, UnknownNameError
 
 
 @dataclass
@@ -61,13 +62,13 @@ class JudgeConfig:
         if isinstance(self.sampling, dict):
             self.sampling = SamplingConfig(**self.sampling)
         if self.predictor not in ("rail", "decode"):
-            raise ValueError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
+            raise ConfigError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
         if self.parse_failure_policy not in ("exclude", "fallback"):
-            raise ValueError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
+            raise ConfigError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
         if self.parse_failure_policy == "fallback" and self.fallback_score is None:
-            raise ValueError(f"judge {self.name!r}: parse_failure_policy 'fallback' needs fallback_score")
+            raise ConfigError(f"judge {self.name!r}: parse_failure_policy 'fallback' needs fallback_score")
         if self.n_cot < 1:
-            raise ValueError(f"judge {self.name!r}: n_cot must be >= 1")
+            raise ConfigError(f"judge {self.name!r}: n_cot must be >= 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,7 +93,7 @@ class JudgeConfig:
             elif key in data:
                 data[key] = value
             else:
-                raise KeyError(f"unknown judge setting {key!r}")
+                raise UnknownNameError(f"unknown judge setting {key!r}")
         return JudgeConfig(**data)
 
 
@@ -102,9 +103,11 @@ def read_yaml_mapping(path: Path, what: str = "judge card") -> dict:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)  # one line: where, and what the parser expected
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a {what} must be a mapping")
+        raise ConfigError(f"{path}: a {what} must be a mapping")
     return data
 
 
@@ -116,11 +119,11 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
     known = {f.name for f in dataclasses.fields(JudgeConfig)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
     try:
         return JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def builtin_judge_cards() -> list[str]:

@@ -18,12 +18,13 @@ from importlib import metadata
 from pathlib import Path
 
 from .benchmarks import Benchmark, Sample
+from .errors import ConfigError, InputNotFoundError, UserError
 from .judges import Judge
 from .metrics import generation_summary
 from .records import MANIFEST, METRICS, PREDICTIONS, JsonlAppender, read_predictions, write_json_atomic
 
 
-class RunConflict(RuntimeError):
+class RunConflict(UserError, RuntimeError):
     """The output folder holds a run made with another judge config or seed."""
 
 
@@ -70,9 +71,9 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     try:
         index, count = (int(v) for v in spec.split("/"))
     except ValueError:
-        raise ValueError(f"--shard takes i/n (e.g. 0/4), not {spec!r}") from None
+        raise ConfigError(f"--shard takes i/n (e.g. 0/4), not {spec!r}") from None
     if not 0 <= index < count:
-        raise ValueError(f"--shard {spec}: need 0 <= i < n")
+        raise ConfigError(f"--shard {spec}: need 0 <= i < n")
     return index, count
 
 
@@ -178,14 +179,14 @@ def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
     """Combine ``shards/*/predictions.jsonl`` into ``bench_dir/predictions.jsonl`` and rescore."""
     shard_dirs = sorted((bench_dir / "shards").glob("*-of-*"))
     if not shard_dirs:
-        raise FileNotFoundError(f"{bench_dir}/shards holds no shard folders")
+        raise InputNotFoundError(f"{bench_dir}/shards holds no shard folders")
     manifests = [json.loads((d / MANIFEST).read_text()) for d in shard_dirs]
     prints = {m["fingerprint"] for m in manifests}
     if len(prints) != 1:
         raise RunConflict(f"shards under {bench_dir} come from different judge configs: {sorted(prints)}")
     counts = {m["shard"][1] for m in manifests}
     if len(counts) != 1 or len(shard_dirs) != counts.pop():
-        raise ValueError(f"{bench_dir}: expected every shard of one split, found {[d.name for d in shard_dirs]}")
+        raise ConfigError(f"{bench_dir}: expected every shard of one split, found {[d.name for d in shard_dirs]}")
     merged: dict[str, dict] = {}
     main_path = bench_dir / PREDICTIONS
     if main_path.is_file():

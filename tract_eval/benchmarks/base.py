@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..cards import card_dir
+from ..config import read_yaml_mapping
+from ..errors import ConfigError, UnknownNameError, UserError
 from ..hub import hub_reachable, url_reachable
 from ..prompts import GradingFields
 
@@ -22,11 +22,11 @@ DATA_DIR_ENV = "TRACT_EVAL_DATA_DIR"
 CACHE_DIR = Path(os.environ.get("TRACT_EVAL_CACHE", Path.home() / ".cache" / "tract-eval"))
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(UserError, RuntimeError):
     """The benchmark's data is neither local nor reachable; ``--bench all`` skips it with this reason."""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A row is malformed; the message names file, row and field."""
 
     def __init__(self, source: str, row: int | None, field_name: str | None, problem: str):
@@ -57,11 +57,11 @@ class BenchmarkCard:
 
     @classmethod
     def load(cls, path: Path) -> "BenchmarkCard":
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_mapping(path, "benchmark card")
         try:
             return cls(**data)
         except TypeError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {exc}") from exc
 
 
 def git_blob_id(data: bytes) -> str:
@@ -162,7 +162,7 @@ def load_card(name: str) -> BenchmarkCard:
     path = card_dir("benchmarks") / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(builtin_benchmark_names())
-        raise KeyError(f"unknown benchmark {name!r}; known: {known}")
+        raise UnknownNameError(f"unknown benchmark {name!r}; known: {known}")
     return BenchmarkCard.load(path)
 
 

@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InputNotFoundError, UserError
 from ..records import MANIFEST, METRICS, PREDICTIONS, CorruptPredictions
 from ..records import read_predictions as read_rows
 
@@ -13,7 +14,7 @@ ABSOLUTE_BENCHES = ("feedback-bench", "flask", "vicuna", "mt-bench")
 PAIRWISE_BENCHES = ("rewardbench",)
 
 
-class RunFormatError(ValueError):
+class RunFormatError(UserError, ValueError):
     """A run folder or one of its files does not have the shape ``tract-eval run`` writes."""
 
 
@@ -107,7 +108,7 @@ def collect_runs(roots: list[str | Path]) -> list[Run]:
     for root in roots:
         root = Path(root)
         if not root.exists():
-            raise FileNotFoundError(f"{root}: no such run folder")
+            raise InputNotFoundError(f"{root}: no such run folder")
         folders = sorted({p.parent for p in root.rglob(PREDICTIONS)})
         if not folders:
             raise RunFormatError(f"{root}: holds no {PREDICTIONS} (expected OUT/<judge>/<bench>/{PREDICTIONS})")

@@ -7,10 +7,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import bootstrap
 from .runs import ABSOLUTE_BENCHES, Run, bench_order
-from .stats import (MEASURES, REWARDBENCH_SCORE, REWARDBENCH_SECTIONS, absolute_data, absolute_measures, pair_data,
-                    rewardbench_scores)
+from .stats import (
+    MEASURES,
+    REWARDBENCH_SCORE,
+    REWARDBENCH_SECTIONS,
+    absolute_data,
+    absolute_measures,
+    pair_data,
+    rewardbench_scores,
+)
 
 AVERAGE = "Average"
 BENCH_TITLES = {
@@ -97,7 +105,7 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
                 resamples: int = bootstrap.DEFAULT_RESAMPLES, seed: int = 0,
                 confidence: float = bootstrap.DEFAULT_CONFIDENCE) -> Table:
     if not runs:
-        raise ValueError("no runs to report")
+        raise ConfigError("no runs to report")
     judges = sorted({r.judge for r in runs})
     benches = bench_order(r.bench for r in runs)
     by_key = {(r.judge, r.bench): r for r in runs}
