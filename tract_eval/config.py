@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from .candidates import DEFAULT_DELIMITER
-from .cards import card_dir, find_card
+from .cards import card_names, find_card
 from .errors import ConfigError, UnknownNameError
 
 
@@ -127,4 +127,4 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
 
 
 def builtin_judge_cards() -> list[str]:
-    return sorted(p.stem for p in card_dir("judges").glob("*.yaml"))
+    return card_names("judges")

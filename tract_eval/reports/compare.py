@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from . import bootstrap
-from .runs import ABSOLUTE_BENCHES, Run, bench_order
+from .runs import Run, bench_order, in_average
 from .stats import absolute_data, absolute_measures, pair_data, rewardbench_scores
 from .table import AVERAGE, bench_title
 
@@ -69,7 +69,7 @@ def compare(runs_a: list[Run], runs_b: list[Run], measures: list[str],
             out.append(Difference(bench, m, values_a[i], values_b[i],
                                   bootstrap.estimate(values_a[i] - values_b[i], reps[:, i], confidence, null=0.0),
                                   len(keys), data_a.n - len(keys), data_b.n - len(keys)))
-        if bench in ABSOLUTE_BENCHES:
+        if in_average(bench):
             average_parts.append((values_a, values_b, reps))
     if len(average_parts) > 1:
         for i, m in enumerate(measures):
@@ -78,7 +78,7 @@ def compare(runs_a: list[Run], runs_b: list[Run], measures: list[str],
             reps = np.mean([p[2][:, i] for p in average_parts], axis=0)
             out.append(Difference(AVERAGE, m, value_a, value_b,
                                   bootstrap.estimate(value_a - value_b, reps, confidence, null=0.0),
-                                  sum(d.n for d in out if d.measure == m and d.bench in ABSOLUTE_BENCHES)))
+                                  sum(d.n for d in out if d.measure == m and in_average(d.bench))))
     return out
 
 
