@@ -110,8 +110,6 @@ def test_other_config_or_seed_is_refused(tmp_path, vicuna):
         run_benchmark(build_judge("tract", backend=LengthBackend(), n_cot=2), vicuna, tmp_path, limit=2)
     # batch size, device, or naming the card's model explicitly do not change predictions: allowed
     run_benchmark(build_judge("tract", backend=LengthBackend(), model=None), vicuna, tmp_path, limit=2)
-    assert build_judge("prometheus-2").config.fingerprint() == build_judge(
-        "prometheus-2", model="prometheus-eval/prometheus-7b-v2.0").config.fingerprint()
     run_benchmark(build_judge("tract", backend=LengthBackend(), batch_size=3), vicuna, tmp_path, limit=2)
 
 
@@ -126,7 +124,8 @@ def test_rows_carry_distributions_and_per_cot_predictions(tmp_path, vicuna):
     expected = sum(int(s) * p for s, p in row["score_probs"][1].items())
     assert row["per_cot"][1] == pytest.approx(expected)
     manifest = json.loads((result.out_dir / "manifest.json").read_text())
-    assert manifest["judge"]["n_cot"] == 3 and manifest["seed"] == 0 and "transformers" in manifest["versions"]
+    assert manifest["judge"]["n_cot"] == 3 and manifest["seed"] == 0
+    assert "transformers" in manifest["sessions"][-1]["versions"]
     assert manifest["candidates"]["delimiter"] == "So the overall score is"
 
 

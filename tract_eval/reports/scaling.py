@@ -20,13 +20,14 @@ CACHE_DIR = "cot-cache"
 
 
 def cache_key(config) -> str:
-    """The judge's fingerprint with ``n_cot`` and ``seed`` neutralised: those vary inside one cache.
+    """The judge's identity (settings and model) with ``n_cot`` and ``seed`` neutralised: those vary
+    inside one cache."""
+    import hashlib
 
-    ``extra`` bookkeeping (e.g. whether the model came from the card) does not change CoTs either.
-    """
-    neutral = config.with_overrides(n_cot=1, seed=0)
-    neutral.extra = {k: v for k, v in neutral.extra.items() if k != "model_from_card"}
-    return f"{config.name}-{neutral.fingerprint()}"
+    from ..settings import judge_identity
+
+    neutral = judge_identity(config.with_overrides(n_cot=1, seed=0))
+    return f"{config.name}-{hashlib.sha256(json.dumps(neutral, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
 class CotCache:
