@@ -183,3 +183,34 @@ def test_sigkill_mid_run_then_rerun_loses_nothing(tmp_path, data_dir):
     assert sorted(r["id"] for r in rows) == sorted(expected)  # each sample exactly once
     manifest = json.loads((out / "rail" / "vicuna" / "manifest.json").read_text())
     assert manifest["sessions"][-1]["new_samples"] == 12 - done_before
+
+
+def test_one_loop_batches_sequences_and_skips_done(vicuna):
+    class Recording(LengthBackend):
+        batches: list = []
+
+        def generate(self, requests, sampling, seed, on_done=None):
+            self.batches.append([(r.key, r.n, r.first_index) for r in requests])
+            return super().generate(requests, sampling, seed, on_done)
+
+    from tract_eval.runner import judge_pending
+
+    backend, rows = Recording(), []
+    samples = vicuna.select(5)
+    judged = judge_pending(build_judge("tract", backend=backend, n_cot=2), samples, rows.append, batch_size=4,
+                           done={samples[0].id}, first_cot=3)
+    assert judged == 4 and [r.id for r in rows] == [s.id for s in samples[1:]]
+    # 4 sequences per batch = 2 samples x 2 CoTs; CoTs 3 and 4 of each
+    assert [len(b) for b in backend.batches] == [2, 2] and backend.batches[0][0][1:] == (2, 3)
+
+
+def test_scaling_cache_fills_through_the_runner_loop(tmp_path, vicuna):
+    from tract_eval.reports.scaling import run_scaling
+
+    backend = LengthBackend()
+    points = run_scaling(["tract"], [vicuna], [1, 2], [0], {}, tmp_path, limit=3, log_line=lambda _: None,
+                         backend=backend)
+    assert backend.judged == 6 and [p.k for p in points] == [1, 2]
+    again = LengthBackend()
+    run_scaling(["tract"], [vicuna], [1, 2], [0], {}, tmp_path, limit=3, log_line=lambda _: None, backend=again)
+    assert again.judged == 0

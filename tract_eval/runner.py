@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable, Container
 from importlib import metadata
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from .benchmarks import Benchmark, Sample
 from .judges import Judge
 from .metrics import generation_summary
 from .config import SESSION_BACKEND_OPTIONS
-from .records import MANIFEST, METRICS, PREDICTIONS, JsonlAppender, RunLock, read_predictions, write_json_atomic
+from .records import (MANIFEST, METRICS, PREDICTIONS, JsonlAppender, Prediction, RunLock, read_predictions,
+                      write_json_atomic)
 from .redaction import is_secret_name, redact
 from .settings import RunIdentity, run_identity
 
@@ -144,6 +146,24 @@ def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
     }
 
 
+def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Prediction], None], *,
+                  done: Container[str] = (), batch_size: int | None = None, first_cot: int = 0) -> int:
+    """The one loop that judges: every sample whose id is not in ``done``, in batches of ``batch_size``
+    sequences (samples x CoTs; default the judge's batch size), each row handed to ``sink`` the moment
+    it is finished, so whatever the sink saves survives a kill. Returns the number of rows judged.
+
+    ``run``, the scaling CoT cache, self-generated training CoTs and cot-shift all judge through here;
+    ``first_cot`` > 0 adds CoTs ``first_cot ..`` to samples that have the earlier ones.
+    """
+    pending = [s for s in samples if s.id not in done]
+    size = batch_size or judge.config.batch_size
+    per_sample = judge.config.n_cot if judge.config.samples_text else 1
+    per_batch = max(1, size // per_sample)
+    for start in range(0, len(pending), per_batch):
+        judge.judge(pending[start: start + per_batch], first_cot=first_cot, on_row=sink)
+    return len(pending)
+
+
 def check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"--limit must be a whole number >= 1, not {limit!r}")
@@ -187,23 +207,14 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
         }
         write_json_atomic(target / MANIFEST, manifest)
     if todo:
-        writer = JsonlAppender(predictions_path)
-        size = batch_size or judge.config.batch_size
-        # per_request = len(todo) samples; the batch size counts sequences (samples x CoTs)
-        per_batch = max(1, size // max(1, judge.config.n_cot if judge.config.cot else 1))
-        try:
-            for start in range(0, len(todo), per_batch):
-                batch = todo[start: start + per_batch]
+        def on_row(row: Prediction) -> None:
+            writer(row)
+            existing[row.id] = row.to_dict()
+            if progress:
+                progress(1)
 
-                def on_row(row, _writer=writer):
-                    _writer(row)
-                    existing[row.id] = row.to_dict()
-                    if progress:
-                        progress(1)
-
-                judge.judge(batch, on_row=on_row)
-        finally:
-            writer.close()
+        with JsonlAppender(predictions_path) as writer:
+            judge_pending(judge, todo, on_row, batch_size=batch_size)
         manifest.update({
             "backend": redact(judge.backend.describe()),
             "model_note": judge.model_note,
