@@ -4,21 +4,20 @@
     >>> g = grade("What is 2+2?", "4", "Is the answer correct?", judge="rail")
     >>> g.score, g.probs, g.status
 
-Everything goes through the same runner as the command line (one loop that judges, the same files
-for ``evaluate``), and a model is loaded once per process: later calls with the same judge settings
+Everything goes through the runner the command line uses (``runner.judge_pending`` is the one loop
+that judges; ``evaluate`` writes the same files), and a model is loaded once per process: later calls with the same judge settings
 reuse it.
 """
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import ConfigError, InputNotFoundError
-from .records import MANIFEST, RESULTS, Prediction, read_predictions, write_json_atomic
+from .records import MANIFEST, RESULTS, Prediction, write_json_atomic
 
 DEFAULT_OUT = Path("runs")
 
@@ -200,10 +199,10 @@ def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None =
                scale: str | Sequence[int] | None = None, **overrides) -> list[Grade]:
     """Grade several responses in batches. Each row is a mapping with ``instruction``, ``response``,
     ``rubric`` and optional ``reference`` (as in own-data files), or a tuple in that order."""
-    from .benchmarks import Benchmark, LocatedData
-    from .benchmarks.own_data import TABLE_LOADER, load_table
+    from .benchmarks import LocatedData
     from .benchmarks.base import BenchmarkCard, parse_scale
-    from .runner import run_benchmark
+    from .benchmarks.own_data import TABLE_LOADER, load_table
+    from .runner import judge_pending
 
     table = []
     for number, row in enumerate(rows, start=1):
@@ -220,12 +219,9 @@ def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None =
     card = BenchmarkCard(name="api", title="tract_eval.grade", kind="absolute", loader=TABLE_LOADER,
                          scale=parse_scale(scale) if scale is not None else (1, 5))
     samples = load_table(card, LocatedData("rows", hub_rows=table), {})
-    bench = Benchmark(card, samples, LocatedData("rows"))
     judged = judge_for(judge, {**overrides, "model": model}, card.scale)
-    # The runner's loop judges and saves every row; the run folder is scratch space here.
-    with tempfile.TemporaryDirectory(prefix="tract-eval-grade-") as scratch:
-        result = run_benchmark(judged, bench, Path(scratch), batch_size=overrides.get("batch_size"))
-        by_id = {r["id"]: Prediction.from_dict(r) for r in read_predictions(Path(result.out_dir) / "predictions.jsonl")}
+    by_id: dict[str, Prediction] = {}
+    judge_pending(judged, samples, lambda row: by_id.__setitem__(row.id, row), batch_size=overrides.get("batch_size"))
     return [Grade.from_prediction(by_id[s.id]) for s in samples]
 
 

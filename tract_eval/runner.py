@@ -8,12 +8,14 @@ at most the samples in flight; a torn last line is dropped on the next start.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable, Container
 from importlib import metadata
 from pathlib import Path
 
@@ -21,13 +23,17 @@ from .benchmarks import Benchmark, Sample
 from .errors import ConfigError, InputNotFoundError, UserError
 from .judges import Judge
 from .metrics import generation_summary
-from .records import MANIFEST, METRICS, PREDICTIONS, JsonlAppender, read_predictions, write_json_atomic
+from .config import SESSION_BACKEND_OPTIONS
+from .records import (MANIFEST, METRICS, PREDICTIONS, JsonlAppender, Prediction, RunLock, read_predictions,
+                      write_json_atomic)
+from .redaction import is_secret_name, redact
+from .settings import RunIdentity, run_identity
+
+log = logging.getLogger(__name__)
 
 
 class RunConflict(UserError, RuntimeError):
-    """The output folder holds a run made with another judge config or seed."""
-
-
+    """The output folder holds a run of another identity (judge settings, model or data)."""
 
 
 def _versions() -> dict:
@@ -93,80 +99,135 @@ def run_dir(out: Path, judge: str, bench: str, shard: tuple[int, int] | None = N
     return base / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else base
 
 
-def _check_manifest(path: Path, judge: Judge) -> dict | None:
+def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict | None:
+    """The folder's manifest when it holds this run identity; None when the folder starts afresh.
+
+    A folder of another identity is refused naming the differences, unless it holds no finished
+    rows (a failed first attempt never blocks the corrected command).
+    """
+    path = target / MANIFEST
     if not path.is_file():
+        if has_rows:
+            raise RunConflict(f"{target} holds predictions but no {MANIFEST}, so what made them is unknown; "
+                              "use another --out, or delete that folder to start over")
         return None
-    manifest = json.loads(path.read_text())
-    old, new = manifest.get("fingerprint"), judge.config.fingerprint()
-    if old != new:
-        old_cfg = manifest.get("judge", {})
-        new_cfg = judge.config.to_dict()
-        changed = sorted(k for k in set(old_cfg) | set(new_cfg)
-                         if k not in ("batch_size", "device", "description") and old_cfg.get(k) != new_cfg.get(k))
-        raise RunConflict(
-            f"{path.parent} holds a run of judge config {old} but this run is {new} "
-            f"(changed: {', '.join(changed) or 'unknown'}). Use another --out, or delete that folder to start over."
-        )
-    return manifest
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if has_rows:
+            raise RunConflict(f"{path} is not valid JSON ({exc}); the folder's run cannot be identified") from exc
+        return None
+    if manifest.get("fingerprint") == identity.fingerprint:
+        return manifest
+    if not has_rows:
+        log.warning("%s: replacing the manifest of an attempt that finished no rows", target)
+        return None
+    changes = identity.differences(manifest.get("identity"))
+    raise RunConflict(
+        f"{target} holds a run of another identity ({manifest.get('fingerprint')}, this run is "
+        f"{identity.fingerprint}); changed:\n  " + "\n  ".join(changes)
+        + "\nUse another --out, or delete that folder to start over."
+    )
+
+
+def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
+    """What this process ran with that cannot change a score (recorded, never fingerprinted)."""
+    cfg = judge.config
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "command": redact(sys.argv),
+        "limit": limit,
+        "batch_size": batch_size or cfg.batch_size,
+        "device": cfg.device,
+        "backend_options": redact({k: v for k, v in cfg.backend_options.items()
+                                   if k in SESSION_BACKEND_OPTIONS or is_secret_name(k)}),
+        "versions": _versions(),
+        "git_revision": git_revision(),
+    }
+
+
+def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Prediction], None], *,
+                  done: Container[str] = (), batch_size: int | None = None, first_cot: int = 0) -> int:
+    """The one loop that judges: every sample whose id is not in ``done``, in batches of ``batch_size``
+    sequences (samples x CoTs; default the judge's batch size), each row handed to ``sink`` the moment
+    it is finished, so whatever the sink saves survives a kill. Returns the number of rows judged.
+
+    ``run``, the scaling CoT cache, self-generated training CoTs and cot-shift all judge through here;
+    ``first_cot`` > 0 adds CoTs ``first_cot ..`` to samples that have the earlier ones.
+    """
+    pending = [s for s in samples if s.id not in done]
+    size = batch_size or judge.config.batch_size
+    per_sample = judge.config.n_cot if judge.config.samples_text else 1
+    per_batch = max(1, size // per_sample)
+    for start in range(0, len(pending), per_batch):
+        judge.judge(pending[start: start + per_batch], first_cot=first_cot, on_row=sink)
+    return len(pending)
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--limit must be a whole number >= 1, not {limit!r}")
 
 
 def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None = None,
                   shard: tuple[int, int] | None = None, batch_size: int | None = None,
                   progress=None) -> RunResult:
     """Judge the selected samples that are not yet in the predictions file, then score all of them."""
+    check_limit(limit)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
+    identity = run_identity(judge, bench)  # before anything loads: an unavailable model fails here
     target = run_dir(out, judge.name, bench.name, shard)
-    target.mkdir(parents=True, exist_ok=True)
-    manifest_path = target / MANIFEST
-    manifest = _check_manifest(manifest_path, judge)
+    with RunLock(target):
+        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress)
+
+
+def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdentity, limit, shard, batch_size,
+                progress) -> RunResult:
     predictions_path = target / PREDICTIONS
     existing = {row["id"]: row for row in read_predictions(predictions_path, repair=True)}
+    manifest = _open_manifest(target, identity, has_rows=bool(existing))
+    if manifest is None and predictions_path.exists():
+        predictions_path.unlink()  # an attempt of another identity that finished nothing (maybe a torn line)
     selected = shard_samples(bench.select(limit), shard)
     todo = [s for s in selected if s.id not in existing]
     started = time.perf_counter()
+    session = _session(judge, limit, batch_size)
     if manifest is None:
         manifest = {
-            "judge": judge.config.to_dict(),
-            "fingerprint": judge.config.fingerprint(),
+            "identity": identity.to_dict(),
+            "fingerprint": identity.fingerprint,
+            "judge": redact(judge.config.to_dict()),
             "seed": judge.config.seed,
             "bench": bench.describe(),
             "shard": list(shard) if shard else None,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": _versions(),
-            "git_revision": git_revision(),
-            "command": sys.argv,
+            "model_note": judge.model_note,
+            "created": session["started"],
+            "sessions": [],
         }
-        write_json_atomic(manifest_path, manifest)
+        write_json_atomic(target / MANIFEST, manifest)
     if todo:
-        writer = JsonlAppender(predictions_path)
-        size = batch_size or judge.config.batch_size
-        # per_request = len(todo) samples; the batch size counts sequences (samples x CoTs)
-        per_batch = max(1, size // max(1, judge.config.n_cot if judge.config.cot else 1))
-        try:
-            for start in range(0, len(todo), per_batch):
-                batch = todo[start: start + per_batch]
+        def on_row(row: Prediction) -> None:
+            writer(row)
+            existing[row.id] = row.to_dict()
+            if progress:
+                progress(1)
 
-                def on_row(row, _writer=writer):
-                    _writer(row)
-                    existing[row.id] = row.to_dict()
-                    if progress:
-                        progress(1)
-
-                judge.judge(batch, on_row=on_row)
-        finally:
-            writer.close()
+        with JsonlAppender(predictions_path) as writer:
+            judge_pending(judge, todo, on_row, batch_size=batch_size)
         manifest.update({
-            "backend": judge.backend.describe(),
+            "backend": redact(judge.backend.describe()),
             "model_note": judge.model_note,
             "candidates": judge.candidates.to_dict() if judge.config.predictor == "rail" else None,
-            "judge": judge.config.to_dict(),
         })
         manifest.setdefault("sessions", []).append({
+            **session,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "new_samples": len(todo),
             "seconds": round(time.perf_counter() - started, 2),
-            "git_revision": git_revision(),
         })
-        write_json_atomic(manifest_path, manifest)
+        write_json_atomic(target / MANIFEST, manifest)
     rows = [existing[s.id] for s in selected]
     metrics = {"judge": judge.name, "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
                "generation": generation_summary(rows)}

@@ -1,4 +1,4 @@
-"""Command-line flags for backend options; the judge card keeps them under ``extra.backend_options``."""
+"""Command-line flags for backend options; the judge card keeps them under ``backend_options``."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,7 @@ _FLAGS = {
 
 
 def add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("backend options (default: the card's extra.backend_options)")
+    group = parser.add_argument_group("backend options (default: the card's backend_options)")
     for option, (flag, kind, help_text) in _FLAGS.items():
         group.add_argument(flag, dest=f"backend_{option}", metavar=option.upper(), type=kind, default=None,
                            help=help_text)

@@ -139,7 +139,17 @@ def cot_shift(judge, samples: list, annotations: list[AnnotationCot], on_row=Non
         raise ConfigError("no sample has annotation CoTs")
     given_rows = [r.to_dict() for r in judge.score_given_cots(
         samples, [[a.cot + ANNOTATION_SUFFIX for a in by_sample[s.id]] for s in samples], on_row=on_row)]
-    own_rows = [r.to_dict() for r in judge.judge(samples, on_row=on_row)]
+    from ..runner import judge_pending
+
+    own: dict[str, dict] = {}
+
+    def keep(row) -> None:
+        own[row.id] = row.to_dict()
+        if on_row:
+            on_row(row)
+
+    judge_pending(judge, samples, keep)  # the runner's loop and batch rule
+    own_rows = [own[s.id] for s in samples]
     details, given_err, own_err, failed = [], [], [], 0
     for sample, given, own in zip(samples, given_rows, own_rows):
         if own["prediction"] is None:

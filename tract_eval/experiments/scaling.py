@@ -14,19 +14,20 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
-from ..records import Prediction
+from ..records import JsonlAppender, Prediction
 
 CACHE_DIR = "cot-cache"
 
 
 def cache_key(config) -> str:
-    """The judge's fingerprint with ``n_cot`` and ``seed`` neutralised: those vary inside one cache.
+    """The judge's identity (settings and model) with ``n_cot`` and ``seed`` neutralised: those vary
+    inside one cache."""
+    import hashlib
 
-    ``extra`` bookkeeping (e.g. whether the model came from the card) does not change CoTs either.
-    """
-    neutral = config.with_overrides(n_cot=1, seed=0)
-    neutral.extra = {k: v for k, v in neutral.extra.items() if k != "model_from_card"}
-    return f"{config.name}-{neutral.fingerprint()}"
+    from ..settings import judge_identity
+
+    neutral = judge_identity(config.with_overrides(n_cot=1, seed=0))
+    return f"{config.name}-{hashlib.sha256(json.dumps(neutral, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
 class CotCache:
@@ -67,9 +68,8 @@ class CotCache:
         values = list(row.per_cot)
         entry = {"id": sample_id, "gold": gold, "first_cot": first_cot, "per_cot": values,
                  "cots": row.cots, "status": row.status}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        with JsonlAppender(self.path) as write:  # fsynced, like every run file
+            write(entry)
         self._merge(sample_id, gold, first_cot, values)
 
 
@@ -228,10 +228,10 @@ def judge_generator(judge_name: str, overrides: dict, seed: int, shared) -> Gene
             if base.model_note:  # the card's model was swapped: the cache key would lie
                 raise ConfigError(f"judge {judge_name}: {base.model_note}; pass --model explicitly so the "
                                    "CoT cache is keyed on the model that really writes the CoTs")
+        from ..runner import judge_pending
+
         judge = build_judge_with(judge_name, {**overrides, "n_cot": n_cot, "seed": seed}, shared["backend"])
-        step = judge.config.batch_size  # batches of samples, as `run` does; each sample's CoTs share its prefill
-        for start in range(0, len(samples), step):
-            judge.judge(samples[start:start + step], first_cot=first_cot, on_row=on_row)
+        judge_pending(judge, samples, on_row, first_cot=first_cot)  # the runner's loop and batch rule
 
     return generate
 

@@ -10,7 +10,6 @@ from ..backends import Backend, Completion, GenerationRequest, ScoreRequest, cre
 from ..benchmarks import Sample
 from ..candidates import ScoreCandidates, derive_score_candidates
 from ..config import JudgeConfig
-from ..models import EMBEDDED_NAME, ModelUnavailable
 from ..parsing import parse_score
 from ..prompts import GradingFields, render_prompt
 from ..records import Prediction
@@ -27,7 +26,7 @@ class Judge:
         self.config = config
         self._backend = backend
         self._candidates: ScoreCandidates | None = None
-        self.model_note: str | None = None  # set when the card's model was replaced by the embedded one
+        self.model_note: str | None = None  # set by build_judge when the card's model was replaced by the embedded one
 
     @classmethod
     def default_config(cls) -> JudgeConfig:
@@ -46,20 +45,8 @@ class Judge:
         return self._backend
 
     def _create_backend(self) -> Backend:
-        cfg = self.config
-        options = {"device": cfg.device, "dtype": cfg.dtype, **cfg.extra.get("backend_options", {})}
-        try:
-            return create_backend(cfg.backend, cfg.model, **options)
-        except (OSError, ModelUnavailable) as exc:
-            if cfg.model is None or not cfg.extra.get("model_from_card", False):
-                raise
-            # The card's default model cannot be had (offline, no cache): run on the embedded
-            # model so the pipeline still works, and say so everywhere the results go.
-            self.model_note = f"card model {cfg.model!r} unavailable ({type(exc).__name__}); ran on {EMBEDDED_NAME}"
-            log.warning("judge %s: %s", cfg.name, self.model_note)
-            print(f"WARNING: judge {cfg.name}: {self.model_note}")
-            self.config = cfg.with_overrides(model=EMBEDDED_NAME)
-            return create_backend(cfg.backend, None, **options)
+        cfg = self.config  # final: the card's model was settled (and the fallback taken) in build_judge
+        return create_backend(cfg.backend, cfg.model, device=cfg.device, dtype=cfg.dtype, **cfg.backend_options)
 
     @property
     def candidates(self) -> ScoreCandidates:
