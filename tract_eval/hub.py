@@ -19,7 +19,7 @@ def hub_offline() -> bool:
     """``HF_HUB_OFFLINE`` as huggingface_hub reads it, also when it was set after huggingface_hub was imported."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in constants.ENV_VARS_TRUE_VALUES
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in constants.ENV_VARS_TRUE_VALUES
 
 
 @lru_cache(maxsize=None)
