@@ -18,7 +18,7 @@ def copy_prometheus(tmp_path, data_dir):
     return folder
 
 
-@pytest.mark.parametrize("gold", [True, "4", [4, None], [3, "x"]])
+@pytest.mark.parametrize("gold", [True, [4, False], [4, None], [3, "x"], {"a": 1}])
 def test_gold_must_be_numbers(tmp_path, data_dir, gold):
     folder = copy_prometheus(tmp_path, data_dir)
     path = folder / "prometheus" / "vicuna_eval.json"

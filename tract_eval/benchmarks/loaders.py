@@ -29,10 +29,13 @@ def gold_from_row(row: dict, source: str, number: int, fields: tuple[str, ...]) 
             continue
         value = row[name]
         values = value if isinstance(value, list) else [value]
-        # JSON numbers only: true is not 1, and "4" is a string someone meant to check
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise DataFormatError(source, number, name, f"expected a score or list of scores, got {value!r}")
-        numbers = [float(v) for v in values]
+        # numbers, or numbers written as strings (the hub's Feedback Bench has "4"); true is not a score
+        try:
+            if any(isinstance(v, bool) or not isinstance(v, (int, float, str)) for v in values):
+                raise ValueError
+            numbers = [float(v) for v in values]
+        except ValueError:
+            raise DataFormatError(source, number, name, f"expected a score or list of scores, got {value!r}") from None
         if not numbers or not all(math.isfinite(v) for v in numbers):
             raise DataFormatError(source, number, name, f"empty or non-finite scores {value!r}")
         return sum(numbers) / len(numbers)
