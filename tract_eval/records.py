@@ -51,6 +51,7 @@ class Prediction:
     cut: list[bool] = field(default_factory=list)
     retries: list[int] = field(default_factory=list)  # per CoT: regenerations after unparsable output
     cot_parse_failures: int = 0
+    errors: list[str] = field(default_factory=list)  # per failed CoT: why (e.g. an excerpt of a malformed response)
     input: str = ""
     prompt_tokens: int = 0
     generated_tokens: int = 0

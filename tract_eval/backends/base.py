@@ -41,6 +41,8 @@ class Completion:
     # so their probability is unknown and the others are renormalised without them
     missing_candidates: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # every id after the prompt, forced ones included
+    # the server's answer could not be read even after retries: what it sent (an excerpt); no score
+    error: str | None = None
 
 
 @dataclass
