@@ -19,6 +19,7 @@ PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 MANIFEST = "manifest.json"
 RESULTS = "results.json"
+SHARDS = "shards"  # OUT/<judge>/<bench>/shards/<i>-of-<n>/: parts of one run, combined by `merge`
 LOCK = ".lock"  # held (flock) by the one process writing a run folder
 
 # Row statuses. ``ok``: scored; ``parse_failure``: no score could be read (excluded by default);

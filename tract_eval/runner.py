@@ -25,7 +25,7 @@ from .benchmarks import Benchmark, DataFormatError, Sample
 from .judges import Judge
 from .metrics import generation_summary
 from .config import SESSION_BACKEND_OPTIONS
-from .records import (MANIFEST, METRICS, PREDICTIONS, JsonlAppender, Prediction, RunLock, read_predictions,
+from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
                       write_json_atomic)
 from .redaction import is_secret_name, redact
 from .settings import RunIdentity, run_identity
@@ -113,7 +113,7 @@ def check_plain_name(name: str, what: str) -> str:
 
 def run_dir(out: Path, judge: str, bench: str, shard: tuple[int, int] | None = None) -> Path:
     base = Path(out) / check_plain_name(judge, "judge") / check_plain_name(bench, "benchmark")
-    return base / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else base
+    return base / SHARDS / f"{shard[0]}-of-{shard[1]}" if shard else base
 
 
 def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict | None:
@@ -317,7 +317,12 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
 
 def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
     """Combine ``shards/*/predictions.jsonl`` into ``bench_dir/predictions.jsonl`` and rescore."""
-    shard_dirs = sorted((bench_dir / "shards").glob("*-of-*"))
+    with RunLock(bench_dir):
+        return _merge_locked(bench_dir, bench)
+
+
+def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
+    shard_dirs = sorted((bench_dir / SHARDS).glob("*-of-*"))
     if not shard_dirs:
         raise FileNotFoundError(f"{bench_dir}/shards holds no shard folders")
     manifests = [json.loads((d / MANIFEST).read_text()) for d in shard_dirs]

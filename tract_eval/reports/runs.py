@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..records import MANIFEST, METRICS, PREDICTIONS, CorruptPredictions
+from ..records import MANIFEST, METRICS, PREDICTIONS, SHARDS, CorruptPredictions
 from ..records import read_predictions as read_rows
 
 # The paper's Table 2 order; the Average column runs over these (the ones present).
@@ -108,7 +108,9 @@ def collect_runs(roots: list[str | Path]) -> list[Run]:
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such run folder")
-        folders = sorted({p.parent for p in root.rglob(PREDICTIONS)})
+        # shard folders (OUT/<judge>/<bench>/shards/i-of-n) are parts of a run, not runs: `merge` combines them
+        folders = sorted({p.parent for p in root.rglob(PREDICTIONS)
+                          if SHARDS not in p.parent.relative_to(root).parts})
         if not folders:
             raise RunFormatError(f"{root}: holds no {PREDICTIONS} (expected OUT/<judge>/<bench>/{PREDICTIONS})")
         runs.extend(load_run(folder) for folder in folders)
