@@ -13,7 +13,7 @@ from tract_eval.judges import build_judge
 from tract_eval.records import read_predictions
 from tract_eval.runner import run_benchmark
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # starts a (local, in-process) server
 pytest.importorskip("openai")
 
 
