@@ -6,6 +6,8 @@ import importlib
 import logging
 import sys
 
+from .redaction import install_log_redaction
+
 # Modules exposing ``register(subparsers)``; each subcommand sets ``func(args) -> int``.
 # Keep their top-level imports light: heavy libraries load inside the command.
 COMMAND_MODULES = [
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
