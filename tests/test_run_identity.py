@@ -175,3 +175,21 @@ def test_redaction():
         "url": "https://***@h.example/v1?token=***&x=1", "header": "Bearer ***"}
     assert redact(["--max-new-tokens", "16", "--secret", "s", "--backend-option", "client_secret=s2"]) == [
         "--max-new-tokens", "16", "--secret", "***", "--backend-option", "client_secret=***"]
+
+
+def test_log_messages_are_redacted():
+    import io
+    import logging
+
+    from tract_eval.redaction import RedactingFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("tract_eval.test-redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning("POST %s failed (%s)", "http://user:SECRET1@host/v1", "api_key=SECRET2")
+    finally:
+        logger.removeHandler(handler)
+    assert "SECRET" not in stream.getvalue() and "http://***@host/v1" in stream.getvalue()

@@ -10,6 +10,7 @@ import traceback
 
 from . import __version__
 from .errors import UserError
+from .redaction import install_log_redaction
 
 # Modules exposing ``register(subparsers)``; each subcommand sets ``func(args) -> int``.
 # Keep their top-level imports light: heavy libraries load inside the command.
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=_log_level(args.verbose, args.quiet), format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

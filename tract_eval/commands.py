@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N rows (RewardBench: N pairs)")
     p.add_argument("--shard", default=None, help="i/n: judge only the i-th of n disjoint parts")
     p.add_argument("--no-reference", action="store_true", help="drop the reference answer from the prompt")
+    p.add_argument("--too-long", choices=["mark", "refuse"], default="mark",
+                   help="a prompt + --max-new-tokens beyond the model's context: record the row as too_long "
+                        "(excluded, counted) or stop the run")
     add_judge_overrides(p)
     p.set_defaults(func=cmd_run)
 
@@ -135,7 +138,8 @@ def cmd_run(args) -> int:
             total = len(bench.select(args.limit))
             with progress_reporter(console, f"{judge.name} × {bench.name}", total) as advance:
                 result = run_benchmark(judge, bench, args.out, limit=args.limit, shard=shard,
-                                       batch_size=args.batch_size, progress=advance)
+                                       batch_size=args.batch_size, too_long=args.too_long,
+                                       progress=advance)
             write_results(result, judge, bench, ci=args.ci)
             results.append(result)
             if judge.model_note:

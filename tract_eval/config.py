@@ -118,6 +118,10 @@ class JudgeConfig:
     cut_marker: str = "So the overall"
     renormalize: bool = True  # RAIL over candidates renormalised (default) or raw as in the paper
     parse_failure_policy: str = "exclude"  # or "fallback"
+    # a top-k readout (OpenAI-compatible servers) that omits score candidates: "fail" counts that CoT
+    # as unparsed; "renormalize" scores it over the candidates present. The row's status is
+    # ``partial_candidates`` either way, and the missing candidates are recorded.
+    partial_candidates: str = "fail"
     fallback_score: float | None = None
     batch_size: int = 8
     seed: int = 0
@@ -151,6 +155,9 @@ class JudgeConfig:
             raise ConfigError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
         if self.parse_failure_policy not in ("exclude", "fallback"):
             raise ConfigError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
+        if self.partial_candidates not in ("fail", "renormalize"):
+            raise ConfigError(f"judge {self.name!r}: partial_candidates must be 'fail' or 'renormalize', "
+                             f"not {self.partial_candidates!r}")
         if self.parse_failure_policy == "fallback" and self.fallback_score is None:
             raise ConfigError(f"judge {self.name!r}: parse_failure_policy 'fallback' needs fallback_score")
         if self.n_cot < 1:
@@ -186,7 +193,7 @@ class JudgeConfig:
         if self.parse_failure_policy == "fallback":
             data["fallback_score"] = self.fallback_score
         if self.predictor == "rail":
-            data["renormalize"] = self.renormalize
+            data.update(renormalize=self.renormalize, partial_candidates=self.partial_candidates)
         if self.samples_text:
             sampling = dataclasses.asdict(self.sampling)
             if self.sampling.greedy:  # greedy decoding uses neither the nucleus nor the random stream

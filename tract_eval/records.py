@@ -21,6 +21,7 @@ PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 MANIFEST = "manifest.json"
 RESULTS = "results.json"
+SHARDS = "shards"  # OUT/<judge>/<bench>/shards/<i>-of-<n>/: parts of one run, combined by `merge`
 LOCK = ".lock"  # held (flock) by the one process writing a run folder
 
 # Row statuses. ``ok``: scored; ``parse_failure``: no score could be read (excluded by default);
@@ -53,6 +54,7 @@ class Prediction:
     cut: list[bool] = field(default_factory=list)
     retries: list[int] = field(default_factory=list)  # per CoT: regenerations after unparsable output
     cot_parse_failures: int = 0
+    errors: list[str] = field(default_factory=list)  # per failed CoT: why (e.g. an excerpt of a malformed response)
     input: str = ""
     prompt_tokens: int = 0
     generated_tokens: int = 0

@@ -47,3 +47,23 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     return value
+
+
+class RedactingFilter:
+    """A logging filter that redacts each record's final message (credentials in URLs and options)."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Redact every message the root logger's handlers print (our logs and libraries', e.g. httpx URLs)."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -11,20 +11,22 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Container
 from importlib import metadata
 from pathlib import Path
 
-from .benchmarks import Benchmark, Sample
+from .benchmarks import Benchmark, DataFormatError, Sample
 from .errors import ConfigError, InputNotFoundError, UserError
 from .judges import Judge
 from .metrics import generation_summary
 from .config import SESSION_BACKEND_OPTIONS
-from .records import (MANIFEST, METRICS, PREDICTIONS, JsonlAppender, Prediction, RunLock, read_predictions,
+from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
                       write_json_atomic)
 from .redaction import is_secret_name, redact
 from .settings import RunIdentity, run_identity
@@ -94,9 +96,21 @@ def shard_samples(samples: list[Sample], shard: tuple[int, int] | None) -> list[
     return [s for s in samples if groups[s.meta.get("pair_id", s.id)] % count == index]
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_plain_name(name: str, what: str) -> str:
+    """Judge and benchmark names become folder names under --out: letters, digits and ``._+-`` only
+    (no ``/``, no ``..``), so no name can write outside --out."""
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{what} name {name!r} cannot be a folder name: use letters, digits and . _ + - "
+                          "(no path separators or '..')")
+    return name
+
+
 def run_dir(out: Path, judge: str, bench: str, shard: tuple[int, int] | None = None) -> Path:
-    base = Path(out) / judge / bench
-    return base / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else base
+    base = Path(out) / check_plain_name(judge, "judge") / check_plain_name(bench, "benchmark")
+    return base / SHARDS / f"{shard[0]}-of-{shard[1]}" if shard else base
 
 
 def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict | None:
@@ -165,6 +179,58 @@ def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Predictio
     return len(pending)
 
 
+TOO_LONG_POLICIES = ("mark", "refuse")
+
+
+def _generation_budget(judge: Judge) -> int:
+    """Tokens a sample may add after its prompt: the sampled text plus, for RAIL, the forced readout."""
+    cfg = judge.config
+    budget = cfg.sampling.max_new_tokens if cfg.samples_text else 0
+    if cfg.predictor == "rail":
+        c = judge.candidates
+        budget += len(c.delimiter_ids) + len(c.bridge_ids) + max(len(seq) for seq in c.sequences)
+    return budget
+
+
+def _too_long_rows(judge: Judge, samples: list[Sample], policy: str) -> list[Prediction]:
+    """``too_long`` rows for the samples whose prompt + generation budget exceeds the model's context
+    (``policy`` "mark"); "refuse" stops the run naming them instead. Unknown context: nothing is checked."""
+    context = judge.backend.context_length()
+    if context is None:
+        return []
+    budget = _generation_budget(judge)
+    rows = []
+    for sample in samples:
+        text = judge.build_input(sample)
+        tokens = judge.backend.count_tokens(text)
+        if tokens + budget > context:
+            rows.append(Prediction(id=sample.id, gold=sample.gold, prediction=None, status="too_long", input=text,
+                                   prompt_tokens=tokens, meta={**sample.meta, "context_length": context,
+                                                               "generation_budget": budget}))
+    if rows and policy == "refuse":
+        listed = ", ".join(f"{r.id} ({r.prompt_tokens} tokens)" for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        raise ConfigError(f"{len(rows)} prompt(s) + the generation budget of {budget} tokens exceed the model's "
+                          f"context of {context}: {listed}; lower --max-new-tokens, or --too-long mark to record "
+                          "them as too_long rows")
+    return rows
+
+
+def check_gold_in_scale(judge: Judge, bench: Benchmark) -> None:
+    """Gold scores outside the judge's scale would be compared with predictions that cannot reach them."""
+    low, high = judge.config.scale
+    for sample in bench.samples:
+        if sample.gold is not None and not low <= sample.gold <= high:
+            raise DataFormatError(bench.located.source, sample.meta.get("row"), "gold",
+                                  f"sample {sample.id}: gold {sample.gold:g} is outside the judge's scale "
+                                  f"[{low}, {high}]")
+
+
+def status_counts(rows: list[dict]) -> dict[str, int]:
+    """Rows per status (ok, parse_failure, fallback, partial_candidates, too_long): nothing is silent."""
+    counts = Counter(row.get("status") for row in rows)
+    return {status: counts[status] for status in sorted(counts, key=str)}
+
+
 def check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"--limit must be a whole number >= 1, not {limit!r}")
@@ -172,19 +238,27 @@ def check_limit(limit: int | None) -> None:
 
 def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None = None,
                   shard: tuple[int, int] | None = None, batch_size: int | None = None,
-                  progress=None) -> RunResult:
-    """Judge the selected samples that are not yet in the predictions file, then score all of them."""
+                  progress=None, too_long: str = "mark") -> RunResult:
+    """Judge the selected samples that are not yet in the predictions file, then score all of them.
+
+    ``too_long``: what to do with a sample whose prompt + generation budget exceeds the model's
+    context: "mark" writes a ``too_long`` row (no prediction, counted in the metrics), "refuse" stops.
+    """
+    # everything checkable is checked before the model loads
     check_limit(limit)
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
-    identity = run_identity(judge, bench)  # before anything loads: an unavailable model fails here
+    if too_long not in TOO_LONG_POLICIES:
+        raise ConfigError(f"--too-long must be one of {', '.join(TOO_LONG_POLICIES)}, not {too_long!r}")
+    check_gold_in_scale(judge, bench)
     target = run_dir(out, judge.name, bench.name, shard)
+    identity = run_identity(judge, bench)  # an unavailable model fails here
     with RunLock(target):
-        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress)
+        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long)
 
 
 def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdentity, limit, shard, batch_size,
-                progress) -> RunResult:
+                progress, too_long: str) -> RunResult:
     predictions_path = target / PREDICTIONS
     existing = {row["id"]: row for row in read_predictions(predictions_path, repair=True)}
     manifest = _open_manifest(target, identity, has_rows=bool(existing))
@@ -215,7 +289,9 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
                 progress(1)
 
         with JsonlAppender(predictions_path) as writer:
-            judge_pending(judge, todo, on_row, batch_size=batch_size)
+            for row in _too_long_rows(judge, todo, too_long):
+                on_row(row)
+            judge_pending(judge, todo, on_row, done=existing, batch_size=batch_size)
         manifest.update({
             "backend": redact(judge.backend.describe()),
             "model_note": judge.model_note,
@@ -230,7 +306,7 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
         write_json_atomic(target / MANIFEST, manifest)
     rows = [existing[s.id] for s in selected]
     metrics = {"judge": judge.name, "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
-               "generation": generation_summary(rows)}
+               "statuses": status_counts(rows), "generation": generation_summary(rows)}
     write_json_atomic(target / METRICS, metrics)
     return RunResult(judge.name, bench.name, target, metrics, len(todo), len(selected) - len(todo),
                      time.perf_counter() - started, bench.kind)
@@ -238,7 +314,12 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
 
 def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
     """Combine ``shards/*/predictions.jsonl`` into ``bench_dir/predictions.jsonl`` and rescore."""
-    shard_dirs = sorted((bench_dir / "shards").glob("*-of-*"))
+    with RunLock(bench_dir):
+        return _merge_locked(bench_dir, bench)
+
+
+def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
+    shard_dirs = sorted((bench_dir / SHARDS).glob("*-of-*"))
     if not shard_dirs:
         raise InputNotFoundError(f"{bench_dir}/shards holds no shard folders")
     manifests = [json.loads((d / MANIFEST).read_text()) for d in shard_dirs]
@@ -264,6 +345,6 @@ def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
     manifest["sessions"] = [s for m in manifests for s in m.get("sessions", [])]
     write_json_atomic(bench_dir / MANIFEST, manifest)
     metrics = {"judge": manifest["judge"]["name"], "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
-               "generation": generation_summary(rows)}
+               "statuses": status_counts(rows), "generation": generation_summary(rows)}
     write_json_atomic(bench_dir / METRICS, metrics)
     return metrics

@@ -181,9 +181,21 @@ def _verify(card: BenchmarkCard, paths: list[Path]) -> dict[str, str]:
     return result
 
 
+def read_text_utf8(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 are an error naming the file, line and byte offset."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(str(path), None, None,
+                              f"not UTF-8 at byte {exc.start} (line {line}): {exc.reason} "
+                              f"({data[exc.start:exc.start + 4]!r}); re-save the file as UTF-8") from None
+
+
 def read_json_rows(path: Path) -> list[dict]:
     """A JSON array, or JSON Lines (some upstream .json files are JSONL)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text_utf8(path)
     stripped = text.lstrip()
     if stripped.startswith("version https://git-lfs"):
         raise DataFormatError(str(path), None, None, "is a Git LFS pointer, not the data: fetch the real file")

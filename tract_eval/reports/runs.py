@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..benchmarks.base import find_card_or_none
 from ..errors import InputNotFoundError, UserError
-from ..records import MANIFEST, METRICS, PREDICTIONS, CorruptPredictions
+from ..records import MANIFEST, METRICS, PREDICTIONS, SHARDS, CorruptPredictions
 from ..records import read_predictions as read_rows
 
 
@@ -109,7 +109,9 @@ def collect_runs(roots: list[str | Path]) -> list[Run]:
         root = Path(root)
         if not root.exists():
             raise InputNotFoundError(f"{root}: no such run folder")
-        folders = sorted({p.parent for p in root.rglob(PREDICTIONS)})
+        # shard folders (OUT/<judge>/<bench>/shards/i-of-n) are parts of a run, not runs: `merge` combines them
+        folders = sorted({p.parent for p in root.rglob(PREDICTIONS)
+                          if SHARDS not in p.parent.relative_to(root).parts})
         if not folders:
             raise RunFormatError(f"{root}: holds no {PREDICTIONS} (expected OUT/<judge>/<bench>/{PREDICTIONS})")
         runs.extend(load_run(folder) for folder in folders)

@@ -170,7 +170,9 @@ def rows_from_annotated_prompts(records: Iterable[dict], source: str, delimiter:
 def _read_records(source: str) -> list[dict]:
     path = Path(source)
     if path.exists():
-        text = path.read_text()
+        from ..benchmarks.base import read_text_utf8  # not-UTF-8 bytes: an error naming file and position
+
+        text = read_text_utf8(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
