@@ -205,7 +205,7 @@ def test_one_loop_batches_sequences_and_skips_done(vicuna):
 
 
 def test_scaling_cache_fills_through_the_runner_loop(tmp_path, vicuna):
-    from tract_eval.reports.scaling import run_scaling
+    from tract_eval.experiments.scaling import run_scaling
 
     backend = LengthBackend()
     points = run_scaling(["tract"], [vicuna], [1, 2], [0], {}, tmp_path, limit=3, log_line=lambda _: None,

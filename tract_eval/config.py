@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from .candidates import DEFAULT_DELIMITER
-from .cards import card_dir, find_card
+from .cards import card_names, find_card
+from .errors import ConfigError, UnknownNameError
 from .redaction import is_secret_name
 
 
@@ -43,7 +44,7 @@ class SamplingConfig:
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
         if problems:
-            raise ValueError("sampling: " + "; ".join(problems))
+            raise ConfigError("sampling: " + "; ".join(problems))
 
     @property
     def greedy(self) -> bool:
@@ -90,7 +91,7 @@ def check_field_types(obj: Any, where: str) -> None:
              for f in dataclasses.fields(obj)
              if f.name in hints and not _type_ok(getattr(obj, f.name), hints[f.name])]
     if wrong:
-        raise ValueError(f"{where}: " + "; ".join(wrong))
+        raise ConfigError(f"{where}: " + "; ".join(wrong))
 
 
 def _describe_hint(hint: Any) -> str:
@@ -135,34 +136,34 @@ class JudgeConfig:
         if isinstance(self.sampling, dict):
             unknown = set(self.sampling) - {f.name for f in dataclasses.fields(SamplingConfig)}
             if unknown:
-                raise ValueError(f"judge {self.name!r}: unknown sampling settings {sorted(unknown)}")
+                raise ConfigError(f"judge {self.name!r}: unknown sampling settings {sorted(unknown)}")
             try:
                 self.sampling = SamplingConfig(**self.sampling)
             except ValueError as exc:
-                raise ValueError(f"judge {self.name!r}: {exc}") from None
+                raise ConfigError(f"judge {self.name!r}: {exc}") from None
         if not isinstance(self.sampling, SamplingConfig):
-            raise ValueError(f"judge {self.name!r}: sampling must be a mapping, not {self.sampling!r}")
+            raise ConfigError(f"judge {self.name!r}: sampling must be a mapping, not {self.sampling!r}")
         check_field_types(self, f"judge {self.name!r}")
         self.scale = tuple(self.scale)  # YAML gives lists
         if self.scale[0] >= self.scale[1]:
-            raise ValueError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
+            raise ConfigError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
         if not self.delimiter:
-            raise ValueError(f"judge {self.name!r}: delimiter must not be empty")
+            raise ConfigError(f"judge {self.name!r}: delimiter must not be empty")
         if self.batch_size < 1:
-            raise ValueError(f"judge {self.name!r}: batch_size must be >= 1, not {self.batch_size}")
+            raise ConfigError(f"judge {self.name!r}: batch_size must be >= 1, not {self.batch_size}")
         if self.predictor not in ("rail", "decode"):
-            raise ValueError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
+            raise ConfigError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
         if self.parse_failure_policy not in ("exclude", "fallback"):
-            raise ValueError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
+            raise ConfigError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
         if self.partial_candidates not in ("fail", "renormalize"):
-            raise ValueError(f"judge {self.name!r}: partial_candidates must be 'fail' or 'renormalize', "
+            raise ConfigError(f"judge {self.name!r}: partial_candidates must be 'fail' or 'renormalize', "
                              f"not {self.partial_candidates!r}")
         if self.parse_failure_policy == "fallback" and self.fallback_score is None:
-            raise ValueError(f"judge {self.name!r}: parse_failure_policy 'fallback' needs fallback_score")
+            raise ConfigError(f"judge {self.name!r}: parse_failure_policy 'fallback' needs fallback_score")
         if self.n_cot < 1:
-            raise ValueError(f"judge {self.name!r}: n_cot must be >= 1, not {self.n_cot}")
+            raise ConfigError(f"judge {self.name!r}: n_cot must be >= 1, not {self.n_cot}")
         if self.fallback_score is not None and not self.scale[0] <= self.fallback_score <= self.scale[1]:
-            raise ValueError(f"judge {self.name!r}: fallback_score {self.fallback_score} is outside the scale "
+            raise ConfigError(f"judge {self.name!r}: fallback_score {self.fallback_score} is outside the scale "
                              f"{list(self.scale)}")
 
     def to_dict(self) -> dict:
@@ -215,7 +216,7 @@ class JudgeConfig:
             elif key in data:
                 data[key] = value
             else:
-                raise KeyError(f"unknown judge setting {key!r}")
+                raise UnknownNameError(f"unknown judge setting {key!r}")
         return JudgeConfig(**data)
 
 
@@ -225,9 +226,11 @@ def read_yaml_mapping(path: Path, what: str = "judge card") -> dict:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)  # one line: where, and what the parser expected
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a {what} must be a mapping")
+        raise ConfigError(f"{path}: a {what} must be a mapping")
     return data
 
 
@@ -239,12 +242,12 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
     known = {f.name for f in dataclasses.fields(JudgeConfig)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
     try:
         return JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def builtin_judge_cards() -> list[str]:
-    return sorted(p.stem for p in card_dir("judges").glob("*.yaml"))
+    return card_names("judges")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 MANIFEST = "manifest.json"
@@ -29,7 +31,7 @@ LOCK = ".lock"  # held (flock) by the one process writing a run folder
 STATUSES = ("ok", "parse_failure", "fallback", "partial_candidates", "too_long")
 
 
-class CorruptPredictions(ValueError):
+class CorruptPredictions(UserError, ValueError):
     """A predictions file has a malformed line other than a torn last one."""
 
 

@@ -5,6 +5,8 @@ import warnings
 from importlib.metadata import entry_points
 from typing import Callable, Generic, TypeVar
 
+from .errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -54,7 +56,7 @@ class Registry(Generic[T]):
             if name in self.broken:
                 raise KeyError(self.broken[name]) from None
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
         self._load_plugins()

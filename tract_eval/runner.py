@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .benchmarks import Benchmark, DataFormatError, Sample
+from .errors import ConfigError, InputNotFoundError, UserError
 from .judges import Judge
 from .metrics import generation_summary
 from .config import SESSION_BACKEND_OPTIONS
@@ -33,11 +34,7 @@ from .settings import RunIdentity, run_identity
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A run setting is invalid (a flag value, a policy name)."""
-
-
-class RunConflict(RuntimeError):
+class RunConflict(UserError, RuntimeError):
     """The output folder holds a run of another identity (judge settings, model or data)."""
 
 
@@ -82,9 +79,9 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     try:
         index, count = (int(v) for v in spec.split("/"))
     except ValueError:
-        raise ValueError(f"--shard takes i/n (e.g. 0/4), not {spec!r}") from None
+        raise ConfigError(f"--shard takes i/n (e.g. 0/4), not {spec!r}") from None
     if not 0 <= index < count:
-        raise ValueError(f"--shard {spec}: need 0 <= i < n")
+        raise ConfigError(f"--shard {spec}: need 0 <= i < n")
     return index, count
 
 
@@ -324,14 +321,14 @@ def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
 def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
     shard_dirs = sorted((bench_dir / SHARDS).glob("*-of-*"))
     if not shard_dirs:
-        raise FileNotFoundError(f"{bench_dir}/shards holds no shard folders")
+        raise InputNotFoundError(f"{bench_dir}/shards holds no shard folders")
     manifests = [json.loads((d / MANIFEST).read_text()) for d in shard_dirs]
     prints = {m["fingerprint"] for m in manifests}
     if len(prints) != 1:
         raise RunConflict(f"shards under {bench_dir} come from different judge configs: {sorted(prints)}")
     counts = {m["shard"][1] for m in manifests}
     if len(counts) != 1 or len(shard_dirs) != counts.pop():
-        raise ValueError(f"{bench_dir}: expected every shard of one split, found {[d.name for d in shard_dirs]}")
+        raise ConfigError(f"{bench_dir}: expected every shard of one split, found {[d.name for d in shard_dirs]}")
     merged: dict[str, dict] = {}
     main_path = bench_dir / PREDICTIONS
     if main_path.is_file():

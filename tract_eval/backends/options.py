@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
+
 # flag -> backend option (None = not given, keep the card's value)
 _FLAGS = {
     "base_url": ("--base-url", str, "openai: server URL, e.g. http://127.0.0.1:8000/v1"),
@@ -33,6 +35,6 @@ def backend_options_from_args(args: argparse.Namespace) -> dict:
     for item in getattr(args, "backend_extra", []) or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"error: --backend-option takes KEY=VALUE, not {item!r}")
+            raise ConfigError(f"--backend-option takes KEY=VALUE, not {item!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import JudgeConfig, builtin_judge_cards, load_judge_card
+from ..errors import UnknownNameError
 from ..registry import Registry
 from ..settings import resolve_card_model
 from .base import Judge
@@ -27,7 +28,7 @@ def load_judge_config(name_or_path: str) -> tuple[JudgeConfig, type[Judge]]:
     if name_or_path in JUDGES:
         cls = JUDGES.get(name_or_path)
         return cls.default_config(), cls
-    raise KeyError(f"unknown judge {name_or_path!r}; known: {', '.join(judge_names())} (or a path to a YAML card)")
+    raise UnknownNameError(f"unknown judge {name_or_path!r}; known: {', '.join(judge_names())} (or a path to a YAML card)")
 
 
 def build_judge(name_or_path: str, backend=None, **overrides) -> Judge:

@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..protocol import finish_cot
 from ..candidates import DEFAULT_DELIMITER
+from ..errors import UserError
 from ..parsing import parse_score
 from ..prompts import GradingFields, format_rubric, parse_prometheus_prompt, render_prompt
+from ..protocol import finish_cot
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ _RESULT = re.compile(r"\s*\[RESULT\]")
 _ORIG_COLUMNS = ("orig_instruction", "orig_response", "orig_criteria")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UserError, ValueError):
     pass
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ConfigError
 from ..records import JsonlAppender, Prediction
-
 
 CACHE_DIR = "cot-cache"
 
@@ -114,7 +114,7 @@ class CurvePoint:
 def curve(judge: str, bench: str, caches: list[CotCache], ids: list[str], ks: list[int]) -> list[CurvePoint]:
     import numpy as np
 
-    from .stats import absolute_measure
+    from ..reports.stats import absolute_measure
 
     points = []
     for k in ks:
@@ -153,7 +153,7 @@ def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .table import bench_title
+    from ..reports.table import bench_title
 
     benches = list(dict.fromkeys(p.bench for p in points))
     fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 3.6), squeeze=False, sharey=False)
@@ -226,7 +226,7 @@ def judge_generator(judge_name: str, overrides: dict, seed: int, shared) -> Gene
             base = shared["judge"]
             shared["backend"] = base.backend  # the model loads here, and only here
             if base.model_note:  # the card's model was swapped: the cache key would lie
-                raise RuntimeError(f"judge {judge_name}: {base.model_note}; pass --model explicitly so the "
+                raise ConfigError(f"judge {judge_name}: {base.model_note}; pass --model explicitly so the "
                                    "CoT cache is keyed on the model that really writes the CoTs")
         from ..runner import judge_pending
 
@@ -249,7 +249,7 @@ def run_scaling(judge_names: list[str], benches: list, ks: list[int], seeds: lis
     for judge_name in judge_names:
         base = build_judge_with(judge_name, {k: v for k, v in overrides.items() if k != "seed"})  # no model yet
         if base.config.predictor == "rail" and not base.config.cot:
-            raise ValueError(f"judge {judge_name} writes no CoT: more CoTs cannot change its score")
+            raise ConfigError(f"judge {judge_name} writes no CoT: more CoTs cannot change its score")
         key = cache_key(base.config)
         shared = {"judge": base, **({"backend": backend} if backend is not None else {})}
         for bench in benches:
