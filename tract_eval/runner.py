@@ -139,8 +139,8 @@ def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict 
     changes = identity.differences(manifest.get("identity"))
     raise RunConflict(
         f"{target} holds a run of another identity ({manifest.get('fingerprint')}, this run is "
-        f"{identity.fingerprint}); changed:\n  " + "\n  ".join(changes)
-        + "\nUse another --out, or delete that folder to start over."
+        f"{identity.fingerprint}); changed: " + "; ".join(changes)
+        + ". Use another --out, or delete that folder to start over."
     )
 
 
