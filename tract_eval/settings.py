@@ -111,10 +111,8 @@ def bench_identity(bench) -> dict:
     if located.hub_rows is not None:
         digest = hashlib.sha256(json.dumps(located.hub_rows, sort_keys=True, default=str).encode()).hexdigest()
         data = {located.source: f"sha256 {digest}"}
-    else:
-        from .benchmarks.base import git_blob_id
-
-        data = {Path(p).name: f"git-blob {git_blob_id(Path(p).read_bytes())}" for p in located.paths}
+    else:  # hashed when the data was located, not now: a file edited since cannot pass for the loaded one
+        data = {name: f"git-blob {blob}" for name, blob in located.blobs.items()}
     # an option left at its default is the same run as one not given at all
     options = {k: v for k, v in bench.options.items() if BENCH_OPTION_DEFAULTS.get(k, _ABSENT) != v}
     return normalise({"name": bench.name, "loader": bench.card.loader, "scale": bench.card.scale,
