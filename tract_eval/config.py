@@ -12,6 +12,9 @@ import yaml
 
 from .candidates import DEFAULT_DELIMITER
 from .cards import card_dir, find_card
+from .protocol import REFERENCE_STOP_STRINGS
+
+PROTOCOLS = ("cot-rail", "cot-decode", "score-only-rail", "score-only-decode", "prometheus")
 
 
 @dataclass
@@ -39,14 +42,25 @@ class JudgeConfig:
     dtype: str = "auto"
     template: str = "prometheus_absolute"
     system_prompt: str | None = None
-    cot: bool = True  # does the judge write a CoT before its score?
-    predictor: str = "rail"  # "rail" (expectation over candidates) or "decode" (parse the text)
+    # How the judge reads a score (see README "Judges"; tract_eval.judges.variants):
+    #   cot-rail           CoT, then the expected score over the candidates after the delimiter (TRACT)
+    #   cot-decode         CoT, then one score token sampled after the delimiter (CE with CoT)
+    #   score-only-rail    score-only prompt, expected score at the first assistant token (RAIL, RAFT)
+    #   score-only-decode  score-only prompt, one score token sampled there (CE without CoT)
+    #   prometheus         prometheus-eval: free generation parsed after [RESULT], regenerated if unparsable
+    protocol: str = "cot-rail"
     n_cot: int = 1
     scale: tuple[int, int] = (1, 5)
     delimiter: str = DEFAULT_DELIMITER
-    # TRACT's fallback: cut the CoT at this marker when the full delimiter never appears.
+    # TRACT cuts every CoT at the first occurrence of this marker, then appends " " + delimiter.
     cut_marker: str = "So the overall"
-    renormalize: bool = True  # RAIL over candidates renormalised (default) or raw as in the paper
+    # CoTs stop at these strings (TRACT: [RESULT] and " [RESULT]") besides the delimiter
+    stop: tuple[str, ...] = REFERENCE_STOP_STRINGS
+    # prometheus: unparsable outputs are regenerated up to this many times (prometheus-eval: 5)
+    max_retries: int = 5
+    # RAIL over the raw full-vocabulary probabilities of the candidates, as the reference (default),
+    # or renormalised over the candidates (a named departure: --renormalize)
+    renormalize: bool = False
     parse_failure_policy: str = "exclude"  # or "fallback"
     fallback_score: float | None = None
     batch_size: int = 8
@@ -58,10 +72,15 @@ class JudgeConfig:
 
     def __post_init__(self):
         self.scale = tuple(int(v) for v in self.scale)  # YAML gives lists
+        self.stop = tuple(self.stop)
         if isinstance(self.sampling, dict):
             self.sampling = SamplingConfig(**self.sampling)
-        if self.predictor not in ("rail", "decode"):
-            raise ValueError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"judge {self.name!r}: protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}")
+        if self.protocol.startswith("score-only") and self.n_cot != 1:
+            raise ValueError(f"judge {self.name!r}: a score-only judge reads one score per sample; n_cot must be 1")
+        if self.max_retries < 0:
+            raise ValueError(f"judge {self.name!r}: max_retries must be >= 0")
         if self.parse_failure_policy not in ("exclude", "fallback"):
             raise ValueError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
         if self.parse_failure_policy == "fallback" and self.fallback_score is None:

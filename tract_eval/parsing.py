@@ -1,6 +1,7 @@
 """Reading a score out of a judge's generated text."""
 from __future__ import annotations
 
+import math
 import re
 
 # Markers that introduce the final score, in the shapes judges actually write.
@@ -33,3 +34,16 @@ def parse_score(text: str | None, scale: tuple[int, int] = (1, 5)) -> int | None
         value = int(match.group(1))
         return value if low <= value <= high else None
     return None
+
+
+def parse_bare_score(text: str | None) -> float | None:
+    """A score written alone, as TRACT reads its one sampled score token (``evaluation_utils.
+    try_convert_to_float``: ``float(text.strip().strip('.'))``); None where that is not a finite
+    number (the reference's NaN, dropped from the correlations)."""
+    if text is None:
+        return None
+    try:
+        value = float(text.strip().strip("."))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None

@@ -139,7 +139,7 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
         writer = JsonlAppender(predictions_path)
         size = batch_size or judge.config.batch_size
         # per_request = len(todo) samples; the batch size counts sequences (samples x CoTs)
-        per_batch = max(1, size // max(1, judge.config.n_cot if judge.config.cot else 1))
+        per_batch = max(1, size // max(1, judge.config.n_cot if judge.variant.writes_cot else 1))
         try:
             for start in range(0, len(todo), per_batch):
                 batch = todo[start: start + per_batch]
@@ -156,7 +156,7 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
         manifest.update({
             "backend": judge.backend.describe(),
             "model_note": judge.model_note,
-            "candidates": judge.candidates.to_dict() if judge.config.predictor == "rail" else None,
+            "candidates": judge.candidates.to_dict() if judge.variant.uses_candidates else None,
             "judge": judge.config.to_dict(),
         })
         manifest.setdefault("sessions", []).append({
