@@ -116,7 +116,8 @@ class TransformersBackend(Backend):
         out: list[Completion] = []
         with torch.inference_mode():
             for request in requests:
-                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker)
+                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker,
+                                              request.stop)
                 cot_ids = self.encode(kept + forced) + list(request.candidates.bridge_ids)
                 ids = self.encode(request.prompt) + cot_ids
                 logprobs = self.readout_logprobs([ids], request.candidates)[0]
@@ -306,6 +307,8 @@ class TransformersBackend(Backend):
             reason = ""
             if candidates is not None and self._ends_with_delimiter(s.generated, candidates.delimiter):
                 reason = "delimiter"
+            elif s.request.stop and self._hits_stop(s.generated, s.request.stop):
+                reason = "stop"
             elif len(s.generated) >= sampling.max_new_tokens:
                 reason = "length"
         if not reason:
@@ -321,6 +324,11 @@ class TransformersBackend(Backend):
         tail = self.decode(generated[-(len(delimiter) + 2):])
         return tail.endswith(delimiter)
 
+    def _hits_stop(self, generated: list[int], stops) -> bool:
+        """A stop string ends in the last token (it may sit inside a token, so search a short tail)."""
+        tail = self.decode(generated[-(max(len(stop) for stop in stops) + 2):])
+        return any(stop in tail for stop in stops)
+
     def _start_forcing(self, s: _Stream, candidates: ScoreCandidates, fed: int) -> None:
         """Plan the ids to feed before the readout: rest of the CoT, forced delimiter, bridge.
 
@@ -328,7 +336,7 @@ class TransformersBackend(Backend):
         unless the CoT ended with EOS, which is never fed).
         """
         text = self.decode(s.generated)
-        kept_text, forced_text, cut = finish_cot(text, candidates.delimiter, s.request.cut_marker)
+        kept_text, forced_text, cut = finish_cot(text, candidates.delimiter, s.request.cut_marker, s.request.stop)
         s.cut = cut
         s.kept = kept_prefix_length(self.decode, s.generated, kept_text) if cut else len(s.generated)
         if cut:  # the cut may fall inside a token: force the text between the boundary and the cut
