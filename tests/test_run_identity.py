@@ -134,7 +134,9 @@ def test_a_locked_folder_is_refused_naming_the_holder(tmp_path, vicuna):
 
 
 @pytest.mark.parametrize("card, problem", [
-    ({"cot": "no"}, "cot must be bool"),
+    ({"renormalize": "no"}, "renormalize must be bool"),
+    ({"protocol": "cot"}, "protocol must be one of"),
+    ({"stop": [1]}, "stop must be"),
     ({"n_cot": 0}, "n_cot must be >= 1"),
     ({"n_cot": "2"}, "n_cot must be int"),
     ({"sampling": {"temperature": -1}}, "temperature must be >= 0"),

@@ -186,7 +186,7 @@ def _generation_budget(judge: Judge) -> int:
     """Tokens a sample may add after its prompt: the sampled text plus, for RAIL, the forced readout."""
     cfg = judge.config
     budget = cfg.sampling.max_new_tokens if cfg.samples_text else 0
-    if cfg.predictor == "rail":
+    if judge.variant.uses_candidates:
         c = judge.candidates
         budget += len(c.delimiter_ids) + len(c.bridge_ids) + max(len(seq) for seq in c.sequences)
     return budget
@@ -295,7 +295,7 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
         manifest.update({
             "backend": redact(judge.backend.describe()),
             "model_note": judge.model_note,
-            "candidates": judge.candidates.to_dict() if judge.config.predictor == "rail" else None,
+            "candidates": judge.candidates.to_dict() if judge.variant.uses_candidates else None,
         })
         manifest.setdefault("sessions", []).append({
             **session,
