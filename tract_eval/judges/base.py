@@ -140,8 +140,9 @@ class Judge:
                 if completion.candidate_logprobs is None:  # the server's answer could not be read
                     per_cot.append(None)
                     continue
-                weights = probs if cfg.renormalize else raw
-                # an incomplete distribution is no score unless the judge says to renormalise what is there
+                # raw probabilities of absent candidates are unknown: policy "renormalize" scores over the
+                # candidates present, renormalised; an incomplete distribution is otherwise no score
+                weights = probs if cfg.renormalize or completion.missing_candidates else raw
                 usable = mass > 0 and (not completion.missing_candidates or cfg.partial_candidates == "renormalize")
                 per_cot.append(sum(int(s) * p for s, p in weights.items()) if usable else None)
             else:
