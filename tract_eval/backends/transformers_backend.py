@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
-from ..models import ModelSource, load_kwargs, load_tokenizer, resolve_model
+from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer, resolve_model
 from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, render_chat_with_tokenizer, stream_seed
 from ..protocol import exclusive_sequence_logprobs, finish_cot, kept_prefix_length
 
@@ -50,26 +50,33 @@ class _Stream:
 class TransformersBackend(Backend):
     name = "transformers"
 
-    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                 model_args: dict | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.source: ModelSource = resolve_model(model)
+        # from_pretrained options (--model-args): revision, trust_remote_code, attn_implementation, device_map, ...
+        self.model_args = check_model_args(model_args)
+        self.source: ModelSource = resolve_model(model, revision=self.model_args.get("revision"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
         self.dtype = getattr(torch, dtype)
-        kwargs = load_kwargs(self.source)
+        kwargs = load_kwargs(self.source, self.model_args)
         started = time.perf_counter()
-        self._tokenizer = load_tokenizer(self.source)
+        self._tokenizer = load_tokenizer(self.source, self.model_args)
         model_obj = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
         if self.source.adapter:
             from peft import PeftModel
 
             model_obj = PeftModel.from_pretrained(model_obj, self.source.adapter).merge_and_unload()
-        self.model = model_obj.to(self.device).eval()
+        if "device_map" in kwargs or "quantization_config" in kwargs:  # placed by accelerate / bitsandbytes
+            self.device = model_obj.device
+            self.model = model_obj.eval()
+        else:
+            self.model = model_obj.to(self.device).eval()
         self.load_seconds = time.perf_counter() - started
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token_id is None:
@@ -87,6 +94,7 @@ class TransformersBackend(Backend):
             "model_path": self.source.path,
             "gguf_file": self.source.gguf_file,
             "adapter": self.source.adapter,
+            "model_args": self.model_args,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "load_seconds": round(self.load_seconds, 2),
