@@ -46,7 +46,7 @@ class LengthBackend(Backend):
         logprobs = {s: -abs(s - target) - 1.0 for s in range(1, 6)}
         return Completion(f"cot {index} So the overall score is ", "delimiter", 5, candidate_logprobs=logprobs)
 
-    def generate(self, requests, sampling, seed, on_done=None):
+    def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
         out = []
         for i, r in enumerate(requests):
             out.append([self._completion(r.prompt, r.first_index + k) for k in range(r.n)])

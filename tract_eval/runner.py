@@ -137,20 +137,17 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
         write_json_atomic(manifest_path, manifest)
     if todo:
         writer = JsonlAppender(predictions_path)
-        size = batch_size or judge.config.batch_size
-        # per_request = len(todo) samples; the batch size counts sequences (samples x CoTs)
-        per_batch = max(1, size // max(1, judge.config.n_cot if judge.config.cot else 1))
+        # the whole queue goes to the backend; the batch size counts sequences (samples x CoTs)
+        # decoding at once, and a finished sequence's slot goes to the next one (continuous batching)
+
+        def on_row(row):
+            writer(row)
+            existing[row.id] = row.to_dict()
+            if progress:
+                progress(1)
+
         try:
-            for start in range(0, len(todo), per_batch):
-                batch = todo[start: start + per_batch]
-
-                def on_row(row, _writer=writer):
-                    _writer(row)
-                    existing[row.id] = row.to_dict()
-                    if progress:
-                        progress(1)
-
-                judge.judge(batch, on_row=on_row)
+            judge.judge(todo, on_row=on_row, batch_size=batch_size or judge.config.batch_size)
         finally:
             writer.close()
         manifest.update({

@@ -88,8 +88,10 @@ class Judge:
         return self.backend.render_chat(self.messages(sample), self.response_prefix)
 
     # -- judging -------------------------------------------------------------------
-    def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None) -> list[Prediction]:
-        """One prediction row per sample (see README: predictions.jsonl), in order."""
+    def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None,
+              batch_size: int | None = None) -> list[Prediction]:
+        """One prediction row per sample (see README: predictions.jsonl), in order; ``batch_size``
+        continuations decode at once (default: the config's), the backend refilling finished slots."""
         cfg = self.config
         inputs = [self.build_input(s) for s in samples]
         started = time.perf_counter()
@@ -114,7 +116,8 @@ class Judge:
                 )
                 for sample, text in zip(samples, inputs)
             ]
-            self.backend.generate(requests, cfg.sampling, cfg.seed, on_done=finish)
+            self.backend.generate(requests, cfg.sampling, cfg.seed, on_done=finish,
+                                  batch_size=batch_size or cfg.batch_size)
         return rows  # type: ignore[return-value]
 
     def score_given_cots(self, samples: list[Sample], cots: list[list[str]], on_row: OnRow | None = None) -> list[Prediction]:
