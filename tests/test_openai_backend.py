@@ -17,6 +17,7 @@ from tract_eval.backends import create_backend
 from tract_eval.backends.base import GenerationRequest, ScoreRequest
 from tract_eval.backends.openai_backend import _score_token_after_delimiter
 from tract_eval.backends.options import add_backend_flags, backend_options_from_args
+from tract_eval.errors import ConfigError
 
 DELIMITER = "So the overall score is"
 # llama.cpp runs the Q4_1 weights natively, multiplying them with activations it rounds to 8 bits
@@ -51,7 +52,7 @@ def test_backend_flags_reach_backend_options():
     assert backend_options_from_args(args) == {
         "base_url": "http://127.0.0.1:1/v1", "concurrency": 3, "mode": "single",
         "prices": {"m": {"prompt": 1.5, "completion": 2}}}
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
         backend_options_from_args(parser.parse_args(["--backend-option", "oops"]))
 
 

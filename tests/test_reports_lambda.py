@@ -3,7 +3,6 @@ import json
 import pytest
 
 from tract_eval.cli import main
-from tract_eval.reports.runs import RunFormatError
 
 
 def _run(out, judge, model, bench, gold, pred):
@@ -37,8 +36,8 @@ def test_lambda_sweep_reads_weights_and_averages_pearson(tmp_path):
     assert (out / "lambda_sweep.png").stat().st_size > 1000 and (out / "lambda_sweep.svg").is_file()
 
 
-def test_runs_without_a_trained_model_are_refused_by_name(tmp_path):
+def test_runs_without_a_trained_model_are_refused_by_name(tmp_path, capsys):
     runs = tmp_path / "runs"
     _run(runs, "tract", tmp_path / "not-trained", "vicuna", [1, 2, 3], [1, 2, 3])
-    with pytest.raises(RunFormatError, match="training_summary.json"):
-        main(["lambda-sweep", str(runs), "--out", str(tmp_path / "fig")])
+    assert main(["lambda-sweep", str(runs), "--out", str(tmp_path / "fig")]) == 2
+    assert "training_summary.json" in capsys.readouterr().err

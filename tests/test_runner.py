@@ -110,8 +110,6 @@ def test_other_config_or_seed_is_refused(tmp_path, vicuna):
         run_benchmark(build_judge("tract", backend=LengthBackend(), n_cot=2), vicuna, tmp_path, limit=2)
     # batch size, device, or naming the card's model explicitly do not change predictions: allowed
     run_benchmark(build_judge("tract", backend=LengthBackend(), model=None), vicuna, tmp_path, limit=2)
-    assert build_judge("prometheus-2").config.fingerprint() == build_judge(
-        "prometheus-2", model="prometheus-eval/prometheus-7b-v2.0").config.fingerprint()
     run_benchmark(build_judge("tract", backend=LengthBackend(), batch_size=3), vicuna, tmp_path, limit=2)
 
 
@@ -126,7 +124,8 @@ def test_rows_carry_distributions_and_per_cot_predictions(tmp_path, vicuna):
     expected = sum(int(s) * p for s, p in row["score_probs"][1].items())
     assert row["per_cot"][1] == pytest.approx(expected)
     manifest = json.loads((result.out_dir / "manifest.json").read_text())
-    assert manifest["judge"]["n_cot"] == 3 and manifest["seed"] == 0 and "transformers" in manifest["versions"]
+    assert manifest["judge"]["n_cot"] == 3 and manifest["seed"] == 0
+    assert "transformers" in manifest["sessions"][-1]["versions"]
     assert manifest["candidates"]["delimiter"] == "So the overall score is"
 
 
@@ -184,3 +183,36 @@ def test_sigkill_mid_run_then_rerun_loses_nothing(tmp_path, data_dir):
     assert sorted(r["id"] for r in rows) == sorted(expected)  # each sample exactly once
     manifest = json.loads((out / "rail" / "vicuna" / "manifest.json").read_text())
     assert manifest["sessions"][-1]["new_samples"] == 12 - done_before
+
+
+def test_one_loop_batches_sequences_and_skips_done(vicuna):
+    class Recording(LengthBackend):
+        batches: list = []
+
+        def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
+            self.batches.append(([(r.key, r.n, r.first_index) for r in requests], batch_size))
+            return super().generate(requests, sampling, seed, on_done)
+
+    from tract_eval.runner import judge_pending
+
+    backend, rows = Recording(), []
+    samples = vicuna.select(5)
+    judged = judge_pending(build_judge("tract", backend=backend, n_cot=2), samples, rows.append, batch_size=4,
+                           done={samples[0].id}, first_cot=3)
+    assert judged == 4 and [r.id for r in rows] == [s.id for s in samples[1:]]
+    # the whole queue in one call, 4 sequences decoding at once (the backend refills finished slots);
+    # CoTs 3 and 4 of each
+    [(requests, size)] = backend.batches
+    assert len(requests) == 4 and size == 4 and requests[0][1:] == (2, 3)
+
+
+def test_scaling_cache_fills_through_the_runner_loop(tmp_path, vicuna):
+    from tract_eval.experiments.scaling import run_scaling
+
+    backend = LengthBackend()
+    points = run_scaling(["tract"], [vicuna], [1, 2], [0], {}, tmp_path, limit=3, log_line=lambda _: None,
+                         backend=backend)
+    assert backend.judged == 6 and [p.k for p in points] == [1, 2]
+    again = LengthBackend()
+    run_scaling(["tract"], [vicuna], [1, 2], [0], {}, tmp_path, limit=3, log_line=lambda _: None, backend=again)
+    assert again.judged == 0

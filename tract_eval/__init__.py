@@ -1,5 +1,12 @@
-"""tract-eval: measure, compare and train LLM-as-a-judge models (TRACT and its baselines)."""
-from .parsing import parse_score
+"""tract-eval: measure, compare and train LLM-as-a-judge models (TRACT and its baselines).
 
+``grade`` / ``grade_many`` score your own responses; ``evaluate`` runs judges over benchmarks or your
+own data files and writes what ``tract-eval run`` writes (see the README's "Python API").
+"""
 __version__ = "0.1.0"
-__all__ = ["parse_score", "__version__"]
+
+from .api import Grade, evaluate, grade, grade_many  # noqa: E402 - after __version__, which the CLI reads
+from .errors import UserError  # noqa: E402
+from .parsing import parse_score  # noqa: E402
+
+__all__ = ["Grade", "UserError", "__version__", "evaluate", "grade", "grade_many", "parse_score"]

@@ -4,15 +4,42 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import traceback
+
+from . import __version__
+from .errors import UserError
+
+from .redaction import install_log_redaction
 
 # Modules exposing ``register(subparsers)``; each subcommand sets ``func(args) -> int``.
 # Keep their top-level imports light: heavy libraries load inside the command.
 COMMAND_MODULES = [
     "tract_eval.commands",
     "tract_eval.reports.cli",
+    "tract_eval.experiments.cli",
     "tract_eval.training.cli",
 ]
+
+USER_ERROR_STATUS = 2  # argparse's status for usage errors: every mistake a user can fix exits with it
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v``/``-q`` on the top parser and on every subcommand, so ``tract-eval run ... -v`` works too.
+    On subcommands the default is SUPPRESS, so an unused flag there does not reset the top-level one."""
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="more logging (-vv: debug); user errors show their traceback")
+    parser.add_argument("-q", "--quiet", action="count", default=default, help="errors only, no progress")
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:  # argparse keeps subparsers here; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                yield sub
+                yield from _subcommand_parsers(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tract-eval",
         description="Measure, compare and train LLM-as-a-judge models (TRACT and its baselines).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"tract-eval {__version__}")
+    _add_verbosity(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -30,16 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    for sub in _subcommand_parsers(parser):
+        _add_verbosity(sub, top=False)
     return parser
+
+
+def _log_level(verbose: int, quiet: int) -> int:
+    if quiet:
+        return logging.ERROR
+    return {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=_log_level(args.verbose, args.quiet), format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     try:
         return int(args.func(args) or 0)
+    except UserError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"tract-eval {args.command}: error: {exc}", file=sys.stderr)
+        return USER_ERROR_STATUS
+    except BrokenPipeError:  # `tract-eval list judges | head`: the reader left, nothing is wrong
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished samples are saved, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -7,24 +7,42 @@ import sys
 from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
+from .cards import add_card_dir
+from .errors import ConfigError
+from .progress import progress_reporter
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("list", help="list judges, benchmarks or backends")
     p.add_argument("what", choices=["judges", "benches", "backends"])
+    p.add_argument("--cards", action="append", default=[], metavar="DIR", help="also list the cards in this folder")
     p.set_defaults(func=cmd_list)
 
     p = subparsers.add_parser("run", help="run judges over benchmarks",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--judge", required=True,
                    help="judge name(s), comma-separated: built-in card, plugin, or path to a YAML card")
-    p.add_argument("--bench", required=True, help="benchmark name(s), comma-separated, or 'all'")
+    p.add_argument("--bench", required=True,
+                   help="benchmark name(s), comma-separated, or 'all'; or your own data: a .jsonl/.json/.csv/.parquet "
+                        "file or hf:ORG/NAME[:SPLIT] with columns instruction, response, rubric[, reference][, score]")
+    p.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
+                   help="own data: map roles to your column names, e.g. rubric=criteria,score=label")
+    p.add_argument("--scale", default=None, metavar="LOW-HIGH",
+                   help="own data: the score scale, e.g. 1-10 (default 1-5); the judge's score candidates follow it")
+    p.add_argument("--cards", action="append", default=[], metavar="DIR",
+                   help="a folder of your own judge/benchmark cards, searched before the built-in ones (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="output folder")
+    p.add_argument("--run-name", default=None,
+                   help="name of the judge folder under --out (default: the judge's name)")
+    p.add_argument("--ci", action="store_true", help="bootstrap 95%% intervals of the metrics in results.json")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder with the benchmark files (else $TRACT_EVAL_DATA_DIR, else upstream)")
     p.add_argument("--limit", type=int, default=None, help="first N rows (RewardBench: N pairs)")
     p.add_argument("--shard", default=None, help="i/n: judge only the i-th of n disjoint parts")
     p.add_argument("--no-reference", action="store_true", help="drop the reference answer from the prompt")
+    p.add_argument("--too-long", choices=["mark", "refuse"], default="mark",
+                   help="a prompt + --max-new-tokens beyond the model's context: record the row as too_long "
+                        "(excluded, counted) or stop the run")
     add_judge_overrides(p)
     p.set_defaults(func=cmd_run)
 
@@ -67,6 +85,8 @@ def judge_overrides(args) -> dict:
 
 
 def cmd_list(args) -> int:
+    for folder in args.cards:
+        add_card_dir(folder)
     if args.what == "judges":
         from .judges import judge_names, load_judge_config
 
@@ -74,9 +94,9 @@ def cmd_list(args) -> int:
             config, _ = load_judge_config(name)
             print(f"{name:16s} {config.description}")
     elif args.what == "benches":
-        from .benchmarks import builtin_benchmark_names, load_card
+        from .benchmarks import benchmark_names, load_card
 
-        for name in builtin_benchmark_names():
+        for name in benchmark_names():
             card = load_card(name)
             print(f"{name:16s} {card.title} ({card.kind})")
     else:
@@ -86,48 +106,41 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _bench_names(spec: str) -> list[str]:
-    from .benchmarks import builtin_benchmark_names
-
-    return builtin_benchmark_names() if spec == "all" else [b.strip() for b in spec.split(",") if b.strip()]
-
-
 def cmd_run(args) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .benchmarks import DataUnavailable, load_benchmark
-    from .judges import build_judge
+    from .api import judge_for, judge_names, load_benches, write_results
     from .runner import parse_shard, run_benchmark
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=bool(args.quiet))
+    # Everything a user can get wrong is checked here, before any model loads.
     shard = parse_shard(args.shard)
-    benches, skipped = [], []
-    for name in _bench_names(args.bench):
-        try:
-            benches.append(load_benchmark(name, args.data_dir, drop_reference=args.no_reference))
-        except DataUnavailable as exc:
-            if args.bench != "all":
-                raise SystemExit(f"error: {exc}") from None
-            skipped.append((name, str(exc)))
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, not {args.limit}")
+    for folder in args.cards or []:
+        add_card_dir(folder)
+    names = judge_names(args.judge)
+    if args.run_name and len(names) > 1:
+        raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")
+    overrides = {**judge_overrides(args), "run_name": args.run_name}
+    for name in names:
+        judge_for(name, overrides)
+    skipped: list[tuple[str, str]] = []
+    benches = load_benches(args.bench, args.data_dir, columns=args.columns, scale=args.scale,
+                           no_reference=args.no_reference, on_skip=lambda n, why: skipped.append((n, why)))
     for name, reason in skipped:
         console.print(f"[yellow]skipped {name}[/]: {reason}")
-    if not benches:
-        raise SystemExit("error: no benchmark data available (see the skipped reasons above)")
 
     results, usage_lines = [], []
-    for judge_name in [j.strip() for j in args.judge.split(",") if j.strip()]:
-        judge = build_judge(judge_name, **judge_overrides(args))
+    for name in names:
         for bench in benches:
-            columns = [TextColumn(f"{judge.name} × {bench.name}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn()]
-            with Progress(*columns, console=console, transient=False) as bar:
-                total = len(bench.select(args.limit))
-                task = bar.add_task("judging", total=total)
+            judge = judge_for(name, overrides, bench.card.scale)
+            total = len(bench.select(args.limit))
+            with progress_reporter(console, f"{judge.name} × {bench.name}", total) as advance:
                 result = run_benchmark(judge, bench, args.out, limit=args.limit, shard=shard,
-                                       batch_size=args.batch_size,
-                                       progress=lambda k: bar.advance(task, k))
-                bar.update(task, completed=total)
+                                       batch_size=args.batch_size, too_long=args.too_long,
+                                       progress=advance)
+            write_results(result, judge, bench, ci=args.ci)
             results.append(result)
             if judge.model_note:
                 console.print(f"[red]NOTE[/] {judge.name}: {judge.model_note}")
@@ -170,6 +183,10 @@ def print_summary(results, skipped) -> None:
             sections = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in m["sections"].items())
             table.add_row(r.judge, r.bench, fmt(m["n_pairs"]), "", "", "", "",
                           f"{fmt(m['score'])} ({sections})", fmt(m["parse_failures"]),
+                          str(r.new_samples), str(r.reused_samples), f"{r.seconds:.1f}")
+        elif "predicted" in m:  # own data without gold scores
+            table.add_row(r.judge, r.bench, fmt(m["n_total"]), "", "", "", "",
+                          f"mean prediction {fmt(m['mean_prediction'])} (no gold)", fmt(m["parse_failures"]),
                           str(r.new_samples), str(r.reused_samples), f"{r.seconds:.1f}")
         else:
             table.add_row(r.judge, r.bench, fmt(m["n"]), fmt(m["pearson"]), fmt(m["spearman"]), fmt(m["kendall"]),

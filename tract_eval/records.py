@@ -6,16 +6,23 @@ CoT cache) goes through this module, so a row has one shape and a torn line one 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 MANIFEST = "manifest.json"
 RESULTS = "results.json"
+SHARDS = "shards"  # OUT/<judge>/<bench>/shards/<i>-of-<n>/: parts of one run, combined by `merge`
+LOCK = ".lock"  # held (flock) by the one process writing a run folder
 
 # Row statuses. ``ok``: scored; ``parse_failure``: no score could be read (excluded by default);
 # ``fallback``: unparsed, scored with the judge's fallback score; ``partial_candidates``: a top-k
@@ -24,7 +31,7 @@ RESULTS = "results.json"
 STATUSES = ("ok", "parse_failure", "fallback", "partial_candidates", "too_long")
 
 
-class CorruptPredictions(ValueError):
+class CorruptPredictions(UserError, ValueError):
     """A predictions file has a malformed line other than a torn last one."""
 
 
@@ -47,6 +54,7 @@ class Prediction:
     cut: list[bool] = field(default_factory=list)
     retries: list[int] = field(default_factory=list)  # per CoT: regenerations after unparsable output
     cot_parse_failures: int = 0
+    errors: list[str] = field(default_factory=list)  # per failed CoT: why (e.g. an excerpt of a malformed response)
     input: str = ""
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -125,3 +133,48 @@ class JsonlAppender:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing this run folder."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``folder/.lock`` for as long as a run writes the folder.
+
+    The kernel drops the lock when its process dies (even by SIGKILL), so a lock is never stale;
+    the file names the holder (pid, host, start time) for the message a second run prints.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK
+        self._fh = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunLocked(f"{self.path.parent} is being written by {holder}; wait for it to finish "
+                            "(or use another --out)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,10 +1,17 @@
 """A small typed registry, filled by decorators and by entry-point plugins."""
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import entry_points
 from typing import Callable, Generic, TypeVar
 
+from .errors import UnknownNameError
+
 T = TypeVar("T")
+
+
+class PluginWarning(UserWarning):
+    """An entry-point plugin failed to load; it is skipped and everything else works."""
 
 
 class Registry(Generic[T]):
@@ -14,6 +21,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
+        self.broken: dict[str, str] = {}  # plugin name -> why it failed to load (warned once)
         self._plugins_loaded = False
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -34,19 +42,21 @@ class Registry(Generic[T]):
                 continue
             try:
                 self._items[ep.name] = ep.load()
-            except Exception as exc:  # a broken plugin must not hide the built-ins
-                raise RuntimeError(
-                    f"{self.kind} plugin {ep.name!r} ({ep.value}) from entry-point group "
-                    f"{self.entry_point_group!r} failed to load: {exc}"
-                ) from exc
+            except Exception as exc:  # noqa: BLE001 - any error in third-party code: the built-ins still work
+                message = (f"{self.kind} plugin {ep.name!r} ({ep.value}) from entry-point group "
+                           f"{self.entry_point_group!r} failed to load and is skipped: {type(exc).__name__}: {exc}")
+                self.broken[ep.name] = message
+                warnings.warn(message, PluginWarning, stacklevel=2)
 
     def get(self, name: str) -> T:
         self._load_plugins()
         try:
             return self._items[name]
         except KeyError:
+            if name in self.broken:
+                raise KeyError(self.broken[name]) from None
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
         self._load_plugins()

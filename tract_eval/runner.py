@@ -8,25 +8,34 @@ at most the samples in flight; a torn last line is dropped on the next start.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
+from typing import Callable, Container
 from importlib import metadata
 from pathlib import Path
 
-from .benchmarks import Benchmark, Sample
+from .benchmarks import Benchmark, DataFormatError, Sample
+from .errors import ConfigError, InputNotFoundError, UserError
 from .judges import Judge
 from .metrics import generation_summary
-from .records import MANIFEST, METRICS, PREDICTIONS, JsonlAppender, read_predictions, write_json_atomic
+from .config import SESSION_BACKEND_OPTIONS
+from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
+                      write_json_atomic)
+from .redaction import is_secret_name, redact
+from .settings import RunIdentity, run_identity
+
+log = logging.getLogger(__name__)
 
 
-class RunConflict(RuntimeError):
-    """The output folder holds a run made with another judge config or seed."""
-
-
+class RunConflict(UserError, RuntimeError):
+    """The output folder holds a run of another identity (judge settings, model or data)."""
 
 
 def _versions() -> dict:
@@ -70,9 +79,9 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     try:
         index, count = (int(v) for v in spec.split("/"))
     except ValueError:
-        raise ValueError(f"--shard takes i/n (e.g. 0/4), not {spec!r}") from None
+        raise ConfigError(f"--shard takes i/n (e.g. 0/4), not {spec!r}") from None
     if not 0 <= index < count:
-        raise ValueError(f"--shard {spec}: need 0 <= i < n")
+        raise ConfigError(f"--shard {spec}: need 0 <= i < n")
     return index, count
 
 
@@ -87,85 +96,215 @@ def shard_samples(samples: list[Sample], shard: tuple[int, int] | None) -> list[
     return [s for s in samples if groups[s.meta.get("pair_id", s.id)] % count == index]
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_plain_name(name: str, what: str) -> str:
+    """Judge and benchmark names become folder names under --out: letters, digits and ``._+-`` only
+    (no ``/``, no ``..``), so no name can write outside --out."""
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{what} name {name!r} cannot be a folder name: use letters, digits and . _ + - "
+                          "(no path separators or '..')")
+    return name
+
+
 def run_dir(out: Path, judge: str, bench: str, shard: tuple[int, int] | None = None) -> Path:
-    base = Path(out) / judge / bench
-    return base / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else base
+    base = Path(out) / check_plain_name(judge, "judge") / check_plain_name(bench, "benchmark")
+    return base / SHARDS / f"{shard[0]}-of-{shard[1]}" if shard else base
 
 
-def _check_manifest(path: Path, judge: Judge) -> dict | None:
+def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict | None:
+    """The folder's manifest when it holds this run identity; None when the folder starts afresh.
+
+    A folder of another identity is refused naming the differences, unless it holds no finished
+    rows (a failed first attempt never blocks the corrected command).
+    """
+    path = target / MANIFEST
     if not path.is_file():
+        if has_rows:
+            raise RunConflict(f"{target} holds predictions but no {MANIFEST}, so what made them is unknown; "
+                              "use another --out, or delete that folder to start over")
         return None
-    manifest = json.loads(path.read_text())
-    old, new = manifest.get("fingerprint"), judge.config.fingerprint()
-    if old != new:
-        old_cfg = manifest.get("judge", {})
-        new_cfg = judge.config.to_dict()
-        changed = sorted(k for k in set(old_cfg) | set(new_cfg)
-                         if k not in ("batch_size", "device", "description") and old_cfg.get(k) != new_cfg.get(k))
-        raise RunConflict(
-            f"{path.parent} holds a run of judge config {old} but this run is {new} "
-            f"(changed: {', '.join(changed) or 'unknown'}). Use another --out, or delete that folder to start over."
-        )
-    return manifest
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if has_rows:
+            raise RunConflict(f"{path} is not valid JSON ({exc}); the folder's run cannot be identified") from exc
+        return None
+    if manifest.get("fingerprint") == identity.fingerprint:
+        return manifest
+    if not has_rows:
+        log.warning("%s: replacing the manifest of an attempt that finished no rows", target)
+        return None
+    changes = identity.differences(manifest.get("identity"))
+    raise RunConflict(
+        f"{target} holds a run of another identity ({manifest.get('fingerprint')}, this run is "
+        f"{identity.fingerprint}); changed:\n  " + "\n  ".join(changes)
+        + "\nUse another --out, or delete that folder to start over."
+    )
+
+
+def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
+    """What this process ran with that cannot change a score (recorded, never fingerprinted)."""
+    cfg = judge.config
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "command": redact(sys.argv),
+        "limit": limit,
+        "batch_size": batch_size or cfg.batch_size,
+        "device": cfg.device,
+        "backend_options": redact({k: v for k, v in cfg.backend_options.items()
+                                   if k in SESSION_BACKEND_OPTIONS or is_secret_name(k)}),
+        "versions": _versions(),
+        "git_revision": git_revision(),
+    }
+
+
+def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Prediction], None], *,
+                  done: Container[str] = (), batch_size: int | None = None, first_cot: int = 0) -> int:
+    """The one loop that judges: every sample whose id is not in ``done``, ``batch_size`` sequences
+    (samples x CoTs; default the judge's batch size) at a time, each row handed to ``sink`` the moment
+    it is finished, so whatever the sink saves survives a kill. Returns the number of rows judged.
+
+    ``run``, the scaling CoT cache, self-generated training CoTs and cot-shift all judge through here;
+    ``first_cot`` > 0 adds CoTs ``first_cot ..`` to samples that have the earlier ones.
+    """
+    pending = [s for s in samples if s.id not in done]
+    # the whole queue goes to the backend, which keeps ``batch_size`` sequences decoding and gives a
+    # finished sequence's slot to the next one (continuous batching)
+    judge.judge(pending, first_cot=first_cot, on_row=sink, batch_size=batch_size or judge.config.batch_size)
+    return len(pending)
+
+
+TOO_LONG_POLICIES = ("mark", "refuse")
+
+
+def _generation_budget(judge: Judge) -> int:
+    """Tokens a sample may add after its prompt: the sampled text plus, for RAIL, the forced readout."""
+    cfg = judge.config
+    budget = cfg.sampling.max_new_tokens if cfg.samples_text else 0
+    if cfg.predictor == "rail":
+        c = judge.candidates
+        budget += len(c.delimiter_ids) + len(c.bridge_ids) + max(len(seq) for seq in c.sequences)
+    return budget
+
+
+def _too_long_rows(judge: Judge, samples: list[Sample], policy: str) -> list[Prediction]:
+    """``too_long`` rows for the samples whose prompt + generation budget exceeds the model's context
+    (``policy`` "mark"); "refuse" stops the run naming them instead. Unknown context: nothing is checked."""
+    context = judge.backend.context_length()
+    if context is None:
+        return []
+    budget = _generation_budget(judge)
+    rows = []
+    for sample in samples:
+        text = judge.build_input(sample)
+        tokens = judge.backend.count_tokens(text)
+        if tokens + budget > context:
+            rows.append(Prediction(id=sample.id, gold=sample.gold, prediction=None, status="too_long", input=text,
+                                   prompt_tokens=tokens, meta={**sample.meta, "context_length": context,
+                                                               "generation_budget": budget}))
+    if rows and policy == "refuse":
+        listed = ", ".join(f"{r.id} ({r.prompt_tokens} tokens)" for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        raise ConfigError(f"{len(rows)} prompt(s) + the generation budget of {budget} tokens exceed the model's "
+                          f"context of {context}: {listed}; lower --max-new-tokens, or --too-long mark to record "
+                          "them as too_long rows")
+    return rows
+
+
+def check_gold_in_scale(judge: Judge, bench: Benchmark) -> None:
+    """Gold scores outside the judge's scale would be compared with predictions that cannot reach them."""
+    low, high = judge.config.scale
+    for sample in bench.samples:
+        if sample.gold is not None and not low <= sample.gold <= high:
+            raise DataFormatError(bench.located.source, sample.meta.get("row"), "gold",
+                                  f"sample {sample.id}: gold {sample.gold:g} is outside the judge's scale "
+                                  f"[{low}, {high}]")
+
+
+def status_counts(rows: list[dict]) -> dict[str, int]:
+    """Rows per status (ok, parse_failure, fallback, partial_candidates, too_long): nothing is silent."""
+    counts = Counter(row.get("status") for row in rows)
+    return {status: counts[status] for status in sorted(counts, key=str)}
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--limit must be a whole number >= 1, not {limit!r}")
 
 
 def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None = None,
                   shard: tuple[int, int] | None = None, batch_size: int | None = None,
-                  progress=None) -> RunResult:
-    """Judge the selected samples that are not yet in the predictions file, then score all of them."""
+                  progress=None, too_long: str = "mark") -> RunResult:
+    """Judge the selected samples that are not yet in the predictions file, then score all of them.
+
+    ``too_long``: what to do with a sample whose prompt + generation budget exceeds the model's
+    context: "mark" writes a ``too_long`` row (no prediction, counted in the metrics), "refuse" stops.
+    """
+    # everything checkable is checked before the model loads
+    check_limit(limit)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
+    if too_long not in TOO_LONG_POLICIES:
+        raise ConfigError(f"--too-long must be one of {', '.join(TOO_LONG_POLICIES)}, not {too_long!r}")
+    check_gold_in_scale(judge, bench)
     target = run_dir(out, judge.name, bench.name, shard)
-    target.mkdir(parents=True, exist_ok=True)
-    manifest_path = target / MANIFEST
-    manifest = _check_manifest(manifest_path, judge)
+    identity = run_identity(judge, bench)  # an unavailable model fails here
+    with RunLock(target):
+        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long)
+
+
+def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdentity, limit, shard, batch_size,
+                progress, too_long: str) -> RunResult:
     predictions_path = target / PREDICTIONS
     existing = {row["id"]: row for row in read_predictions(predictions_path, repair=True)}
+    manifest = _open_manifest(target, identity, has_rows=bool(existing))
+    if manifest is None and predictions_path.exists():
+        predictions_path.unlink()  # an attempt of another identity that finished nothing (maybe a torn line)
     selected = shard_samples(bench.select(limit), shard)
     todo = [s for s in selected if s.id not in existing]
     started = time.perf_counter()
+    session = _session(judge, limit, batch_size)
     if manifest is None:
         manifest = {
-            "judge": judge.config.to_dict(),
-            "fingerprint": judge.config.fingerprint(),
+            "identity": identity.to_dict(),
+            "fingerprint": identity.fingerprint,
+            "judge": redact(judge.config.to_dict()),
             "seed": judge.config.seed,
             "bench": bench.describe(),
             "shard": list(shard) if shard else None,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": _versions(),
-            "git_revision": git_revision(),
-            "command": sys.argv,
+            "model_note": judge.model_note,
+            "created": session["started"],
+            "sessions": [],
         }
-        write_json_atomic(manifest_path, manifest)
+        write_json_atomic(target / MANIFEST, manifest)
     if todo:
-        writer = JsonlAppender(predictions_path)
-        # the whole queue goes to the backend; the batch size counts sequences (samples x CoTs)
-        # decoding at once, and a finished sequence's slot goes to the next one (continuous batching)
-
-        def on_row(row):
+        def on_row(row: Prediction) -> None:
             writer(row)
             existing[row.id] = row.to_dict()
             if progress:
                 progress(1)
 
-        try:
-            judge.judge(todo, on_row=on_row, batch_size=batch_size or judge.config.batch_size)
-        finally:
-            writer.close()
+        with JsonlAppender(predictions_path) as writer:
+            for row in _too_long_rows(judge, todo, too_long):
+                on_row(row)
+            judge_pending(judge, todo, on_row, done=existing, batch_size=batch_size)
         manifest.update({
-            "backend": judge.backend.describe(),
+            "backend": redact(judge.backend.describe()),
             "model_note": judge.model_note,
             "candidates": judge.candidates.to_dict() if judge.config.predictor == "rail" else None,
-            "judge": judge.config.to_dict(),
         })
         manifest.setdefault("sessions", []).append({
+            **session,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "new_samples": len(todo),
             "seconds": round(time.perf_counter() - started, 2),
-            "git_revision": git_revision(),
         })
-        write_json_atomic(manifest_path, manifest)
+        write_json_atomic(target / MANIFEST, manifest)
     rows = [existing[s.id] for s in selected]
     metrics = {"judge": judge.name, "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
-               "generation": generation_summary(rows)}
+               "statuses": status_counts(rows), "generation": generation_summary(rows)}
     write_json_atomic(target / METRICS, metrics)
     return RunResult(judge.name, bench.name, target, metrics, len(todo), len(selected) - len(todo),
                      time.perf_counter() - started, bench.kind)
@@ -173,16 +312,21 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
 
 def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
     """Combine ``shards/*/predictions.jsonl`` into ``bench_dir/predictions.jsonl`` and rescore."""
-    shard_dirs = sorted((bench_dir / "shards").glob("*-of-*"))
+    with RunLock(bench_dir):
+        return _merge_locked(bench_dir, bench)
+
+
+def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
+    shard_dirs = sorted((bench_dir / SHARDS).glob("*-of-*"))
     if not shard_dirs:
-        raise FileNotFoundError(f"{bench_dir}/shards holds no shard folders")
+        raise InputNotFoundError(f"{bench_dir}/shards holds no shard folders")
     manifests = [json.loads((d / MANIFEST).read_text()) for d in shard_dirs]
     prints = {m["fingerprint"] for m in manifests}
     if len(prints) != 1:
         raise RunConflict(f"shards under {bench_dir} come from different judge configs: {sorted(prints)}")
     counts = {m["shard"][1] for m in manifests}
     if len(counts) != 1 or len(shard_dirs) != counts.pop():
-        raise ValueError(f"{bench_dir}: expected every shard of one split, found {[d.name for d in shard_dirs]}")
+        raise ConfigError(f"{bench_dir}: expected every shard of one split, found {[d.name for d in shard_dirs]}")
     merged: dict[str, dict] = {}
     main_path = bench_dir / PREDICTIONS
     if main_path.is_file():
@@ -199,6 +343,6 @@ def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
     manifest["sessions"] = [s for m in manifests for s in m.get("sessions", [])]
     write_json_atomic(bench_dir / MANIFEST, manifest)
     metrics = {"judge": manifest["judge"]["name"], "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
-               "generation": generation_summary(rows)}
+               "statuses": status_counts(rows), "generation": generation_summary(rows)}
     write_json_atomic(bench_dir / METRICS, metrics)
     return metrics

@@ -1,6 +1,7 @@
 """Backends: where tokens come from. Each registers a factory ``(model, **options) -> Backend``."""
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .base import Backend, Completion, GenerationRequest, ScoreRequest
 
@@ -9,7 +10,9 @@ BACKENDS: Registry = Registry("backend", entry_point_group="tract_eval.backends"
 
 @BACKENDS.register("transformers")
 def _transformers(model: str | None = None, **options) -> Backend:
-    from .transformers_backend import TransformersBackend  # torch loads only when asked for
+    from .transformers_backend import (
+        TransformersBackend,  # torch loads only when asked for
+    )
 
     return TransformersBackend(model, device=options.get("device", "auto"), dtype=options.get("dtype", "auto"))
 
@@ -19,20 +22,24 @@ def _not_for(backend: str, options: dict, *names: str) -> dict:
     for name in names:
         value = options.pop(name, "auto")
         if value not in (None, "auto"):
-            raise ValueError(f"{name}={value!r} does not apply to the {backend} backend (the server decides)")
+            raise ConfigError(f"{name}={value!r} does not apply to the {backend} backend (the server decides)")
     return options
 
 
 @BACKENDS.register("openai")
 def _openai(model: str | None = None, **options) -> Backend:
-    from .openai_backend import OpenAIBackend  # the openai client loads only when asked for
+    from .openai_backend import (
+        OpenAIBackend,  # the openai client loads only when asked for
+    )
 
     return OpenAIBackend(model, **_not_for("openai", dict(options), "device", "dtype"))
 
 
 @BACKENDS.register("vllm")
 def _vllm(model: str | None = None, **options) -> Backend:
-    from .vllm_backend import VLLMBackend  # vllm loads only when asked for (it lives in its own venv)
+    from .vllm_backend import (
+        VLLMBackend,  # vllm loads only when asked for (it lives in its own venv)
+    )
 
     return VLLMBackend(model, **_not_for("vllm", dict(options), "device"))
 

@@ -41,6 +41,8 @@ class Completion:
     # so their probability is unknown and the others are renormalised without them
     missing_candidates: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # every id after the prompt, forced ones included
+    # the server's answer could not be read even after retries: what it sent (an excerpt); no score
+    error: str | None = None
 
 
 @dataclass
@@ -95,6 +97,18 @@ class Backend(ABC):
 
     def describe(self) -> dict:
         return {"backend": self.name}
+
+    def context_length(self) -> int | None:
+        """Tokens the model attends to (prompt + generation), or None when unknown (remote servers).
+
+        The runner checks prompt + generation budget against it before judging (too-long policy)."""
+        config = getattr(getattr(self, "model", None), "config", None)
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        limit = getattr(self.tokenizer(), "model_max_length", None)  # tokenizers say 1e30 when they do not know
+        return limit if isinstance(limit, int) and 0 < limit < 10 ** 8 else None
 
 
 def stream_seed(seed: int, key: str, index: int) -> int:

@@ -21,11 +21,13 @@ import asyncio
 import logging
 import math
 import os
+import random
 from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
 from ..models import load_tokenizer, resolve_model
+from ..redaction import redact_text
 from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, render_chat_with_tokenizer, request_seed
 from ..protocol import exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids
 
@@ -38,12 +40,20 @@ DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 _OWNERS = {"vllm": "vllm", "me": "llama.cpp", "llamacpp": "llama.cpp"}
 
 
+EXCERPT_CHARS = 300  # of a malformed response body, quoted in the row and the log
+
+
+class MalformedResponse(RuntimeError):
+    """The server answered 200 with a body that is not what the API promises, on every attempt."""
+
+
 @dataclass
 class Usage:
     calls: int = 0  # API calls made (each may take several HTTP attempts)
     http_attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    malformed: int = 0  # 200 answers that could not be read (retried)
 
     @property
     def retries(self) -> int:
@@ -67,6 +77,7 @@ class OpenAIBackend(Backend):
             raise ValueError("openai backend: concurrency >= 1, max_retries >= 0, timeout > 0, top_logprobs >= 1")
         self.mode = mode
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self._shown_url = redact_text(self.base_url)  # for messages, logs and describe(): no credentials
         self.api_key_env = api_key_env or DEFAULT_KEY_ENV
         api_key = os.environ.get(self.api_key_env)
         if api_key is None:
@@ -88,7 +99,7 @@ class OpenAIBackend(Backend):
         try:
             served = list(sync_client.models.list())
         except openai.OpenAIError as exc:
-            raise ConnectionError(f"openai backend: cannot list models at {self.base_url}/models: {exc}") from exc
+            raise ConnectionError(redact_text(f"openai backend: cannot list models at {self.base_url}/models: {exc}")) from exc
         finally:
             sync_client.close()
         self.server = server if server != "auto" else self._detect_server(served)
@@ -121,7 +132,7 @@ class OpenAIBackend(Backend):
             return ids[0]
         if model and not resolve_model(model).is_local:
             return model  # e.g. a hosted model the listing does not show
-        raise ValueError(f"openai backend: {self.base_url} serves {ids}; name one with the option api_model")
+        raise ValueError(f"openai backend: {self._shown_url} serves {ids}; name one with the option api_model")
 
     def _price_for(self, prices: dict | None) -> dict | None:
         """``prices``: {model name: {"prompt": USD per 1M tokens, "completion": USD per 1M tokens}}."""
@@ -154,7 +165,7 @@ class OpenAIBackend(Backend):
                           + usage.completion_tokens * self.prices["completion"]) / 1e6, 6)
         return {
             "backend": self.name,
-            "base_url": self.base_url,
+            "base_url": self._shown_url,
             "server": self.server,
             "api_model": self.api_model,
             "tokenizer": self.tokenizer_source,
@@ -164,8 +175,8 @@ class OpenAIBackend(Backend):
             "max_retries": self.max_retries,
             "timeout": self.timeout,
             "top_logprobs": self.top_logprobs,
-            "usage": {"calls": usage.calls, "retries": usage.retries, "prompt_tokens": usage.prompt_tokens,
-                      "completion_tokens": usage.completion_tokens},
+            "usage": {"calls": usage.calls, "retries": usage.retries, "malformed": usage.malformed,
+                      "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
             "prices_usd_per_million": self.prices,
             "cost_usd": cost,
             "notes": list(self.notes),
@@ -175,10 +186,13 @@ class OpenAIBackend(Backend):
                  on_done: OnDone | None = None, batch_size: int | None = None) -> list[list[Completion]]:
         async def one(index: int, request: GenerationRequest) -> list[Completion]:
             async with self._samples:
-                if self.mode == "single":
-                    completions = await self._single(request, sampling, seed)
-                else:
-                    completions = await self._continue(request, sampling, seed)
+                try:
+                    if self.mode == "single":
+                        completions = await self._single(request, sampling, seed)
+                    else:
+                        completions = await self._continue(request, sampling, seed)
+                except MalformedResponse as exc:  # counted as a failed sample, not a crashed run
+                    completions = [_failed(exc) for _ in range(request.n)]
             if on_done:
                 on_done(index, completions)
             return completions
@@ -197,7 +211,10 @@ class OpenAIBackend(Backend):
                 # vLLM takes token ids: encode prompt and CoT apart, exactly as the other backends do
                 context = (self._encode(request.prompt) + self._encode(kept + forced) + list(request.candidates.bridge_ids)
                            if self.server == "vllm" else request.prompt + text)
-                logprobs, missing = await self._candidate_logprobs(context, request.candidates)
+                try:
+                    logprobs, missing = await self._candidate_logprobs(context, request.candidates)
+                except MalformedResponse as exc:
+                    return _failed(exc, text=text, forced_text=forced, cut=cut)
             return Completion(text=text, finish_reason="forced", generated_tokens=0, forced_text=forced, cut=cut,
                               candidate_logprobs=logprobs, missing_candidates=missing)
 
@@ -229,20 +246,39 @@ class OpenAIBackend(Backend):
         self.usage.http_attempts += 1
 
     async def _call(self, endpoint: str, **body):
+        """One API call: transport failures are retried by the client; a 200 answer that is not the
+        expected shape (not JSON, no choices, no log-probabilities when asked) is retried here with the
+        same backoff, then raised as :class:`MalformedResponse` quoting what the server sent."""
         import openai
 
-        async with self._calls:
-            self.usage.calls += 1
-            create = self._client.completions.create if endpoint == "completions" else self._client.chat.completions.create
+        resource = self._client.completions if endpoint == "completions" else self._client.chat.completions
+        problem, excerpt = "", ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+            async with self._calls:
+                self.usage.calls += 1
+                try:
+                    raw = await resource.with_raw_response.create(model=self.api_model, **body)
+                except openai.OpenAIError as exc:
+                    raise RuntimeError(redact_text(f"openai backend: {endpoint} request to {self.base_url} failed "
+                                                   f"after {self.max_retries} retries: {exc}")) from exc
             try:
-                response = await create(model=self.api_model, **body)
-            except openai.OpenAIError as exc:
-                raise RuntimeError(f"openai backend: {endpoint} request to {self.base_url} failed after "
-                                   f"{self.max_retries} retries: {exc}") from exc
-        if response.usage is not None:
-            self.usage.prompt_tokens += response.usage.prompt_tokens or 0
-            self.usage.completion_tokens += response.usage.completion_tokens or 0
-        return response
+                response = raw.parse()
+                problem = _malformed(endpoint, response, body)
+            except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not the API's shape
+                problem = f"unreadable body ({type(exc).__name__}: {exc})"
+            if not problem:
+                if getattr(response, "usage", None) is not None:
+                    self.usage.prompt_tokens += response.usage.prompt_tokens or 0
+                    self.usage.completion_tokens += response.usage.completion_tokens or 0
+                return response
+            self.usage.malformed += 1
+            excerpt = raw.text[:EXCERPT_CHARS] + ("..." if len(raw.text) > EXCERPT_CHARS else "")
+            log.warning("openai backend: malformed %s response from %s (attempt %d of %d): %s; body: %r",
+                        endpoint, self._shown_url, attempt + 1, self.max_retries + 1, problem, excerpt)
+        raise MalformedResponse(f"{endpoint} response from {self._shown_url}: {problem} "
+                                f"({self.max_retries + 1} attempts); the server sent: {excerpt!r}")
 
     # -- sampling parameters -----------------------------------------------------------
     def _sampling_body(self, sampling: SamplingConfig) -> dict:
@@ -419,6 +455,42 @@ class OpenAIBackend(Backend):
         logprobs = {s: math.log(p) for s, p in probs.items()}
         return Completion(text=text[:offset], finish_reason="delimiter", generated_tokens=generated,
                           candidate_logprobs=logprobs, missing_candidates=[s for s in candidates.scores if s not in probs])
+
+
+def _failed(exc: MalformedResponse, text: str = "", forced_text: str = "", cut: bool = False) -> Completion:
+    """A completion that carries no score, only why (the row becomes a counted failure)."""
+    return Completion(text=text, finish_reason="error", generated_tokens=0, forced_text=forced_text, cut=cut,
+                      error=str(exc))
+
+
+def _malformed(endpoint: str, response, body: dict) -> str:
+    """What is wrong with a parsed 200 response, or "" when it has the shape the readers below use."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return "no choices"
+    if len(choices) < body.get("n", 1):
+        return f"{len(choices)} choices for n={body['n']}"
+    for choice in choices:
+        if endpoint == "completions":
+            if not isinstance(getattr(choice, "text", None), str):
+                return "a choice without text"
+            if body.get("logprobs") is not None:
+                logprobs = getattr(choice, "logprobs", None)
+                top = getattr(logprobs, "top_logprobs", None)
+                if not isinstance(top, list) or not top or not isinstance(top[0], dict):
+                    return "logprobs asked for but null or empty"
+                if not all(isinstance(v, (int, float)) and math.isfinite(v) or v == -math.inf
+                           for v in top[0].values()):
+                    return "non-numeric log-probabilities"
+        else:
+            message = getattr(choice, "message", None)
+            if message is None or not isinstance(getattr(message, "content", None), (str, type(None))):
+                return "a choice without a message"
+            if body.get("logprobs"):
+                content = getattr(getattr(choice, "logprobs", None), "content", None)
+                if not isinstance(content, list):
+                    return "logprobs asked for but null"
+    return ""
 
 
 def _score_token_after_delimiter(tokens, delimiter: str):

@@ -1,7 +1,9 @@
-"""Command-line flags for backend options; the judge card keeps them under ``extra.backend_options``."""
+"""Command-line flags for backend options; the judge card keeps them under ``backend_options``."""
 from __future__ import annotations
 
 import argparse
+
+from ..errors import ConfigError
 
 # flag -> backend option (None = not given, keep the card's value)
 _FLAGS = {
@@ -17,7 +19,7 @@ _FLAGS = {
 
 
 def add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("backend options (default: the card's extra.backend_options)")
+    group = parser.add_argument_group("backend options (default: the card's backend_options)")
     for option, (flag, kind, help_text) in _FLAGS.items():
         group.add_argument(flag, dest=f"backend_{option}", metavar=option.upper(), type=kind, default=None,
                            help=help_text)
@@ -33,6 +35,6 @@ def backend_options_from_args(args: argparse.Namespace) -> dict:
     for item in getattr(args, "backend_extra", []) or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"error: --backend-option takes KEY=VALUE, not {item!r}")
+            raise ConfigError(f"--backend-option takes KEY=VALUE, not {item!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options

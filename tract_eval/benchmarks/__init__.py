@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..metrics import absolute_metrics, pairwise_metrics
 from .base import (
     BenchmarkCard,
@@ -11,11 +12,17 @@ from .base import (
     DataUnavailable,
     LocatedData,
     Sample,
+    benchmark_names,
     builtin_benchmark_names,
+    find_card_or_none,
     load_card,
     locate_data,
+    parse_scale,
 )
 from .loaders import LOADERS
+from .own_data import TABLE_LOADER, data_card, is_data_spec, load_table
+
+LOADERS.register(TABLE_LOADER)(load_table)
 
 
 @dataclass
@@ -39,16 +46,37 @@ class Benchmark:
             return list(self.samples)
         return self.samples[: limit * 2] if self.kind == "pairwise" else self.samples[:limit]
 
+    @property
+    def has_gold(self) -> bool:
+        return self.kind == "pairwise" or any(s.gold is not None for s in self.samples)
+
     def metrics(self, rows: list[dict]) -> dict:
-        return pairwise_metrics(rows) if self.kind == "pairwise" else absolute_metrics(rows)
+        if self.kind == "pairwise":
+            return pairwise_metrics(rows)
+        if not self.has_gold:  # own data without a score column: predictions only
+            scored = [r["prediction"] for r in rows if r.get("prediction") is not None]
+            return {"n": 0, "n_total": len(rows), "predicted": len(scored),
+                    "mean_prediction": sum(scored) / len(scored) if scored else None,
+                    "parse_failures": sum(r.get("status") in ("parse_failure", "fallback") for r in rows),
+                    "note": "no gold scores: predictions only"}
+        return absolute_metrics(rows)
 
     def describe(self) -> dict:
-        return {"name": self.name, "title": self.card.title, "kind": self.kind, "samples": len(self.samples),
+        return {"name": self.name, **self.card.describe(), "samples": len(self.samples),
                 "options": self.options, **self.located.describe()}
 
 
-def load_benchmark(name: str, data_dir: str | Path | None = None, **options) -> Benchmark:
-    card = load_card(name)
+def load_benchmark(name: str, data_dir: str | Path | None = None, *, columns: str | dict | None = None,
+                   scale=None, **options) -> Benchmark:
+    """A benchmark by card name, or your own data (a .jsonl/.json/.csv/.parquet path or ``hf:ORG/NAME[:SPLIT]``,
+    with ``columns`` mapping roles to column names and ``scale`` as ``"1-10"``)."""
+    if is_data_spec(name):
+        card = data_card(name, columns, scale)
+    else:
+        if columns or scale is not None:
+            raise ConfigError(f"--columns and --scale apply to your own data files, not to the benchmark {name!r} "
+                              "(its card says what its columns and scale are)")
+        card = load_card(name)
     located = locate_data(card, Path(data_dir) if data_dir else None)
     samples = LOADERS.get(card.loader)(card, located, options)
     if not samples:
@@ -57,6 +85,6 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, **options) -> 
 
 
 __all__ = [
-    "Benchmark", "BenchmarkCard", "DataFormatError", "DataUnavailable", "Sample",
-    "builtin_benchmark_names", "load_benchmark",
+    "Benchmark", "BenchmarkCard", "DataFormatError", "DataUnavailable", "Sample", "benchmark_names",
+    "builtin_benchmark_names", "find_card_or_none", "is_data_spec", "load_benchmark", "load_card", "parse_scale",
 ]

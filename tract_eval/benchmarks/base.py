@@ -1,6 +1,7 @@
 """Benchmark cards, samples and the data-location rules shared by every benchmark."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -10,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..cards import card_dir
+from ..cards import card_dir, card_dirs, card_names
+from ..config import read_yaml_mapping
+from ..errors import ConfigError, UnknownNameError, UserError
 from ..hub import hub_reachable, url_reachable
 from ..prompts import GradingFields
 
@@ -22,11 +23,11 @@ DATA_DIR_ENV = "TRACT_EVAL_DATA_DIR"
 CACHE_DIR = Path(os.environ.get("TRACT_EVAL_CACHE", Path.home() / ".cache" / "tract-eval"))
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(UserError, RuntimeError):
     """The benchmark's data is neither local nor reachable; ``--bench all`` skips it with this reason."""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A row is malformed; the message names file, row and field."""
 
     def __init__(self, source: str, row: int | None, field_name: str | None, problem: str):
@@ -42,26 +43,64 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+KINDS = ("absolute", "pairwise")
+
+
 @dataclass
 class BenchmarkCard:
+    """What a benchmark is: its card is the only place that says so (reports read titles, order and
+    Average membership from here)."""
+
     name: str
     title: str
-    kind: str  # "absolute" or "pairwise"
+    kind: str  # "absolute" (a score per sample vs gold) or "pairwise" (chosen vs rejected)
     loader: str  # registry key of the loader
-    files: list[str] = field(default_factory=list)  # relative to the data dir
+    files: list[str] = field(default_factory=list)  # absolute, or relative to the data dir, else to the card
     hub_id: str | None = None
     hub_split: str | None = None
     urls: list[str] = field(default_factory=list)  # upstream copies, one per file
     git_blobs: list[str] = field(default_factory=list)  # known-good git blob ids (any file/version)
+    scale: tuple[int, int] = (1, 5)  # the judges' score candidates follow it
+    average: bool = False  # one of the benchmarks the reports' Average runs over
+    order: int | None = None  # position in report tables (None: after the ordered ones, by name)
     options: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # the card file (None: built from --bench PATH)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"{self.path or self.name}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        self.scale = parse_scale(self.scale, f"{self.path or self.name}: scale")
 
     @classmethod
     def load(cls, path: Path) -> "BenchmarkCard":
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_mapping(path, "benchmark card")
+        data.setdefault("name", path.stem)
+        known = {f.name for f in dataclasses.fields(cls)} - {"path"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"{path}: unknown benchmark card settings {sorted(unknown)}; known: {sorted(known)}")
         try:
-            return cls(**data)
+            return cls(**data, path=path)
         except TypeError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    def describe(self) -> dict:
+        return {"title": self.title, "kind": self.kind, "scale": list(self.scale), "average": self.average,
+                "order": self.order}
+
+
+def parse_scale(value, what: str = "--scale") -> tuple[int, int]:
+    """``1-10``, ``[1, 10]`` or ``(1, 10)`` as (low, high) integers with low < high."""
+    try:
+        if isinstance(value, str):
+            low, high = (int(v) for v in value.replace(" ", "").split("-"))
+        else:
+            low, high = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} takes LOW-HIGH integers (e.g. 1-10), not {value!r}") from None
+    if low >= high:
+        raise ConfigError(f"{what} {value!r}: need LOW < HIGH")
+    return low, high
 
 
 def git_blob_id(data: bytes) -> str:
@@ -93,6 +132,9 @@ def locate_data(card: BenchmarkCard, data_dir: Path | None) -> LocatedData:
     if data_dir and card.files and all((data_dir / f).is_file() for f in card.files):
         paths = [data_dir / f for f in card.files]
         return LocatedData(str(data_dir), paths, _verify(card, paths))
+    beside = [_beside_card(card, f) for f in card.files]  # own data: absolute paths or next to the card
+    if card.files and all(p is not None and p.is_file() for p in beside):
+        return LocatedData(str(beside[0].parent), beside, _verify(card, beside))
     looked = f"{data_dir}/{{{', '.join(card.files)}}}" if data_dir else f"no --data-dir or ${DATA_DIR_ENV}"
     if card.urls:
         cached = [CACHE_DIR / card.name / Path(f).name for f in card.files]
@@ -118,6 +160,13 @@ def locate_data(card: BenchmarkCard, data_dir: Path | None) -> LocatedData:
     raise DataUnavailable(f"{card.title}: not found locally ({looked}) and its upstream is unreachable")
 
 
+def _beside_card(card: BenchmarkCard, file: str) -> Path | None:
+    path = Path(file).expanduser()
+    if path.is_absolute():
+        return path
+    return card.path.parent / path if card.path else None
+
+
 def _verify(card: BenchmarkCard, paths: list[Path]) -> dict[str, str]:
     result = {}
     for path in paths:
@@ -132,9 +181,21 @@ def _verify(card: BenchmarkCard, paths: list[Path]) -> dict[str, str]:
     return result
 
 
+def read_text_utf8(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 are an error naming the file, line and byte offset."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(str(path), None, None,
+                              f"not UTF-8 at byte {exc.start} (line {line}): {exc.reason} "
+                              f"({data[exc.start:exc.start + 4]!r}); re-save the file as UTF-8") from None
+
+
 def read_json_rows(path: Path) -> list[dict]:
     """A JSON array, or JSON Lines (some upstream .json files are JSONL)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text_utf8(path)
     stripped = text.lstrip()
     if stripped.startswith("version https://git-lfs"):
         raise DataFormatError(str(path), None, None, "is a Git LFS pointer, not the data: fetch the real file")
@@ -159,11 +220,25 @@ def read_json_rows(path: Path) -> list[dict]:
 
 
 def load_card(name: str) -> BenchmarkCard:
-    path = card_dir("benchmarks") / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(builtin_benchmark_names())
-        raise KeyError(f"unknown benchmark {name!r}; known: {known}")
-    return BenchmarkCard.load(path)
+    """A benchmark card by name: user folders (``--cards``) first, then the built-in ones."""
+    for folder in card_dirs("benchmarks"):
+        if (folder / f"{name}.yaml").is_file():
+            return BenchmarkCard.load(folder / f"{name}.yaml")
+    raise UnknownNameError(f"unknown benchmark {name!r}; known: {', '.join(benchmark_names())} "
+                           "(or a data file: .jsonl, .json, .csv, .parquet, or hf:ORG/NAME[:SPLIT])")
+
+
+def find_card_or_none(name: str) -> BenchmarkCard | None:
+    """The card of a benchmark name if there is one (reports label runs of own data by their folder name)."""
+    try:
+        return load_card(name)
+    except UnknownNameError:
+        return None
+
+
+def benchmark_names() -> list[str]:
+    """Every benchmark card: built-in and from ``--cards`` folders."""
+    return card_names("benchmarks")
 
 
 def builtin_benchmark_names() -> list[str]:

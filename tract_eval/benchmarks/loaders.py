@@ -29,9 +29,12 @@ def gold_from_row(row: dict, source: str, number: int, fields: tuple[str, ...]) 
             continue
         value = row[name]
         values = value if isinstance(value, list) else [value]
+        # numbers, or numbers written as strings (the hub's Feedback Bench has "4"); true is not a score
         try:
+            if any(isinstance(v, bool) or not isinstance(v, (int, float, str)) for v in values):
+                raise ValueError
             numbers = [float(v) for v in values]
-        except (TypeError, ValueError):
+        except ValueError:
             raise DataFormatError(source, number, name, f"expected a score or list of scores, got {value!r}") from None
         if not numbers or not all(math.isfinite(v) for v in numbers):
             raise DataFormatError(source, number, name, f"empty or non-finite scores {value!r}")
@@ -103,6 +106,11 @@ def load_rewardbench(card: BenchmarkCard, located: LocatedData, options: dict) -
             raise DataFormatError(source, number, "id", f"duplicate pair {pair_id}")
         seen.add(pair_id)
         by_section.setdefault(section, []).append((pair_id, {**row, "section": section}))
+    missing = sorted(set(section_of.values()) - set(by_section))
+    if missing:  # the leaderboard score averages all sections: a silently absent one would change it
+        raise DataFormatError(located.source, None, None,
+                              f"no pairs for RewardBench section(s) {', '.join(missing)} "
+                              f"(sections found: {', '.join(sorted(by_section)) or 'none'})")
     samples = []
     for group in zip_longest(*[by_section[s] for s in sorted(by_section)]):
         for item in group:

@@ -2,10 +2,13 @@
 ``tract_eval.judges`` entry-point group (a Judge subclass with ``default_config()``)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from ..config import JudgeConfig, builtin_judge_cards, load_judge_card
+from ..errors import UnknownNameError
 from ..registry import Registry
+from ..settings import resolve_card_model
 from .base import Judge
 
 JUDGES: Registry = Registry("judge", entry_point_group="tract_eval.judges")
@@ -25,7 +28,7 @@ def load_judge_config(name_or_path: str) -> tuple[JudgeConfig, type[Judge]]:
     if name_or_path in JUDGES:
         cls = JUDGES.get(name_or_path)
         return cls.default_config(), cls
-    raise KeyError(f"unknown judge {name_or_path!r}; known: {', '.join(judge_names())} (or a path to a YAML card)")
+    raise UnknownNameError(f"unknown judge {name_or_path!r}; known: {', '.join(judge_names())} (or a path to a YAML card)")
 
 
 def build_judge(name_or_path: str, backend=None, **overrides) -> Judge:
@@ -36,10 +39,15 @@ def build_judge(name_or_path: str, backend=None, **overrides) -> Judge:
     model_from_card = config.model is not None and overrides.get("model") is None
     backend_options = overrides.pop("backend_options", None) or {}  # flags win over the card's
     config = config.with_overrides(**overrides)
-    config.extra = {**config.extra, "model_from_card": model_from_card}
     if backend_options:
-        config.extra["backend_options"] = {**config.extra.get("backend_options", {}), **backend_options}
-    return cls(config, backend=backend)
+        config = dataclasses.replace(config, backend_options={**config.backend_options, **backend_options})
+    note = None
+    if model_from_card and backend is None:
+        # settled here, once, so the run identity names the model that really runs
+        config, note = resolve_card_model(config)
+    judge = cls(config, backend=backend)
+    judge.model_note = note
+    return judge
 
 
 __all__ = ["JUDGES", "Judge", "build_judge", "judge_names", "load_judge_config"]

@@ -10,7 +10,6 @@ from ..backends import Backend, Completion, GenerationRequest, ScoreRequest, cre
 from ..benchmarks import Sample
 from ..candidates import ScoreCandidates, derive_score_candidates
 from ..config import JudgeConfig
-from ..models import EMBEDDED_NAME, ModelUnavailable
 from ..parsing import parse_score
 from ..prompts import GradingFields, render_prompt
 from ..records import Prediction
@@ -27,7 +26,7 @@ class Judge:
         self.config = config
         self._backend = backend
         self._candidates: ScoreCandidates | None = None
-        self.model_note: str | None = None  # set when the card's model was replaced by the embedded one
+        self.model_note: str | None = None  # set by build_judge when the card's model was replaced by the embedded one
 
     @classmethod
     def default_config(cls) -> JudgeConfig:
@@ -46,20 +45,8 @@ class Judge:
         return self._backend
 
     def _create_backend(self) -> Backend:
-        cfg = self.config
-        options = {"device": cfg.device, "dtype": cfg.dtype, **cfg.extra.get("backend_options", {})}
-        try:
-            return create_backend(cfg.backend, cfg.model, **options)
-        except (OSError, ModelUnavailable) as exc:
-            if cfg.model is None or not cfg.extra.get("model_from_card", False):
-                raise
-            # The card's default model cannot be had (offline, no cache): run on the embedded
-            # model so the pipeline still works, and say so everywhere the results go.
-            self.model_note = f"card model {cfg.model!r} unavailable ({type(exc).__name__}); ran on {EMBEDDED_NAME}"
-            log.warning("judge %s: %s", cfg.name, self.model_note)
-            print(f"WARNING: judge {cfg.name}: {self.model_note}")
-            self.config = cfg.with_overrides(model=EMBEDDED_NAME)
-            return create_backend(cfg.backend, None, **options)
+        cfg = self.config  # final: the card's model was settled (and the fallback taken) in build_judge
+        return create_backend(cfg.backend, cfg.model, device=cfg.device, dtype=cfg.dtype, **cfg.backend_options)
 
     @property
     def candidates(self) -> ScoreCandidates:
@@ -137,23 +124,29 @@ class Judge:
     def _row(self, sample: Sample, text: str, completions: list[Completion], seconds: float) -> Prediction:
         cfg = self.config
         per_cot, score_probs, raw_probs, masses = [], [], [], []
+        partial = any(c.missing_candidates for c in completions if c.candidate_logprobs is not None)
         for completion in completions:
             if completion.candidate_logprobs is not None:
                 raw = {str(s): math.exp(lp) for s, lp in completion.candidate_logprobs.items()}
                 mass = sum(raw.values())
                 probs = {s: p / mass for s, p in raw.items()} if mass > 0 else raw
                 weights = probs if cfg.renormalize else raw
-                per_cot.append(sum(int(s) * p for s, p in weights.items()) if mass > 0 else None)
+                # an incomplete distribution is no score unless the judge says to renormalise what is there
+                usable = mass > 0 and (not completion.missing_candidates or cfg.partial_candidates == "renormalize")
+                per_cot.append(sum(int(s) * p for s, p in weights.items()) if usable else None)
                 score_probs.append(probs)
                 raw_probs.append(raw)
                 masses.append(mass)
             else:
                 per_cot.append(parse_score(self.response_prefix + completion.text, tuple(cfg.scale)))
         parsed = [p for p in per_cot if p is not None]
-        if parsed:
+        fallback = float(cfg.fallback_score) if cfg.parse_failure_policy == "fallback" else None
+        if partial:  # recorded whatever the policy made of it; never a silent ok
+            prediction, status = (sum(parsed) / len(parsed) if parsed else fallback), "partial_candidates"
+        elif parsed:
             prediction, status = sum(parsed) / len(parsed), "ok"
-        elif cfg.parse_failure_policy == "fallback":
-            prediction, status = float(cfg.fallback_score), "fallback"
+        elif fallback is not None:
+            prediction, status = fallback, "fallback"
         else:
             prediction, status = None, "parse_failure"
         return Prediction(
@@ -171,6 +164,7 @@ class Judge:
             forced=[c.forced_text for c in completions],
             cut=[c.cut for c in completions],
             cot_parse_failures=sum(p is None for p in per_cot),
+            errors=[c.error for c in completions if c.error],
             input=text,
             prompt_tokens=self.backend.count_tokens(text),
             generated_tokens=sum(c.generated_tokens for c in completions),

@@ -1,2 +1,2 @@
-"""Reports from stored runs: paper-style tables, bootstrap confidence intervals, paired comparisons,
-multi-CoT scaling curves and CoT analyses. Heavy libraries load inside the functions that need them."""
+"""Reports from stored runs (no model is loaded): paper-style tables, bootstrap confidence intervals,
+paired comparisons and the λ sweep. Heavy libraries load inside the functions that need them."""

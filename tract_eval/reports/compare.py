@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import bootstrap
-from .runs import ABSOLUTE_BENCHES, Run, bench_order
+from .runs import Run, bench_order, in_average
 from .stats import absolute_data, absolute_measures, pair_data, rewardbench_scores
 from .table import AVERAGE, bench_title
 
@@ -30,7 +31,7 @@ class Difference:
 def _by_bench(runs: list[Run], side: str) -> dict[str, Run]:
     judges = {r.judge for r in runs}
     if len(judges) != 1:
-        raise ValueError(f"compare side {side} holds runs of {len(judges)} judges ({', '.join(sorted(judges))}); "
+        raise ConfigError(f"compare side {side} holds runs of {len(judges)} judges ({', '.join(sorted(judges))}); "
                          "pass one judge folder per side")
     return {r.bench: r for r in runs}
 
@@ -41,7 +42,7 @@ def compare(runs_a: list[Run], runs_b: list[Run], measures: list[str],
     a, b = _by_bench(runs_a, "A"), _by_bench(runs_b, "B")
     shared = bench_order(set(a) & set(b))
     if not shared:
-        raise ValueError(f"the two judges share no benchmark (A: {sorted(a)}, B: {sorted(b)})")
+        raise ConfigError(f"the two judges share no benchmark (A: {sorted(a)}, B: {sorted(b)})")
     out: list[Difference] = []
     average_parts: list[tuple[list[float], list[float], np.ndarray]] = []
     for bench in shared:
@@ -52,11 +53,11 @@ def compare(runs_a: list[Run], runs_b: list[Run], measures: list[str],
         data_a, data_b = absolute_data(run_a), absolute_data(run_b)
         keys = sorted(set(data_a.keys) & set(data_b.keys))
         if not keys:
-            raise ValueError(f"{bench}: the two runs share no scored sample ids ({run_a.path}, {run_b.path})")
+            raise ConfigError(f"{bench}: the two runs share no scored sample ids ({run_a.path}, {run_b.path})")
         pa, pb = data_a.subset(keys), data_b.subset(keys)
         gold_a, gold_b = pa.gold, pb.gold
         if not np.allclose(gold_a, gold_b):
-            raise ValueError(f"{bench}: gold labels differ between {run_a.path} and {run_b.path} for the same ids")
+            raise ConfigError(f"{bench}: gold labels differ between {run_a.path} and {run_b.path} for the same ids")
         values_a = absolute_measures(measures, gold_a, pa.prediction)
         values_b = absolute_measures(measures, gold_b, pb.prediction)
         reps = bootstrap.replicates(
@@ -68,7 +69,7 @@ def compare(runs_a: list[Run], runs_b: list[Run], measures: list[str],
             out.append(Difference(bench, m, values_a[i], values_b[i],
                                   bootstrap.estimate(values_a[i] - values_b[i], reps[:, i], confidence, null=0.0),
                                   len(keys), data_a.n - len(keys), data_b.n - len(keys)))
-        if bench in ABSOLUTE_BENCHES:
+        if in_average(bench):
             average_parts.append((values_a, values_b, reps))
     if len(average_parts) > 1:
         for i, m in enumerate(measures):
@@ -77,7 +78,7 @@ def compare(runs_a: list[Run], runs_b: list[Run], measures: list[str],
             reps = np.mean([p[2][:, i] for p in average_parts], axis=0)
             out.append(Difference(AVERAGE, m, value_a, value_b,
                                   bootstrap.estimate(value_a - value_b, reps, confidence, null=0.0),
-                                  sum(d.n for d in out if d.measure == m and d.bench in ABSOLUTE_BENCHES)))
+                                  sum(d.n for d in out if d.measure == m and in_average(d.bench))))
     return out
 
 
@@ -85,7 +86,7 @@ def _compare_pairs(bench, run_a, run_b, resamples, seed, confidence) -> list[Dif
     data_a, data_b = pair_data(run_a), pair_data(run_b)
     keys = sorted(set(data_a.keys) & set(data_b.keys))
     if not keys:
-        raise ValueError(f"{bench}: the two runs share no scored pairs ({run_a.path}, {run_b.path})")
+        raise ConfigError(f"{bench}: the two runs share no scored pairs ({run_a.path}, {run_b.path})")
     pa, pb = data_a.subset(keys), data_b.subset(keys)
     scores_a = rewardbench_scores(pa.subsets, pa.sections, pa.outcomes)
     scores_b = rewardbench_scores(pb.subsets, pb.sections, pb.outcomes)

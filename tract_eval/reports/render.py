@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 
+from ..errors import ConfigError
 from .table import AVERAGE, Cell, Column, Table, bench_title
 
 FORMATS = ("markdown", "latex", "csv", "json")
@@ -176,7 +177,7 @@ def render(table: Table, fmt: str, caption_prefix: str = "", standalone: bool = 
         return to_csv(table)
     if fmt == "json":
         return to_json(table, caption_prefix)
-    raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
 __all__ = ["AVERAGE", "FORMATS", "caption", "latex_escape", "render", "to_csv", "to_json", "to_latex",

@@ -5,15 +5,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..records import MANIFEST, METRICS, PREDICTIONS, CorruptPredictions
+from ..benchmarks.base import find_card_or_none
+from ..errors import InputNotFoundError, UserError
+from ..records import MANIFEST, METRICS, PREDICTIONS, SHARDS, CorruptPredictions
 from ..records import read_predictions as read_rows
 
-# The paper's Table 2 order; the Average column runs over these (the ones present).
-ABSOLUTE_BENCHES = ("feedback-bench", "flask", "vicuna", "mt-bench")
-PAIRWISE_BENCHES = ("rewardbench",)
 
 
-class RunFormatError(ValueError):
+class RunFormatError(UserError, ValueError):
     """A run folder or one of its files does not have the shape ``tract-eval run`` writes."""
 
 
@@ -28,9 +27,11 @@ class Run:
 
     @property
     def pairwise(self) -> bool:
-        """RewardBench-style runs score chosen/rejected sides; accuracy replaces correlations."""
-        if self.bench in PAIRWISE_BENCHES:
-            return True
+        """RewardBench-style runs score chosen/rejected sides; accuracy replaces correlations.
+        The benchmark card says so; runs of own data without a card are told by their rows."""
+        card = find_card_or_none(self.bench)
+        if card is not None:
+            return card.kind == "pairwise"
         return any(isinstance(r.get("meta"), dict) and "side" in r["meta"] for r in self.rows[:1])
 
 
@@ -107,8 +108,10 @@ def collect_runs(roots: list[str | Path]) -> list[Run]:
     for root in roots:
         root = Path(root)
         if not root.exists():
-            raise FileNotFoundError(f"{root}: no such run folder")
-        folders = sorted({p.parent for p in root.rglob(PREDICTIONS)})
+            raise InputNotFoundError(f"{root}: no such run folder")
+        # shard folders (OUT/<judge>/<bench>/shards/i-of-n) are parts of a run, not runs: `merge` combines them
+        folders = sorted({p.parent for p in root.rglob(PREDICTIONS)
+                          if SHARDS not in p.parent.relative_to(root).parts})
         if not folders:
             raise RunFormatError(f"{root}: holds no {PREDICTIONS} (expected OUT/<judge>/<bench>/{PREDICTIONS})")
         runs.extend(load_run(folder) for folder in folders)
@@ -124,6 +127,16 @@ def collect_runs(roots: list[str | Path]) -> list[Run]:
 
 
 def bench_order(benches) -> list[str]:
-    """Paper order first (absolute, then RewardBench), others alphabetically after."""
-    known = list(ABSOLUTE_BENCHES) + list(PAIRWISE_BENCHES)
-    return sorted(set(benches), key=lambda b: (known.index(b) if b in known else len(known), b))
+    """By the cards' ``order`` (the paper's Table 2 for the built-in ones), then by name."""
+    def key(bench: str):
+        card = find_card_or_none(bench)
+        order = card.order if card is not None else None
+        return (order is None, order or 0, bench)
+
+    return sorted(set(benches), key=key)
+
+
+def in_average(bench: str) -> bool:
+    """Whether the reports' Average runs over this benchmark (its card's ``average``)."""
+    card = find_card_or_none(bench)
+    return bool(card and card.average)

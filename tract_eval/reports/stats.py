@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from .runs import Run, sample_key
 
 
@@ -38,7 +39,7 @@ def parse_measures(text: str) -> list[str]:
     keys = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in keys if k not in MEASURES]
     if unknown or not keys:
-        raise ValueError(f"unknown metric(s) {unknown or text!r}; choose from {', '.join(MEASURES)}")
+        raise ConfigError(f"unknown metric(s) {unknown or text!r}; choose from {', '.join(MEASURES)}")
     return keys
 
 

@@ -7,24 +7,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import bootstrap
-from .runs import ABSOLUTE_BENCHES, Run, bench_order
-from .stats import (MEASURES, REWARDBENCH_SCORE, REWARDBENCH_SECTIONS, absolute_data, absolute_measures, pair_data,
-                    rewardbench_scores)
+from ..benchmarks.base import find_card_or_none
+from .runs import Run, bench_order, in_average
+from .stats import (
+    MEASURES,
+    REWARDBENCH_SCORE,
+    REWARDBENCH_SECTIONS,
+    absolute_data,
+    absolute_measures,
+    pair_data,
+    rewardbench_scores,
+)
 
 AVERAGE = "Average"
-BENCH_TITLES = {
-    "feedback-bench": "Feedback Bench",
-    "flask": "FLASK",
-    "vicuna": "Vicuna Bench",
-    "mt-bench": "MT Bench",
-    "rewardbench": "RewardBench",
-    AVERAGE: AVERAGE,
-}
 
 
 def bench_title(bench: str) -> str:
-    return BENCH_TITLES.get(bench, bench)
+    """The benchmark card's title (runs of own data without a card keep their folder name)."""
+    card = find_card_or_none(bench) if bench != AVERAGE else None
+    return card.title if card is not None else bench
 
 
 @dataclass(frozen=True)
@@ -97,13 +100,13 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
                 resamples: int = bootstrap.DEFAULT_RESAMPLES, seed: int = 0,
                 confidence: float = bootstrap.DEFAULT_CONFIDENCE) -> Table:
     if not runs:
-        raise ValueError("no runs to report")
+        raise ConfigError("no runs to report")
     judges = sorted({r.judge for r in runs})
     benches = bench_order(r.bench for r in runs)
     by_key = {(r.judge, r.bench): r for r in runs}
     absolute = [b for b in benches if not any(r.pairwise for r in runs if r.bench == b)]
     pairwise = [b for b in benches if b not in absolute]
-    averaged = [b for b in absolute if b in ABSOLUTE_BENCHES]
+    averaged = [b for b in absolute if in_average(b)]
 
     columns: list[Column] = [Column(b, m) for b in absolute for m in measures]
     if averaged:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import ConfigError
+
 DEFAULT_RECIPE = "tract"
 DEFAULT_OUT = "models/tract"
 
@@ -103,7 +105,7 @@ def _overrides(args) -> dict:
     for item in _option(args, "set", None) or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 
@@ -115,7 +117,7 @@ def _lambdas(args) -> list[float | None]:
     try:
         return [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"--lambda expects numbers separated by commas, got {text!r}")
+        raise ConfigError(f"--lambda expects numbers separated by commas, got {text!r}") from None
 
 
 def _configs(args, **forced):
@@ -134,7 +136,7 @@ def _configs(args, **forced):
 
 def _data(config) -> str:
     if not config.train_file:
-        raise SystemExit("no training data: pass --data FILE (made by 'tract-eval train prepare') "
+        raise ConfigError("no training data: pass --data FILE (made by 'tract-eval train prepare') "
                          "or set train_file in the recipe")
     return config.train_file
 

@@ -11,10 +11,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import read_yaml_mapping
 from transformers import TrainingArguments
 
 from ..cards import find_card
+from ..config import read_yaml_mapping
+from ..errors import ConfigError
 from .objectives import OBJECTIVES, SCORE_PROBS
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,11 @@ class TrainConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.score_probs not in SCORE_PROBS:
-            raise ValueError(f"score_probs must be one of {SCORE_PROBS}, not {self.score_probs!r}")
+            raise ConfigError(f"score_probs must be one of {SCORE_PROBS}, not {self.score_probs!r}")
         if self.score_weight < 0:
-            raise ValueError("score_weight (lambda) must be >= 0")
+            raise ConfigError("score_weight (lambda) must be >= 0")
         if self.bf16:
             self._choose_bf16_device()
         super().__post_init__()
@@ -97,7 +98,7 @@ def load_recipe(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
     """The recipe's settings with its ``extends:`` chain resolved (later files win)."""
     path = recipe_path(name_or_path).resolve()
     if path in _seen:
-        raise ValueError(f"{path}: 'extends' loops back to itself")
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
     data = read_yaml_mapping(path, "training recipe")
     parent = data.pop("extends", None)
     if parent:
@@ -106,7 +107,7 @@ def load_recipe(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
         data = {**base, **data}
     unknown = set(data) - TrainConfig.field_names()
     if unknown:
-        raise ValueError(f"{path}: unknown training settings {sorted(unknown)}; see TrainConfig in "
+        raise ConfigError(f"{path}: unknown training settings {sorted(unknown)}; see TrainConfig in "
                          f"tract_eval/training/config.py")
     return data
 
@@ -118,13 +119,13 @@ def build_config(recipe: str | None, overrides: dict | None = None) -> TrainConf
         if value is None:
             continue
         if key not in TrainConfig.field_names():
-            raise ValueError(f"unknown training setting {key!r}")
+            raise ConfigError(f"unknown training setting {key!r}")
         data[key] = value
     try:
         return TrainConfig(**data)
     except (TypeError, ValueError) as exc:
         where = f"recipe {recipe}" if recipe else "training settings"
-        raise ValueError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def config_dict(config: TrainConfig) -> dict:

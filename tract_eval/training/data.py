@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..protocol import finish_cot
 from ..candidates import DEFAULT_DELIMITER
+from ..errors import UserError
 from ..parsing import parse_score
 from ..prompts import GradingFields, format_rubric, parse_prometheus_prompt, render_prompt
+from ..protocol import finish_cot
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ _RESULT = re.compile(r"\s*\[RESULT\]")
 _ORIG_COLUMNS = ("orig_instruction", "orig_response", "orig_criteria")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UserError, ValueError):
     pass
 
 
@@ -169,7 +170,9 @@ def rows_from_annotated_prompts(records: Iterable[dict], source: str, delimiter:
 def _read_records(source: str) -> list[dict]:
     path = Path(source)
     if path.exists():
-        text = path.read_text()
+        from ..benchmarks.base import read_text_utf8  # not-UTF-8 bytes: an error naming file and position
+
+        text = read_text_utf8(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError:

@@ -25,8 +25,9 @@ from ..candidates import derive_score_candidates
 from ..config import load_judge_card
 from ..judges import Judge, build_judge
 from ..prompts import parse_prometheus_prompt
-from ..records import Prediction
-from .data import TrainingDataError, TrainingRow, iter_jsonl, load_training_rows
+from ..records import JsonlAppender, Prediction, read_jsonl
+from ..runner import judge_pending
+from .data import TrainingDataError, TrainingRow, load_training_rows
 from .objectives import LeftPadCollator, encode_row
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,8 @@ def generate_self_cots(model: str | None, rows: list[TrainingRow], judge_name: s
     are not generated again.
     """
     out_path = Path(out_path)
-    done: dict[str, dict] = {}
-    if out_path.is_file():
-        done = {record["id"]: record for record in iter_jsonl(out_path)}
+    # a torn last line (killed mid-write) is cut off, so appending resumes on a clean line
+    done: dict[str, dict] = {record["id"]: record for record in read_jsonl(out_path, repair=True)}
     pending = [row for row in rows if row.id not in done]
     if pending:
         judge = build_judge(judge_name, model=model, max_new_tokens=max_new_tokens, n_cot=1)
@@ -160,27 +160,25 @@ def generate_self_cots(model: str | None, rows: list[TrainingRow], judge_name: s
                              "self-generated CoTs need one (e.g. --judge tract)")
         delimiter, bridge = judge.config.delimiter, judge.candidates.bridge_text
         by_id = {row.id: row for row in pending}
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_path, "a") as fh:
-            def save(prediction: Prediction) -> None:
-                row, text = by_id[prediction.id], prediction.cots[0]
-                cot = text[: len(text) - len(bridge)] if bridge and text.endswith(bridge) else text
-                if not cot.endswith(delimiter):
-                    raise RuntimeError(f"row {row.id}: the generated CoT does not end with {delimiter!r}")
-                record = dataclasses.replace(row, cot=cot, meta={
-                    **row.meta,
-                    "annotation_cot": row.cot,
-                    "finish_reason": prediction.finish_reasons[0],
-                    "cut": prediction.cut[0],
-                    "generated_tokens": prediction.generated_tokens,
-                    "discarded_prediction": prediction.prediction,
-                }).to_dict()
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                fh.flush()
-                done[row.id] = record
 
-            for start in range(0, len(pending), batch_size):
-                judge.judge([row_sample(row) for row in pending[start:start + batch_size]], on_row=save)
+        def save(prediction: Prediction) -> None:
+            row, text = by_id[prediction.id], prediction.cots[0]
+            cot = text[: len(text) - len(bridge)] if bridge and text.endswith(bridge) else text
+            if not cot.endswith(delimiter):
+                raise RuntimeError(f"row {row.id}: the generated CoT does not end with {delimiter!r}")
+            record = dataclasses.replace(row, cot=cot, meta={
+                **row.meta,
+                "annotation_cot": row.cot,
+                "finish_reason": prediction.finish_reasons[0],
+                "cut": prediction.cut[0],
+                "generated_tokens": prediction.generated_tokens,
+                "discarded_prediction": prediction.prediction,
+            }).to_dict()
+            writer(record)
+            done[row.id] = record
+
+        with JsonlAppender(out_path) as writer:  # the runner's loop; each CoT fsynced as it finishes
+            judge_pending(judge, [row_sample(row) for row in pending], save, batch_size=batch_size)
     return [TrainingRow(**done[row.id]) for row in rows]
 
 

@@ -10,7 +10,7 @@ from scipy import stats
 
 from tract_eval.records import Prediction
 
-from tract_eval.reports.scaling import CotCache, average_curve, curve, fill_cache, plot
+from tract_eval.experiments.scaling import CotCache, average_curve, curve, fill_cache, plot
 
 
 @dataclass
@@ -106,7 +106,7 @@ def test_curve_averages_first_k_and_spreads_over_seeds(tmp_path):
 
 
 def test_cache_key_ignores_k_and_seed_but_not_sampling_settings():
-    from tract_eval.reports.scaling import build_judge_with, cache_key
+    from tract_eval.experiments.scaling import build_judge_with, cache_key
 
     base = build_judge_with("tract", {"max_new_tokens": 32, "backend": None, "model": None})
     other_k = build_judge_with("tract", {"max_new_tokens": 32, "n_cot": 8, "seed": 5})

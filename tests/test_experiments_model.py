@@ -22,7 +22,7 @@ def test_larger_k_samples_only_missing_and_cached_k_loads_nothing(tmp_path, embe
     from tract_eval.benchmarks import load_benchmark
     from tract_eval.cli import main
     from tract_eval.judges import Judge, build_judge
-    from tract_eval.reports.scaling import CotCache, cache_key, run_scaling
+    from tract_eval.experiments.scaling import CotCache, cache_key, run_scaling
 
     bench = load_benchmark("vicuna", data_dir)
     log: list[str] = []
@@ -59,7 +59,7 @@ def test_perplexity_matches_the_models_own_loss(embedded_backend):
 
     import torch
 
-    from tract_eval.reports.analysis import continuation_nll, perplexity
+    from tract_eval.experiments.analysis import continuation_nll, perplexity
 
     prompt = embedded_backend.render_chat([{"role": "user", "content": "Grade this answer from 1 to 5."}])
     cot = "The answer is correct and clear. So the overall score is"
@@ -84,7 +84,7 @@ def test_cot_shift_on_annotation_cots(embedded_backend, data_dir):
 
     from tract_eval.benchmarks import load_benchmark
     from tract_eval.judges import build_judge
-    from tract_eval.reports.analysis import ANNOTATION_SUFFIX, annotation_cots, cot_shift
+    from tract_eval.experiments.analysis import ANNOTATION_SUFFIX, annotation_cots, cot_shift
 
     bench = load_benchmark("vicuna", data_dir)
     samples = bench.select(2)

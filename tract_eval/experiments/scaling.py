@@ -13,20 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..records import Prediction
-
+from ..errors import ConfigError
+from ..records import JsonlAppender, Prediction
 
 CACHE_DIR = "cot-cache"
 
 
 def cache_key(config) -> str:
-    """The judge's fingerprint with ``n_cot`` and ``seed`` neutralised: those vary inside one cache.
+    """The judge's identity (settings and model) with ``n_cot`` and ``seed`` neutralised: those vary
+    inside one cache."""
+    import hashlib
 
-    ``extra`` bookkeeping (e.g. whether the model came from the card) does not change CoTs either.
-    """
-    neutral = config.with_overrides(n_cot=1, seed=0)
-    neutral.extra = {k: v for k, v in neutral.extra.items() if k != "model_from_card"}
-    return f"{config.name}-{neutral.fingerprint()}"
+    from ..settings import judge_identity
+
+    neutral = judge_identity(config.with_overrides(n_cot=1, seed=0))
+    return f"{config.name}-{hashlib.sha256(json.dumps(neutral, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
 class CotCache:
@@ -67,9 +68,8 @@ class CotCache:
         values = list(row.per_cot)
         entry = {"id": sample_id, "gold": gold, "first_cot": first_cot, "per_cot": values,
                  "cots": row.cots, "status": row.status}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        with JsonlAppender(self.path) as write:  # fsynced, like every run file
+            write(entry)
         self._merge(sample_id, gold, first_cot, values)
 
 
@@ -114,7 +114,7 @@ class CurvePoint:
 def curve(judge: str, bench: str, caches: list[CotCache], ids: list[str], ks: list[int]) -> list[CurvePoint]:
     import numpy as np
 
-    from .stats import absolute_measure
+    from ..reports.stats import absolute_measure
 
     points = []
     for k in ks:
@@ -153,7 +153,7 @@ def plot(points: list[CurvePoint], out_stem: Path, title: str = "") -> list[Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .table import bench_title
+    from ..reports.table import bench_title
 
     benches = list(dict.fromkeys(p.bench for p in points))
     fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 3.6), squeeze=False, sharey=False)
@@ -226,12 +226,12 @@ def judge_generator(judge_name: str, overrides: dict, seed: int, shared) -> Gene
             base = shared["judge"]
             shared["backend"] = base.backend  # the model loads here, and only here
             if base.model_note:  # the card's model was swapped: the cache key would lie
-                raise RuntimeError(f"judge {judge_name}: {base.model_note}; pass --model explicitly so the "
+                raise ConfigError(f"judge {judge_name}: {base.model_note}; pass --model explicitly so the "
                                    "CoT cache is keyed on the model that really writes the CoTs")
+        from ..runner import judge_pending
+
         judge = build_judge_with(judge_name, {**overrides, "n_cot": n_cot, "seed": seed}, shared["backend"])
-        step = judge.config.batch_size  # batches of samples, as `run` does; each sample's CoTs share its prefill
-        for start in range(0, len(samples), step):
-            judge.judge(samples[start:start + step], first_cot=first_cot, on_row=on_row)
+        judge_pending(judge, samples, on_row, first_cot=first_cot)  # the runner's loop and batch rule
 
     return generate
 
@@ -249,7 +249,7 @@ def run_scaling(judge_names: list[str], benches: list, ks: list[int], seeds: lis
     for judge_name in judge_names:
         base = build_judge_with(judge_name, {k: v for k, v in overrides.items() if k != "seed"})  # no model yet
         if base.config.predictor == "rail" and not base.config.cot:
-            raise ValueError(f"judge {judge_name} writes no CoT: more CoTs cannot change its score")
+            raise ConfigError(f"judge {judge_name} writes no CoT: more CoTs cannot change its score")
         key = cache_key(base.config)
         shared = {"judge": base, **({"backend": backend} if backend is not None else {})}
         for bench in benches:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 
 @dataclass
 class Perplexity:
@@ -27,10 +29,10 @@ def continuation_nll(backend, prompt: str, continuation: str) -> tuple[float, in
 
     model = getattr(backend, "model", None)
     if model is None or not hasattr(backend, "encode"):
-        raise TypeError(f"perplexity needs a backend with local weights (transformers), not {backend.name!r}")
+        raise ConfigError(f"perplexity needs a backend with local weights (transformers), not {backend.name!r}")
     prompt_ids, cot_ids = backend.encode(prompt), backend.encode(continuation)
     if not cot_ids:
-        raise ValueError("cannot compute the perplexity of an empty CoT")
+        raise ConfigError("cannot compute the perplexity of an empty CoT")
     ids = torch.tensor([prompt_ids + cot_ids], device=backend.device)
     with torch.inference_mode():
         logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1: -1].float()
@@ -51,7 +53,7 @@ def perplexity(backend, pairs: list[tuple[str, str]], on_item=None) -> Perplexit
         if on_item:
             on_item(index, nll, tokens)
     if not per_text:
-        raise ValueError("no CoTs to score")
+        raise ConfigError("no CoTs to score")
     mean_nll = total_nll / total_tokens
     return Perplexity(len(per_text), total_tokens, mean_nll, math.exp(mean_nll), sum(per_text) / len(per_text))
 
@@ -73,7 +75,7 @@ def annotation_cots(bench) -> list[AnnotationCot]:
     from ..benchmarks.base import read_json_rows
 
     if len(bench.located.paths) != 1:
-        raise ValueError(f"{bench.name}: annotation CoTs are read from a single local file "
+        raise ConfigError(f"{bench.name}: annotation CoTs are read from a single local file "
                          f"(got {bench.located.source}); pass --data-dir")
     path = bench.located.paths[0]
     raw = read_json_rows(path)
@@ -82,13 +84,13 @@ def annotation_cots(bench) -> list[AnnotationCot]:
         number = sample.meta.get("row")
         row = raw[number - 1] if isinstance(number, int) and 0 < number <= len(raw) else None
         if row is None:
-            raise ValueError(f"{path}: sample {sample.id} has no source row number in its meta")
+            raise ConfigError(f"{path}: sample {sample.id} has no source row number in its meta")
         feedback, scores = row.get("gpt4_feedback"), row.get("gpt4_score")
         for name, value in (("gpt4_feedback", feedback), ("gpt4_score", scores)):
             if not isinstance(value, list) or not value:
-                raise ValueError(f"{path}: row {number}: field {name!r} must be a non-empty list")
+                raise ConfigError(f"{path}: row {number}: field {name!r} must be a non-empty list")
         if len(feedback) != len(scores):
-            raise ValueError(f"{path}: row {number}: {len(feedback)} gpt4_feedback but {len(scores)} gpt4_score")
+            raise ConfigError(f"{path}: row {number}: {len(feedback)} gpt4_feedback but {len(scores)} gpt4_score")
         out += [AnnotationCot(sample.id, str(f).strip(), float(s)) for f, s in zip(feedback, scores)]
     return out
 
@@ -105,10 +107,10 @@ def read_annotation_file(path) -> list[AnnotationCot]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {number} is not valid JSON: {exc}") from exc
+            raise ConfigError(f"{path}: line {number} is not valid JSON: {exc}") from exc
         for name in ("id", "cot", "gold"):
             if name not in row:
-                raise ValueError(f"{path}: line {number} has no field {name!r}")
+                raise ConfigError(f"{path}: line {number} has no field {name!r}")
         out.append(AnnotationCot(str(row["id"]), str(row["cot"]), float(row["gold"])))
     return out
 
@@ -134,10 +136,20 @@ def cot_shift(judge, samples: list, annotations: list[AnnotationCot], on_row=Non
         by_sample.setdefault(item.sample_id, []).append(item)
     samples = [s for s in samples if s.id in by_sample]
     if not samples:
-        raise ValueError("no sample has annotation CoTs")
+        raise ConfigError("no sample has annotation CoTs")
     given_rows = [r.to_dict() for r in judge.score_given_cots(
         samples, [[a.cot + ANNOTATION_SUFFIX for a in by_sample[s.id]] for s in samples], on_row=on_row)]
-    own_rows = [r.to_dict() for r in judge.judge(samples, on_row=on_row)]
+    from ..runner import judge_pending
+
+    own: dict[str, dict] = {}
+
+    def keep(row) -> None:
+        own[row.id] = row.to_dict()
+        if on_row:
+            on_row(row)
+
+    judge_pending(judge, samples, keep)  # the runner's loop and batch rule
+    own_rows = [own[s.id] for s in samples]
     details, given_err, own_err, failed = [], [], [], 0
     for sample, given, own in zip(samples, given_rows, own_rows):
         if own["prediction"] is None:

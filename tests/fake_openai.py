@@ -1,0 +1,133 @@
+"""A deterministic OpenAI-compatible server on 127.0.0.1 that injects faults on request.
+
+It speaks just enough of ``/v1/models`` and ``/v1/completions`` for the OpenAI backend's
+``continue`` mode: a CoT request returns ``"cot words"`` stopped at the delimiter, a
+``max_tokens=1`` log-probability request returns top log-probabilities over the score strings
+``"1".."5"`` that depend only on the prompt (so a faulty run must end with the very numbers of a
+clean one). Faults, chosen per POST by ``faults`` (a list consumed in order, or a callable
+``(post number, body) -> fault or None``):
+
+* an HTTP status (429, 500, 503): an error body, with ``retry-after-ms`` so retries are quick
+* ``"drop"``: the connection is closed without an answer
+* ``"stall"``: nothing is sent for ``stall_seconds`` (bounded), then the connection closes
+* ``"badjson"``, ``"html"``, ``"nochoices"``, ``"nulllogprobs"``: a 200 the API does not allow
+* ``"partial"``: a log-probability answer that omits two score candidates
+
+Listed faults that only a score readout can have (``LOGPROB_ONLY``) wait for the next readout.
+
+Every injected fault is counted in ``injected``.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+from collections import Counter
+
+MALFORMED = ("badjson", "html", "nochoices", "nulllogprobs")
+TRANSIENT = (429, 500, 503, "drop", "stall")
+LOGPROB_ONLY = ("nulllogprobs", "partial")  # faults of score readouts (max_tokens=1 with logprobs)
+MODEL_ID = "fake-judge"
+
+
+def score_logprobs(prompt: str) -> dict[str, float]:
+    """The server's 'model': prefers the score 1 + len(prompt) mod 5."""
+    target = 1 + len(prompt) % 5
+    return {str(s): -abs(s - target) - 1.0 for s in range(1, 6)}
+
+
+class FaultyOpenAIServer:
+    def __init__(self, faults=None, stall_seconds: float = 1.5):
+        self.faults = faults if callable(faults) else list(faults or [])
+        self.stall_seconds = stall_seconds
+        self.posts = 0
+        self.injected: Counter = Counter()
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, payload: bytes, extra_headers: dict | None = None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for key, value in (extra_headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                if self.path.rstrip("/").endswith("/models"):
+                    data = {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0,
+                                                        "owned_by": "tract-eval-tests"}]}
+                    self._send(200, json.dumps(data).encode())
+                else:
+                    self._send(404, b'{"error": {"message": "not found"}}')
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with server._lock:
+                    server.posts += 1
+                    number = server.posts
+                    logprob_request = body.get("logprobs") is not None and body.get("max_tokens") == 1
+                    if callable(server.faults):
+                        fault = server.faults(number, body)
+                    else:  # the first listed fault that can happen to this request
+                        usable = [i for i, f in enumerate(server.faults)
+                                  if logprob_request or f not in LOGPROB_ONLY]
+                        fault = server.faults.pop(usable[0]) if usable else None
+                    if fault is not None:
+                        server.injected[fault] += 1
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault == "stall":
+                    time.sleep(server.stall_seconds)
+                    self.close_connection = True
+                    return
+                if isinstance(fault, int):
+                    payload = json.dumps({"error": {"message": f"injected {fault}", "code": fault}}).encode()
+                    self._send(fault, payload, {"retry-after-ms": "10"})
+                    return
+                if fault == "badjson":
+                    self._send(200, b'{"id": "cmpl-1", "choices": [{"text": "cot')
+                    return
+                if fault == "html":
+                    self._send(200, b"<html><body>502 Bad Gateway</body></html>")
+                    return
+                choice = {"index": 0, "finish_reason": "stop", "logprobs": None}
+                if logprob_request:
+                    top = score_logprobs(body["prompt"])
+                    if fault == "partial":
+                        top = {k: v for k, v in top.items() if k not in ("1", "5")}
+                    choice.update(text=max(top, key=top.get), finish_reason="length",
+                                  logprobs=None if fault == "nulllogprobs" else
+                                  {"tokens": [max(top, key=top.get)], "token_logprobs": [max(top.values())],
+                                   "top_logprobs": [top], "text_offset": [0]})
+                else:
+                    stop = body.get("stop") or []
+                    choice.update(text="cot words", stop_reason=stop[0] if stop else None)
+                data = {"id": f"cmpl-{number}", "object": "text_completion", "created": 0, "model": MODEL_ID,
+                        "choices": [] if fault == "nochoices" else [choice],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+                self._send(200, json.dumps(data).encode())
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FaultyOpenAIServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,64 @@
+"""User errors: exit status 2, one line naming what and where, no traceback (``-v`` shows it), no model load."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import tract_eval
+from tract_eval.judges import base as judge_base
+from tract_eval.cli import main
+
+
+@pytest.fixture(autouse=True)
+def no_model_loads(monkeypatch):
+    """Every error below must be found before a backend (and so a model) is created."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was about to load")
+
+    monkeypatch.setattr(judge_base, "create_backend", refuse)
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 2, err
+    return err
+
+
+def test_unknown_names_and_bad_flags_are_one_line(capsys, tmp_path, data_dir):
+    assert "unknown judge 'nope'; known: ce-decode" in _error(capsys, ["run", "--judge", "nope", "--bench", "vicuna"])
+    assert "unknown benchmark 'nope'" in _error(capsys, ["run", "--judge", "tract", "--bench", "nope"])
+    assert "--shard 5/2: need 0 <= i < n" in _error(
+        capsys, ["run", "--judge", "tract", "--bench", "vicuna", "--shard", "5/2", "--data-dir", str(data_dir)])
+    assert "--shard takes i/n" in _error(capsys, ["run", "--judge", "tract", "--bench", "vicuna", "--shard", "x"])
+    assert "n_cot must be >= 1" in _error(capsys, ["run", "--judge", "tract", "--bench", "vicuna", "--n-cot", "0"])
+    assert "--limit must be >= 1" in _error(capsys, ["run", "--judge", "tract", "--bench", "vicuna", "--limit", "0"])
+    assert f"--data-dir {tmp_path / 'none'}: no such folder" in _error(
+        capsys, ["run", "--judge", "tract", "--bench", "vicuna", "--data-dir", str(tmp_path / "none")])
+
+
+def test_a_typo_in_a_card_names_the_file_and_setting(capsys, tmp_path):
+    card = tmp_path / "mine.yaml"
+    card.write_text("name: mine\ntemprature: 0.5\n")
+    err = _error(capsys, ["run", "--judge", str(card), "--bench", "vicuna"])
+    assert str(card) in err and "unknown judge settings ['temprature']" in err
+    card.write_text("name: [unclosed\n")
+    assert f"{card}: line 2, column 1: not valid YAML: expected ',' or ']'" in _error(capsys, ["run", "--judge", str(card), "--bench", "vicuna"])
+
+
+def test_verbose_after_the_subcommand_shows_the_traceback(capsys):
+    assert main(["run", "--judge", "nope", "--bench", "vicuna", "-v"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "UnknownNameError" in err and err.rstrip().endswith("(or a path to a YAML card)")
+
+
+def test_version_and_module_entry_point():
+    done = subprocess.run([sys.executable, "-m", "tract_eval", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"tract-eval {tract_eval.__version__}"
+    done = subprocess.run([sys.executable, "-m", "tract_eval", "run", "--judge", "nope", "--bench", "vicuna", "-q"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "unknown judge 'nope'" in done.stderr

@@ -1,0 +1,240 @@
+"""The Python API: grade your own rows, or evaluate judges on benchmarks, as ``tract-eval run`` does.
+
+    >>> from tract_eval import grade
+    >>> g = grade("What is 2+2?", "4", "Is the answer correct?", judge="rail")
+    >>> g.score, g.probs, g.status
+
+Everything goes through the runner the command line uses (``runner.judge_pending`` is the one loop
+that judges; ``evaluate`` writes the same files), and a model is loaded once per process: later calls with the same judge settings
+reuse it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .errors import ConfigError, InputNotFoundError
+from .records import MANIFEST, RESULTS, Prediction, write_json_atomic
+
+DEFAULT_OUT = Path("runs")
+
+
+@dataclass
+class Grade:
+    """One graded response."""
+
+    score: float | None  # the judge's score (mean over its CoTs), None when no score could be read
+    probs: dict[int, float] | None  # score -> probability renormalised over the scale (mean over CoTs); None for decode judges
+    cots: list[str]  # what the judge wrote before its score, one per CoT
+    status: str  # "ok", "parse_failure", "fallback", ... (see tract_eval.records.STATUSES)
+    record: Prediction  # the full row, as predictions.jsonl holds it
+
+    @classmethod
+    def from_prediction(cls, row: Prediction) -> "Grade":
+        probs = None
+        if row.score_probs:
+            scores = sorted({int(s) for p in row.score_probs for s in p})
+            probs = {s: sum(p.get(str(s), 0.0) for p in row.score_probs) / len(row.score_probs) for s in scores}
+        return cls(row.prediction, probs, list(row.cots), row.status, row)
+
+
+# -- shared with the command line -------------------------------------------------------------------------
+
+def bench_specs(spec: str | Sequence[str]) -> list[str]:
+    """Benchmark names, data files or ``hf:`` datasets from a comma list (or a list); ``all`` = every card."""
+    from .benchmarks import benchmark_names
+
+    if isinstance(spec, str):
+        if spec == "all":
+            return benchmark_names()
+        spec = spec.split(",")
+    names = [str(s).strip() for s in spec if str(s).strip()]
+    if not names:
+        raise ConfigError(f"--bench names nothing: {spec!r}")
+    return names
+
+
+def load_benches(spec: str | Sequence[str], data_dir: str | Path | None = None, *, columns=None, scale=None,
+                 no_reference: bool = False, on_skip: Callable[[str, str], None] | None = None) -> list:
+    """The benchmarks to run, loaded and checked before any model loads.
+
+    ``columns`` and ``scale`` apply to own data (files and ``hf:`` datasets). With ``all``, benchmarks whose
+    data is unavailable are passed to ``on_skip(name, reason)``; named ones must load.
+    """
+    from .benchmarks import DataUnavailable, is_data_spec, load_benchmark
+
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise InputNotFoundError(f"--data-dir {data_dir}: no such folder")
+    names = bench_specs(spec)
+    if (columns or scale is not None) and not any(is_data_spec(n) for n in names):
+        raise ConfigError("--columns and --scale apply to your own data (--bench FILE or hf:ORG/NAME); "
+                          "a benchmark card says its own columns and scale")
+    benches = []
+    for name in names:
+        own = is_data_spec(name)
+        try:
+            benches.append(load_benchmark(name, data_dir, columns=columns if own else None,
+                                          scale=scale if own else None, drop_reference=no_reference))
+        except DataUnavailable as exc:
+            if spec != "all":
+                raise
+            if on_skip:
+                on_skip(name, str(exc))
+    if not benches:
+        from .benchmarks import DataUnavailable
+
+        raise DataUnavailable("no benchmark data available (see the skipped reasons above)")
+    return benches
+
+
+def judge_names(spec: str | Sequence[str]) -> list[str]:
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    if not names:
+        raise ConfigError(f"--judge names nothing: {spec!r}")
+    return names
+
+
+_judges: dict[tuple, Any] = {}  # built judges, so that score candidates are derived once per setting
+
+
+def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tuple[int, int] | None = None):
+    """A judge with ``overrides`` (JudgeConfig fields; ``run_name`` renames its output folder) and the
+    scale of the data it grades (the score candidates follow it). Built once per settings per process."""
+    from .judges import build_judge
+
+    settings = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    run_name = settings.pop("run_name", None)
+    if scale is not None:
+        settings["scale"] = tuple(scale)
+    key = (name, run_name, json.dumps(settings, sort_keys=True, default=str))
+    if key not in _judges:
+        judge = build_judge(name, **settings)
+        if run_name:
+            judge.config = judge.config.with_overrides(name=run_name)
+        _judges[key] = judge
+    return _judges[key]
+
+
+def write_results(result, judge, bench, ci: bool = False, resamples: int = 1000, seed: int = 0) -> dict:
+    """``results.json`` next to the predictions: what ran (config, model, backend), the metrics, their
+    bootstrap intervals when asked, and package versions, as one JSON object for other tools."""
+    folder = Path(result.out_dir)
+    manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
+    backend = judge.backend.describe() if judge._backend is not None else manifest.get("backend")
+    results = {
+        "judge": judge.name,
+        "bench": bench.name,
+        "bench_card": bench.card.describe(),
+        "config": judge.config.to_dict(),
+        "model": (backend or {}).get("model") or judge.config.model,
+        "model_note": judge.model_note or manifest.get("model_note"),
+        "backend": backend,
+        "metrics": result.metrics,
+        "intervals": _intervals(folder, resamples, seed) if ci and bench.has_gold else None,
+        "versions": manifest.get("versions"),
+        "git_revision": manifest.get("git_revision"),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(folder / RESULTS, results)
+    return results
+
+
+def _intervals(folder: Path, resamples: int, seed: int) -> dict:
+    """Percentile bootstrap intervals of every report measure for one run (the report's own machinery)."""
+    from .reports.runs import load_run
+    from .reports.stats import MEASURES
+    from .reports.table import build_table
+
+    run = load_run(folder)
+    table = build_table([run], list(MEASURES), ci=True, resamples=resamples, seed=seed)
+    out = {}
+    for (_, column), cell in table.cells.items():
+        if cell.estimate is not None and column.group == run.bench:
+            out[column.measure] = cell.estimate.to_dict()
+    return {"resamples": resamples, "seed": seed, "confidence": table.confidence, "measures": out}
+
+
+# -- the API ------------------------------------------------------------------------------------------------
+
+def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: int | None = None,
+             out: str | Path | None = None, data_dir: str | Path | None = None, columns: str | dict | None = None,
+             scale: str | Sequence[int] | None = None, no_reference: bool = False, shard: str | None = None,
+             ci: bool = False, progress: Callable[[int], None] | None = None, **overrides) -> dict:
+    """Run judge(s) over benchmark(s) as ``tract-eval run`` does, writing the same files under ``out``
+    (default ``runs/``): ``OUT/<judge>/<bench>/{predictions.jsonl, metrics.json, manifest.json, results.json}``.
+
+    ``bench``: card names, data files (.jsonl/.json/.csv/.parquet) or ``hf:ORG/NAME[:SPLIT]``;
+    ``overrides``: judge settings (``model``, ``n_cot``, ``seed``, ``temperature``, ``max_new_tokens``,
+    ``run_name``, ...). Returns ``{bench: metrics}`` for one judge, ``{judge: {bench: metrics}}`` for several.
+    """
+    from .runner import parse_shard, run_benchmark
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a whole number >= 1, not {limit!r}")
+    shard_spec = parse_shard(shard)
+    names = judge_names(judge)
+    if overrides.get("run_name") and len(names) > 1:
+        raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")
+    for name in names:  # settings are checked for every judge before any data or model loads
+        judge_for(name, overrides)
+    benches = load_benches(bench, data_dir, columns=columns, scale=scale, no_reference=no_reference)
+    metrics: dict[str, dict] = {}
+    for name in names:
+        for b in benches:
+            judged = judge_for(name, overrides, b.card.scale)
+            result = run_benchmark(judged, b, Path(out or DEFAULT_OUT), limit=limit, shard=shard_spec,
+                                   batch_size=overrides.get("batch_size"), progress=progress)
+            write_results(result, judged, b, ci=ci)
+            metrics.setdefault(judged.name, {})[b.name] = result.metrics
+    return next(iter(metrics.values())) if len(names) == 1 else metrics
+
+
+Row = Mapping[str, Any] | Sequence[Any]
+
+
+def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None = None,
+               scale: str | Sequence[int] | None = None, **overrides) -> list[Grade]:
+    """Grade several responses in batches. Each row is a mapping with ``instruction``, ``response``,
+    ``rubric`` and optional ``reference`` (as in own-data files), or a tuple in that order."""
+    from .benchmarks import LocatedData
+    from .benchmarks.base import BenchmarkCard, parse_scale
+    from .benchmarks.own_data import TABLE_LOADER, load_table
+    from .runner import judge_pending
+
+    table = []
+    for number, row in enumerate(rows, start=1):
+        if isinstance(row, Mapping):
+            table.append({"id": str(number), **row})
+        else:
+            values = list(row)
+            if not 3 <= len(values) <= 4:
+                raise ConfigError(f"row {number}: expected (instruction, response, rubric[, reference]), "
+                                  f"got {len(values)} values")
+            table.append(dict(zip(("instruction", "response", "rubric", "reference"), values), id=str(number)))
+    if not table:
+        return []
+    card = BenchmarkCard(name="api", title="tract_eval.grade", kind="absolute", loader=TABLE_LOADER,
+                         scale=parse_scale(scale) if scale is not None else (1, 5))
+    samples = load_table(card, LocatedData("rows", hub_rows=table), {})
+    judged = judge_for(judge, {**overrides, "model": model}, card.scale)
+    by_id: dict[str, Prediction] = {}
+    judge_pending(judged, samples, lambda row: by_id.__setitem__(row.id, row), batch_size=overrides.get("batch_size"))
+    return [Grade.from_prediction(by_id[s.id]) for s in samples]
+
+
+def grade(instruction: str, response: str, rubric: str, reference: str | None = None, *, judge: str = "tract",
+          model: str | None = None, scale: str | Sequence[int] | None = None, **overrides) -> Grade:
+    """Grade one response against a rubric (plain text, or a Prometheus ``[criteria]`` + ``Score k:`` block).
+
+    ``judge``: a judge card name or path; ``model``: HF id, local folder, .gguf or adapter (default: the
+    card's, else the embedded SmolLM2); ``scale``: e.g. ``"1-10"`` (default 1-5); ``overrides``: judge
+    settings such as ``n_cot``, ``seed``, ``temperature``, ``max_new_tokens``, ``device``.
+    """
+    row = {"instruction": instruction, "response": response, "rubric": rubric, "reference": reference}
+    return grade_many([row], judge=judge, model=model, scale=scale, **overrides)[0]
+
+
+__all__ = ["Grade", "evaluate", "grade", "grade_many"]

@@ -1,0 +1,163 @@
+"""Your own data as a benchmark: a table of (instruction, response, rubric[, reference][, score]) rows.
+
+``--bench my.jsonl`` (or ``.json``, ``.csv``, ``.parquet``, read through ``datasets``) or
+``--bench hf:ORG/NAME[:SPLIT]``. Columns are found by their default names (``COLUMNS``) or mapped with
+``--columns rubric=criteria,score=label``. Without a score column the run writes predictions only.
+A rubric is either a Prometheus block (``[criteria]`` then ``Score k: ...`` lines) or plain text, which
+becomes the criteria, with ``score{k}_description`` columns as the score lines when the table has them.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from ..errors import ConfigError, InputNotFoundError
+from ..prompts import GradingFields, format_rubric
+from .base import BenchmarkCard, DataFormatError, LocatedData, Sample, parse_scale
+
+HUB_PREFIX = "hf:"
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # suffix -> datasets builder
+# role -> default column name; --columns maps a role to another column
+COLUMNS = {"id": "id", "instruction": "instruction", "response": "response", "rubric": "rubric",
+           "reference": "reference", "score": "score"}
+REQUIRED = ("instruction", "response", "rubric")
+TABLE_LOADER = "table"
+
+
+def is_data_spec(spec: str) -> bool:
+    """``--bench`` names a data file or hub dataset rather than a benchmark card."""
+    return spec.startswith(HUB_PREFIX) or Path(spec).suffix.lower() in FORMATS
+
+
+def parse_columns(text: str | dict | None) -> dict[str, str]:
+    """``rubric=criteria,score=label`` -> {"rubric": "criteria", "score": "label"} (roles checked)."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        pairs = list(text.items())
+    else:
+        pairs = []
+        for item in text.split(","):
+            role, sep, column = item.partition("=")
+            if not sep or not role.strip() or not column.strip():
+                raise ConfigError(f"--columns takes ROLE=COLUMN pairs separated by commas, not {item!r}")
+            pairs.append((role.strip(), column.strip()))
+    unknown = sorted(role for role, _ in pairs if role not in COLUMNS)
+    if unknown:
+        raise ConfigError(f"--columns: unknown role(s) {unknown}; known: {', '.join(COLUMNS)}")
+    return dict(pairs)
+
+
+def data_card(spec: str, columns: str | dict | None = None, scale=None) -> BenchmarkCard:
+    """A benchmark card for a data file or ``hf:ORG/NAME[:SPLIT]``; it is named after the file or dataset."""
+    options = {"columns": parse_columns(columns)}
+    scale = parse_scale(scale) if scale is not None else (1, 5)
+    if spec.startswith(HUB_PREFIX):
+        hub_id, _, split = spec[len(HUB_PREFIX):].partition(":")
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
+            raise ConfigError(f"--bench {spec}: expected hf:ORG/NAME or hf:ORG/NAME:SPLIT")
+        name = hub_id.split("/")[1] + (f"-{split}" if split else "")
+        return BenchmarkCard(name=name, title=hub_id, kind="absolute", loader=TABLE_LOADER, hub_id=hub_id,
+                             hub_split=split or "train", scale=scale, options=options)
+    path = Path(spec).expanduser().resolve()
+    if not path.is_file():
+        raise InputNotFoundError(f"--bench {spec}: no such file")
+    return BenchmarkCard(name=path.stem, title=path.stem, kind="absolute", loader=TABLE_LOADER,
+                         files=[str(path)], scale=scale, options=options)
+
+
+def read_table(path: Path) -> list[dict]:
+    """Rows of a .jsonl/.json/.csv/.parquet file, read by ``datasets``."""
+    builder = FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise DataFormatError(str(path), None, None, f"unknown table format; use one of {', '.join(FORMATS)}")
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        extra = {"features": _csv_as_text(path)} if builder == "csv" else {}
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", **extra)
+    except Exception as exc:  # datasets raises many types for an unreadable file; the first line says why
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataFormatError(str(path), None, None, f"cannot read it as {builder}: {reason}") from exc
+    return [dict(row) for row in table]
+
+
+def _csv_as_text(path: Path):
+    """CSV has no types: read every cell as text (a response "4" stays "4"); scores are parsed later."""
+    import csv
+
+    import datasets
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return datasets.Features({name: datasets.Value("string") for name in header})
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def _rubric(row: dict, text: str, scale: tuple[int, int]) -> str:
+    """A Prometheus rubric block as is; plain text as the criteria, plus score descriptions if the row has them."""
+    low, high = scale
+    if text.lstrip().startswith("[") or re.search(rf"^Score {low}:", text, flags=re.M):
+        return text
+    descriptions = [row.get(f"score{k}_description") for k in range(low, high + 1)]
+    if all(isinstance(d, str) and d.strip() for d in descriptions):
+        return format_rubric(text, descriptions, low)
+    return f"[{text.strip()}]"
+
+
+def load_table(card: BenchmarkCard, located: LocatedData, options: dict) -> list[Sample]:
+    if located.hub_rows is not None:
+        tables = [(located.source, located.hub_rows)]
+    else:
+        tables = [(str(path), read_table(Path(path))) for path in located.paths]
+    mapped = parse_columns(card.options.get("columns"))
+    names = {**COLUMNS, **mapped}
+    drop_reference = options.get("drop_reference", False)
+    low, high = card.scale
+    samples, seen = [], {}
+    for source, rows in tables:
+        present = set(rows[0]) if rows else set()
+        for role in REQUIRED:
+            if names[role] not in present:
+                hint = "" if role in mapped else f" (map yours with --columns {role}=NAME)"
+                raise DataFormatError(source, None, names[role],
+                                      f"no such column{hint}; the table has: {', '.join(sorted(present))}")
+        has_gold = names["score"] in present
+        for number, row in enumerate(rows, start=1):
+            texts = {}
+            for role in REQUIRED:
+                value = row.get(names[role])
+                if _empty(value) or not isinstance(value, str):
+                    raise DataFormatError(source, number, names[role], f"needs non-empty text, got {value!r}")
+                texts[role] = value
+            reference = row.get(names["reference"])
+            if _empty(reference) or drop_reference:
+                reference = None
+            elif not isinstance(reference, str):
+                raise DataFormatError(source, number, names["reference"], f"needs text, got {reference!r}")
+            gold = None
+            if has_gold:
+                value = row.get(names["score"])
+                try:
+                    gold = float(value)
+                except (TypeError, ValueError):
+                    gold = math.nan
+                if not math.isfinite(gold):
+                    raise DataFormatError(source, number, names["score"], f"needs a number, got {value!r} "
+                                          "(drop the column to write predictions only)")
+                if not low <= gold <= high:
+                    raise DataFormatError(source, number, names["score"],
+                                          f"{value!r} is outside the scale {low}-{high} (set it with --scale LOW-HIGH)")
+            sample_id = str(row[names["id"]]) if not _empty(row.get(names["id"])) else str(number)
+            if sample_id in seen:
+                raise DataFormatError(source, number, names["id"], f"repeats id {sample_id!r} of row {seen[sample_id]}")
+            seen[sample_id] = number
+            fields = GradingFields(texts["instruction"], texts["response"], _rubric(row, texts["rubric"], card.scale),
+                                   reference, card.scale)
+            samples.append(Sample(sample_id, fields, gold, {"row": number}))
+    return samples
