@@ -333,6 +333,8 @@ class _JudgeLoop:
     the rest of the CoT, the forced delimiter and the bridge (plus the first tokens of multi-token
     candidates) go through at once, and the cut path masks the CoT tokens after the cut."""
 
+    READOUT_ROWS = 32  # finished CoTs read out per chunked forward (bounds its logits' memory)
+
     def __init__(self, backend: "TransformersBackend", requests, sampling: SamplingConfig, seed: int,
                  on_done: OnDone | None, batch_size: int | None):
         import torch
@@ -379,8 +381,12 @@ class _JudgeLoop:
                 if self._after_token(stream, token):
                     finished.append(stream)
             readouts = [s for s in finished if s.forcing]
-            if readouts:
-                self._readout(readouts)
+            groups: dict[int, list[_Stream]] = {}
+            for s in readouts:  # one readout per candidate set, a bounded number of rows at a time
+                groups.setdefault(id(s.request.candidates), []).append(s)
+            for group in groups.values():
+                for start in range(0, len(group), self.READOUT_ROWS):
+                    self._readout(group[start: start + self.READOUT_ROWS])
             for stream in finished:
                 if not stream.forcing:
                     self._complete(stream)
