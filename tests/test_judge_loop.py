@@ -162,3 +162,16 @@ def test_delimiter_and_eos_finish_cots_of_varying_length(backend, prompts, monke
             assert sampled == reference_cot(backend, request, index, SAMPLING, seed=11)
             assert not eos & set(completion.token_ids)
             check_readout(backend, request, completion, candidates)
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_batch_size_auto_is_a_setting_and_needs_cuda(backend):
+    from tract_eval.config import JudgeConfig
+    from tract_eval.errors import ConfigError
+
+    assert JudgeConfig(name="j", batch_size="auto").batch_size == "auto"
+    with pytest.raises(ConfigError, match="batch_size must be >= 1 or 'auto'"):
+        JudgeConfig(name="j", batch_size="many")
+    if backend.device.type != "cuda":
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            backend.generate([GenerationRequest("x", "hello")], SAMPLING, seed=0, batch_size="auto")

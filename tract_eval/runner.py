@@ -162,7 +162,7 @@ def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
 
 
 def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Prediction], None], *,
-                  done: Container[str] = (), batch_size: int | None = None, first_cot: int = 0) -> int:
+                  done: Container[str] = (), batch_size: int | str | None = None, first_cot: int = 0) -> int:
     """The one loop that judges: every sample whose id is not in ``done``, ``batch_size`` sequences
     (samples x CoTs; default the judge's batch size) at a time, each row handed to ``sink`` the moment
     it is finished, so whatever the sink saves survives a kill. Returns the number of rows judged.

@@ -113,9 +113,9 @@ class TransformersBackend(Backend):
         return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
-                 on_done: OnDone | None = None, batch_size: int | None = None) -> list[list[Completion]]:
-        """``batch_size`` continuations decode at once (all of them when None); a finished one's slot
-        goes to the next waiting continuation at once (continuous batching)."""
+                 on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
+        """``batch_size`` continuations decode at once (all of them when None; "auto": as many as fit
+        in GPU memory); a finished one's slot goes to the next waiting continuation at once."""
         import torch
 
         with torch.inference_mode():
@@ -141,6 +141,25 @@ class TransformersBackend(Backend):
                     token_ids=cot_ids,
                 ))
         return out
+
+    def auto_batch_size(self, capacity: int, longest_prompt: int, headroom: float = 0.8) -> int:
+        """The most sequences that fit in the free GPU memory: each slot holds a KV cache of
+        ``capacity`` columns and a row of float32 logits with its sort; one prefill forward at a time."""
+        import torch
+
+        if self.device.type != "cuda":
+            raise ValueError(f"batch size 'auto' needs a CUDA device (this backend runs on {self.device}); "
+                             "give a number of sequences instead")
+        config = self.model.config.get_text_config()
+        heads = config.num_key_value_heads or config.num_attention_heads
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        size = torch.tensor([], dtype=self.dtype).element_size()
+        kv = capacity * config.num_hidden_layers * 2 * heads * dim * size
+        sampling = config.vocab_size * (4 * 4 + 8 * 2)  # logits, scores, probs, cdf (fp32); order, index
+        prefill_tokens = max(longest_prompt, _JudgeLoop.PREFILL_TOKENS)
+        prefill = prefill_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * size
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, int((free * headroom - prefill) // (kv + sampling)))
 
     # -- internals -----------------------------------------------------------------
     def text_enders(self, text: str) -> frozenset[int]:
@@ -211,7 +230,7 @@ class TransformersBackend(Backend):
 
     # -- the judge loop: continuous batching over a preallocated KV cache -------------------------
     def _generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
-                  on_done: OnDone | None, batch_size: int | None) -> list[list[Completion]]:
+                  on_done: OnDone | None, batch_size: int | str | None) -> list[list[Completion]]:
         loop = _JudgeLoop(self, requests, sampling, seed, on_done, batch_size)
         loop.run()
         return [[s.completion for s in group] for group in loop.by_request]
@@ -334,9 +353,10 @@ class _JudgeLoop:
     candidates) go through at once, and the cut path masks the CoT tokens after the cut."""
 
     READOUT_ROWS = 32  # finished CoTs read out per chunked forward (bounds its logits' memory)
+    PREFILL_TOKENS = 65536  # prompt tokens per prefill forward (bounds its activations' memory)
 
     def __init__(self, backend: "TransformersBackend", requests, sampling: SamplingConfig, seed: int,
-                 on_done: OnDone | None, batch_size: int | None):
+                 on_done: OnDone | None, batch_size: int | str | None):
         import torch
 
         from .sampling import logits_processors
@@ -345,6 +365,7 @@ class _JudgeLoop:
         self.sampling, self.on_done = sampling, on_done
         self.requests = list(requests)
         prompts = [backend.encode(r.prompt) for r in self.requests]
+        self.prompt_lens = [len(p) for p in prompts]
         self.by_request: list[list[_Stream]] = []
         for request_index, (request, prompt) in enumerate(zip(self.requests, prompts)):
             self.by_request.append([
@@ -352,11 +373,13 @@ class _JudgeLoop:
                 for i in range(request.n)])
         self.remaining = [r.n for r in self.requests]
         total = sum(self.remaining)
-        self.slots = max(1, min(batch_size or total, total))
         longest = max((len(p) for p in prompts), default=0)
         # room for the longest prompt and CoT, plus slack so compaction is rare
         self.width = longest + sampling.max_new_tokens + 1
         capacity = self.width + max(32, sampling.max_new_tokens // 2)
+        if batch_size == "auto":
+            batch_size = backend.auto_batch_size(capacity, longest)
+        self.slots = max(1, min(batch_size or total, total))
         self.pending = sorted(range(len(self.requests)), key=lambda i: (-len(prompts[i]), i))
         self.waiting: list[tuple[_Stream, _Prefill]] = []
         self.slot_streams: list[_Stream | None] = [None] * self.slots
@@ -410,11 +433,13 @@ class _JudgeLoop:
             self._shrink_when_draining()
             return
         while len(self.waiting) < len(free) and self.pending:
-            group, streams = [], 0
-            while self.pending and (not group or streams + self.requests[self.pending[0]].n <= len(free)):
+            group, streams, tokens = [], 0, 0
+            while self.pending and (not group or (streams + self.requests[self.pending[0]].n <= len(free)
+                                                  and tokens + self.prompt_lens[self.pending[0]] <= self.PREFILL_TOKENS)):
                 index = self.pending.pop(0)
                 group.append(index)
                 streams += self.requests[index].n
+                tokens += self.prompt_lens[index]
             self._prefill(group)
         placed = []
         while free and self.waiting:
