@@ -62,3 +62,22 @@ def test_version_and_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "tract_eval", "run", "--judge", "nope", "--bench", "vicuna", "-q"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "unknown judge 'nope'" in done.stderr
+
+
+def test_run_refusals_exit_2_naming_why(capsys, tmp_path, data_dir, monkeypatch):
+    """A busy folder, a folder of another identity, bad sampling values: one line, status 2, no model."""
+    from tract_eval.records import RunLock
+    from tract_eval.runner import run_benchmark
+    from tract_eval.benchmarks import load_benchmark
+    from tract_eval.judges import build_judge
+    from test_runner import LengthBackend
+
+    common = ["--bench", "vicuna", "--limit", "1", "--out", str(tmp_path), "--data-dir", str(data_dir)]
+    for flag, value, message in (("--temperature", "-1", "temperature must be >= 0"), ("--top-p", "5", "top_p must be in"),
+                                 ("--max-new-tokens", "-3", "max_new_tokens must be >= 1")):
+        assert message in _error(capsys, ["run", "--judge", "tract", flag, value, *common])
+    with RunLock(tmp_path / "tract" / "vicuna"):
+        assert "is being written by pid" in _error(capsys, ["run", "--judge", "tract", *common])
+    run_benchmark(build_judge("tract", backend=LengthBackend()), load_benchmark("vicuna", data_dir), tmp_path, limit=1)
+    err = _error(capsys, ["run", "--judge", "tract", "--seed", "3", *common])
+    assert "holds a run of another identity" in err and "judge.seed: 0 -> 3" in err

@@ -102,4 +102,4 @@ def test_cot_shift_on_annotation_cots(embedded_backend, data_dir):
     # the given-CoT score is the RAIL read after exactly that text
     direct = judge.score_given_cots(samples[:1], [[annotations[0].cot + ANNOTATION_SUFFIX]])[0]
     assert direct.per_cot[0] == pytest.approx(rows[0]["given_cot_prediction"], abs=1e-6)
-    assert direct["forced"] == [""]  # the suffix is the delimiter: nothing had to be forced
+    assert direct.forced == [""]  # the suffix is the delimiter: nothing had to be forced

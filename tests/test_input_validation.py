@@ -71,7 +71,7 @@ def test_names_in_paths_are_plain(tmp_path, data_dir, name):
 
 def test_a_card_file_named_by_path_gets_its_plain_stem(tmp_path, data_dir):
     card = tmp_path / "my-judge.yaml"
-    card.write_text("cot: true\npredictor: rail\n")
+    card.write_text("protocol: cot-rail\n")
     result = run_benchmark(build_judge(str(card), backend=LengthBackend()), load_benchmark("vicuna", data_dir),
                            tmp_path / "out", limit=1)
     assert result.out_dir == tmp_path / "out" / "my-judge" / "vicuna"

@@ -41,3 +41,11 @@ def test_bfloat16_weights_still_read_scores_in_float32(tiny_model_dir, data_dir)
     assert backend.model.dtype == torch.bfloat16
     rows = build_judge("tract", backend=backend, max_new_tokens=6).judge(load_benchmark("vicuna", data_dir).select(1))
     assert 1 <= rows[0].prediction <= 5 and rows[0].candidate_mass[0] > 0
+
+
+def test_model_args_reach_from_pretrained(tiny_model_dir):
+    backend = TransformersBackend(str(tiny_model_dir), device="cpu", dtype="float32",
+                                  model_args={"attn_implementation": "eager", "device_map": "cpu",
+                                              "trust_remote_code": False})
+    assert backend.model.config._attn_implementation == "eager"
+    assert str(backend.device) == "cpu" and backend.describe()["model_args"]["device_map"] == "cpu"

@@ -40,3 +40,41 @@ def test_other_scales():
     assert parse_score("[RESULT] 10", scale=(1, 10)) == 10
     assert parse_score("[RESULT] 10") is None
     assert parse_score("So the overall score is 0", scale=(0, 3)) == 0
+
+
+# Verdict shapes prometheus-eval's parser (eval/parser.py) accepts after a marker, and shapes that
+# must stay refused (point 9 of issue 8).
+@pytest.mark.parametrize("text, expected", [
+    ("Needs improvement. [RESULT] Score: 2", 2),
+    ("Well done. [RESULT] Result: 4", 4),
+    ("Average. [RESULT] 4/5", 4),
+    ("Average. [RESULT] 4 / 5", 4),
+    ("Excellent. [RESULT] 5 out of 5", 5),
+    ("Poor performance. [RESULT] score of 1", 1),
+    ("Poor performance. [RESULT] a score of 2", 2),
+    ("Good job. [Result] 3", 3),
+    ("Good job. [RESULT] (5)", 5),
+    ("Good job. [RESULT] **4**", 4),
+    ("Good job. (Score 5)", 5),
+    ("Good job. [Score 4]", 4),
+    ("Good job. [Score: 4].", 4),
+    ("Good job. score: 3", 3),
+])
+def test_reads_prometheus_eval_verdict_shapes(text, expected):
+    assert parse_score(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "The answer cites 4 sources (Score 1: lacks detail) and more text follows.",  # not closing
+    "Score 1: The response is poor.\nScore 4: The response is good.",  # echoed rubric lines
+    "[Score 1: The response lacks detail.]",  # rubric line in brackets
+    "The response is fine. [RESULT] 3.5",  # a decimal
+    "The response is fine. [RESULT] 3/4",  # a fraction of another scale
+    "The response is fine. [RESULT] 8 out of 10",
+    "The response is fine. [RESULT] 6/5",  # out of scale
+    "The response is fine. (Score 9)",
+    "It has 4 out of 5 required parts.",  # no marker: a count in the feedback
+    "The response scores 4.",
+])
+def test_refuses_numbers_that_are_not_a_verdict(text):
+    assert parse_score(text) is None

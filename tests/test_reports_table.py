@@ -171,3 +171,29 @@ def test_same_judge_and_bench_twice_is_refused(tmp_path):
     write_run(tmp_path / "two", "a", "vicuna", absolute_rows(GOLD, GOLD))
     with pytest.raises(RunFormatError, match="appears twice"):
         collect_runs([tmp_path / "one", tmp_path / "two"])
+
+
+def test_long_csv_and_the_model_that_ran(tmp_path, capsys):
+    import io
+    import json
+
+    import pandas as pd
+
+    from reports_helpers import make_runs
+    from tract_eval.cli import main
+
+    runs = make_runs(tmp_path / "runs")
+    manifest = runs / "alpha" / "vicuna" / "manifest.json"
+    manifest.write_text(json.dumps({"judge": {"name": "alpha"}, "backend": {"model": "embedded:SmolLM2"},
+                                    "model_note": "card model 'x/y' unavailable; running on embedded:SmolLM2"}))
+    assert main(["report", str(runs), "--format", "long-csv", "--ci", "--resamples", "20"]) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(frame.columns) == ["judge", "model", "bench", "metric", "value", "ci_low", "ci_high", "n"]
+    row = frame[(frame.judge == "alpha") & (frame.bench == "vicuna") & (frame.metric == "r")].iloc[0]
+    assert row.model == "embedded:SmolLM2" and row.n == 10 and row.ci_low <= row.value <= row.ci_high
+    beta = frame[(frame.judge == "beta") & (frame.bench == "vicuna") & (frame.metric == "rho")].iloc[0]
+    assert beta.n == 9 and beta.model == "unknown"
+    assert set(frame[frame.judge == "alpha"].bench) == {"vicuna", "mt-bench", "Average", "rewardbench"}
+    assert main(["report", str(runs)]) == 0
+    text = capsys.readouterr().out
+    assert "- alpha: embedded:SmolLM2, unknown (NOTE: card model 'x/y' unavailable; running on embedded:SmolLM2)" in text

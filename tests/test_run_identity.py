@@ -134,7 +134,9 @@ def test_a_locked_folder_is_refused_naming_the_holder(tmp_path, vicuna):
 
 
 @pytest.mark.parametrize("card, problem", [
-    ({"cot": "no"}, "cot must be bool"),
+    ({"renormalize": "no"}, "renormalize must be bool"),
+    ({"protocol": "cot"}, "protocol must be one of"),
+    ({"stop": [1]}, "stop must be"),
     ({"n_cot": 0}, "n_cot must be >= 1"),
     ({"n_cot": "2"}, "n_cot must be int"),
     ({"sampling": {"temperature": -1}}, "temperature must be >= 0"),
@@ -193,3 +195,26 @@ def test_log_messages_are_redacted():
     finally:
         logger.removeHandler(handler)
     assert "SECRET" not in stream.getvalue() and "http://***@host/v1" in stream.getvalue()
+
+
+def test_merge_refuses_mixed_shards_busy_shards_and_changed_data(tmp_path, data_dir):
+    from tract_eval.runner import merge_shards
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir / "prometheus", copy / "prometheus")
+    bench = load_benchmark("vicuna", copy)
+    out = tmp_path / "runs"
+    run_benchmark(judge(), bench, out, limit=4, shard=(0, 2))
+    run_benchmark(judge(seed=4), bench, out, limit=4, shard=(1, 2))
+    with pytest.raises(RunConflict, match=r"1-of-2 is another run identity than .*0-of-2; changed: judge\.seed: 0 -> 4"):
+        merge_shards(out / "tract" / "vicuna", bench)
+    shutil.rmtree(out / "tract" / "vicuna" / "shards" / "1-of-2")
+    run_benchmark(judge(), bench, out, limit=4, shard=(1, 2))
+    with RunLock(out / "tract" / "vicuna" / "shards" / "1-of-2"):
+        with pytest.raises(RunLocked):
+            merge_shards(out / "tract" / "vicuna", bench)
+    path = copy / "prometheus" / "vicuna_eval.json"
+    path.write_text(path.read_text().replace("\n", "\n "))  # same rows, other bytes
+    with pytest.raises(RunConflict, match=r"other data or options than now: bench\.data\.vicuna_eval\.json"):
+        merge_shards(out / "tract" / "vicuna", load_benchmark("vicuna", copy))
+    assert merge_shards(out / "tract" / "vicuna", bench)["n"] == 4

@@ -121,7 +121,7 @@ def test_rows_carry_distributions_and_per_cot_predictions(tmp_path, vicuna):
     assert row["candidate_mass"][0] == pytest.approx(sum(row["raw_probs"][0].values()))
     assert max(row["raw_probs"][0].values()) == pytest.approx(math.exp(-1.0))
     assert row["prediction"] == pytest.approx(sum(row["per_cot"]) / 3)
-    expected = sum(int(s) * p for s, p in row["score_probs"][1].items())
+    expected = sum(int(s) * p for s, p in row["raw_probs"][1].items())  # raw, as the reference
     assert row["per_cot"][1] == pytest.approx(expected)
     manifest = json.loads((result.out_dir / "manifest.json").read_text())
     assert manifest["judge"]["n_cot"] == 3 and manifest["seed"] == 0

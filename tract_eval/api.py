@@ -103,7 +103,9 @@ _judges: dict[tuple, Any] = {}  # built judges, so that score candidates are der
 def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tuple[int, int] | None = None):
     """A judge with ``overrides`` (JudgeConfig fields; ``run_name`` renames its output folder) and the
     scale of the data it grades (the score candidates follow it). Built once per settings per process."""
+    from .backends import check_backend_options
     from .judges import build_judge
+    from .models import check_model_args
 
     settings = {k: v for k, v in dict(overrides or {}).items() if v is not None}
     run_name = settings.pop("run_name", None)
@@ -112,6 +114,9 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     key = (name, run_name, json.dumps(settings, sort_keys=True, default=str))
     if key not in _judges:
         judge = build_judge(name, **settings)
+        check_backend_options(judge.config.backend, judge.config.backend_options)
+        if judge.config.backend == "transformers":
+            check_model_args(judge.config.backend_options.get("model_args"))
         if run_name:
             judge.config = judge.config.with_overrides(name=run_name)
         _judges[key] = judge
@@ -121,21 +126,25 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
 def write_results(result, judge, bench, ci: bool = False, resamples: int = 1000, seed: int = 0) -> dict:
     """``results.json`` next to the predictions: what ran (config, model, backend), the metrics, their
     bootstrap intervals when asked, and package versions, as one JSON object for other tools."""
+    from .redaction import redact
+
     folder = Path(result.out_dir)
     manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
-    backend = judge.backend.describe() if judge._backend is not None else manifest.get("backend")
+    backend = redact(judge.backend.describe()) if judge._backend is not None else manifest.get("backend")
+    last_session = (manifest.get("sessions") or [{}])[-1]
     results = {
         "judge": judge.name,
         "bench": bench.name,
         "bench_card": bench.card.describe(),
-        "config": judge.config.to_dict(),
+        "config": manifest.get("judge") or redact(judge.config.to_dict()),
         "model": (backend or {}).get("model") or judge.config.model,
+        "model_identity": (manifest.get("identity") or {}).get("model"),
         "model_note": judge.model_note or manifest.get("model_note"),
         "backend": backend,
         "metrics": result.metrics,
         "intervals": _intervals(folder, resamples, seed) if ci and bench.has_gold else None,
-        "versions": manifest.get("versions"),
-        "git_revision": manifest.get("git_revision"),
+        "versions": last_session.get("versions"),
+        "git_revision": last_session.get("git_revision"),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(folder / RESULTS, results)
@@ -162,7 +171,8 @@ def _intervals(folder: Path, resamples: int, seed: int) -> dict:
 def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: int | None = None,
              out: str | Path | None = None, data_dir: str | Path | None = None, columns: str | dict | None = None,
              scale: str | Sequence[int] | None = None, no_reference: bool = False, shard: str | None = None,
-             ci: bool = False, progress: Callable[[int], None] | None = None, **overrides) -> dict:
+             too_long: str = "mark", ci: bool = False, progress: Callable[[int], None] | None = None,
+             **overrides) -> dict:
     """Run judge(s) over benchmark(s) as ``tract-eval run`` does, writing the same files under ``out``
     (default ``runs/``): ``OUT/<judge>/<bench>/{predictions.jsonl, metrics.json, manifest.json, results.json}``.
 
@@ -186,7 +196,7 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
         for b in benches:
             judged = judge_for(name, overrides, b.card.scale)
             result = run_benchmark(judged, b, Path(out or DEFAULT_OUT), limit=limit, shard=shard_spec,
-                                   batch_size=overrides.get("batch_size"), progress=progress)
+                                   batch_size=overrides.get("batch_size"), too_long=too_long, progress=progress)
             write_results(result, judged, b, ci=ci)
             metrics.setdefault(judged.name, {})[b.name] = result.metrics
     return next(iter(metrics.values())) if len(names) == 1 else metrics

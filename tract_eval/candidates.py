@@ -52,46 +52,84 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def derive_score_candidates(
-    tokenizer,
-    delimiter: str = DEFAULT_DELIMITER,
-    scale: tuple[int, int] = (1, 5),
-    separator: str = " ",
-) -> ScoreCandidates:
+def _score_suffixes(tokenizer, context: str, scale: tuple[int, int], separator: str,
+                    what: str) -> tuple[tuple[int, ...], list[int], list[list[int]]]:
+    """(scores, context ids, per score the ids that ``separator + score`` adds after ``context``)."""
     low, high = scale
     if low > high:
         raise ValueError(f"score scale {scale} is empty")
     scores = tuple(range(low, high + 1))
-    delimiter_ids = _encode(tokenizer, delimiter)
+    context_ids = _encode(tokenizer, context)
     suffixes: list[list[int]] = []
     for score in scores:
-        ids = _encode(tokenizer, f"{delimiter}{separator}{score}")
-        if ids[: len(delimiter_ids)] != delimiter_ids:
+        ids = _encode(tokenizer, f"{context}{separator}{score}")
+        if ids[: len(context_ids)] != context_ids:
             raise ValueError(
-                f"tokenizer merges the delimiter {delimiter!r} with the score {score}: "
-                f"{delimiter_ids} is not a prefix of {ids}; choose another delimiter or separator"
+                f"tokenizer merges {what} {context[-40:]!r} with the score {score}: "
+                f"{context_ids[-8:]} is not a prefix of {ids[-12:]}; choose another delimiter or separator"
             )
-        suffix = ids[len(delimiter_ids):]
+        suffix = ids[len(context_ids):]
         if not suffix:
-            raise ValueError(f"score {score} produced no tokens after the delimiter")
+            raise ValueError(f"score {score} produced no tokens after {what}")
         suffixes.append(suffix)
+    return scores, context_ids, suffixes
 
+
+def _split_bridge(suffixes: list[list[int]]) -> tuple[list[int], tuple[tuple[int, ...], ...]]:
+    """Tokens shared by every candidate (keeping at least one token per candidate) and the rest."""
     bridge: list[int] = []
     for position in range(min(len(s) for s in suffixes)):
         column = {s[position] for s in suffixes}
-        # keep at least one token per candidate
         if len(column) == 1 and all(len(s) > position + 1 for s in suffixes):
             bridge.append(suffixes[0][position])
         else:
             break
     sequences = tuple(tuple(s[len(bridge):]) for s in suffixes)
     if len(set(sequences)) != len(sequences):
-        raise ValueError(f"two scores share the same tokens after {delimiter!r}: {sequences}")
+        raise ValueError(f"two scores share the same tokens: {sequences}")
+    return bridge, sequences
+
+
+def derive_score_candidates(
+    tokenizer,
+    delimiter: str = DEFAULT_DELIMITER,
+    scale: tuple[int, int] = (1, 5),
+    separator: str = " ",
+) -> ScoreCandidates:
+    """Candidates read after ``delimiter`` (TRACT: ``... So the overall score is`` + bridge)."""
+    scores, delimiter_ids, suffixes = _score_suffixes(tokenizer, delimiter, scale, separator, "the delimiter")
+    bridge, sequences = _split_bridge(suffixes)
     bridge_text = tokenizer.decode(delimiter_ids + bridge)[len(tokenizer.decode(delimiter_ids)):]
     return ScoreCandidates(
         delimiter=delimiter,
         scores=scores,
         delimiter_ids=tuple(delimiter_ids),
+        bridge_ids=tuple(bridge),
+        bridge_text=bridge_text,
+        sequences=sequences,
+        separator=separator,
+    )
+
+
+def derive_first_token_candidates(
+    tokenizer,
+    anchor: str,
+    scale: tuple[int, int] = (1, 5),
+    separator: str = " ",
+) -> ScoreCandidates:
+    """Candidates read at the first assistant token (TRACT's score-only protocol).
+
+    ``anchor`` is a rendered prompt with the assistant turn opened and stripped on the right; the
+    reference reads the score after ``anchor + " "``. The delimiter is empty: nothing is forced,
+    the bridge (e.g. a lone space token) follows the prompt directly.
+    """
+    scores, anchor_ids, suffixes = _score_suffixes(tokenizer, anchor, scale, separator, "the prompt's end")
+    bridge, sequences = _split_bridge(suffixes)
+    bridge_text = tokenizer.decode(anchor_ids + bridge)[len(tokenizer.decode(anchor_ids)):]
+    return ScoreCandidates(
+        delimiter="",
+        scores=scores,
+        delimiter_ids=(),
         bridge_ids=tuple(bridge),
         bridge_text=bridge_text,
         sequences=sequences,

@@ -10,7 +10,6 @@ import traceback
 
 from . import __version__
 from .errors import UserError
-
 from .redaction import install_log_redaction
 
 # Modules exposing ``register(subparsers)``; each subcommand sets ``func(args) -> int``.

@@ -67,8 +67,9 @@ def add_judge_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--batch-size", type=_batch_size, default=None,
                    help="sequences decoded together; auto: the most that fit in GPU memory (transformers on CUDA)")
-    g.add_argument("--raw-probs", action="store_true",
-                   help="RAIL over raw candidate probabilities as in the paper (default: renormalised)")
+    g.add_argument("--renormalize", action="store_true",
+                   help="RAIL over the candidates' probabilities renormalised to sum to 1 "
+                        "(default: raw full-vocabulary probabilities, as the reference)")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
     add_backend_flags(p)
@@ -88,7 +89,7 @@ def judge_overrides(args) -> dict:
         "model": args.model, "backend": args.backend, "device": args.device, "dtype": args.dtype,
         "n_cot": args.n_cot, "seed": args.seed, "temperature": args.temperature, "top_p": args.top_p,
         "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size, "renormalize": False if args.raw_probs else None,
+        "batch_size": args.batch_size, "renormalize": True if args.renormalize else None,
         "parse_failure_policy": args.parse_failure_policy, "fallback_score": args.fallback_score,
         "backend_options": backend_options_from_args(args),
     }

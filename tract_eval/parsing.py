@@ -1,6 +1,7 @@
 """Reading a score out of a judge's generated text."""
 from __future__ import annotations
 
+import math
 import re
 
 # Markers that introduce the final score, in the shapes judges actually write.
@@ -10,26 +11,57 @@ _SCORE_MARKERS = re.compile(
     r"(?:\[RESULT\]|So the overall score is|overall score is|Overall score:|Score:)",
     re.IGNORECASE,
 )
-# After the marker: optional brackets/quotes/spaces, then an integer that is not
-# the start of a fraction ("4/5" is fine, "4.5" is not an integer score).
-_NUMBER_AFTER_MARKER = re.compile(r"\s*:?\s*[\(\[\"'*]*\s*(\d+)(?![\d.]\d)")
+# After a marker, the verdict shapes prometheus-eval's parser (eval/parser.py) accepts: optional
+# brackets/quotes, an optional label ("Score:", "Result:", "score of"), an integer that is not
+# part of a decimal, and optionally "/ high" or "out of high".
+_VERDICT_AFTER_MARKER = re.compile(
+    r"""\s*:?\s*[(\["'*]*\s*
+        (?:(?:a\s+)?score\s+of|score\s*:?|result\s*:?)?\s*[(\["'*]*\s*
+        (\d+)(?!\d|\.\d)
+        (?:\s*(?:/|out\s+of)\s*(\d+)(?!\d|\.\d))?""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# A closing "(Score 4)" or "[Score 4]" at the very end of the output.
+_CLOSING_VERDICT = re.compile(r"[(\[]\s*score\s*:?\s*(\d+)\s*[)\]](?:\W|</s>)*\Z", re.IGNORECASE)
+
+
+def _in_scale(value: int, out_of: str | None, scale: tuple[int, int]) -> int | None:
+    low, high = scale
+    if out_of is not None and int(out_of) != high:
+        return None  # "3/4" or "4 out of 10" on a 1-5 scale is not a verdict on this scale
+    return value if low <= value <= high else None
 
 
 def parse_score(text: str | None, scale: tuple[int, int] = (1, 5)) -> int | None:
     """Return the integer verdict in a Prometheus/TRACT-style output, or None.
 
-    The last score marker in the text wins (``[RESULT] n`` or
-    ``So the overall score is n``); the number must directly follow it and lie
-    inside ``scale``. Text with no marker yields None: a bare number anywhere
-    in the output is not a verdict.
+    The last score marker in the text wins (``[RESULT] n``, ``So the overall score is n``, also
+    ``[RESULT] Score: n``, ``[RESULT] score of n``, ``[RESULT] n/5``, ``[RESULT] n out of 5``); else
+    a closing ``(Score n)`` / ``[Score n]``. The number must lie inside ``scale``; decimals and
+    fractions of another scale are refused. Text with no verdict yields None: a bare number anywhere
+    in the output (the feedback, an echoed rubric line ``Score 1: ...``) is not a verdict.
     """
     if not text:
         return None
-    low, high = scale
     for marker in reversed(list(_SCORE_MARKERS.finditer(text))):
-        match = _NUMBER_AFTER_MARKER.match(text, marker.end())
+        match = _VERDICT_AFTER_MARKER.match(text, marker.end())
         if match is None:
             continue
-        value = int(match.group(1))
-        return value if low <= value <= high else None
+        return _in_scale(int(match.group(1)), match.group(2), scale)
+    closing = _CLOSING_VERDICT.search(text)
+    if closing:
+        return _in_scale(int(closing.group(1)), None, scale)
     return None
+
+
+def parse_bare_score(text: str | None) -> float | None:
+    """A score written alone, as TRACT reads its one sampled score token (``evaluation_utils.
+    try_convert_to_float``: ``float(text.strip().strip('.'))``); None where that is not a finite
+    number (the reference's NaN, dropped from the correlations)."""
+    if text is None:
+        return None
+    try:
+        value = float(text.strip().strip("."))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None

@@ -31,6 +31,9 @@ class GradingFields:
     reference_answer: str | None = None
     scale: tuple[int, int] = (1, 5)
     feedback_label: str = ""  # Prometheus-1 files say "Feedback: (write a feedback ...)"
+    # --no-reference: the prompt is rendered whole, then the reference section is cut out of the
+    # model input as TRACT's --remove_reference does (remove_reference_section)
+    remove_reference: bool = False
 
     def as_template_vars(self) -> dict:
         return {
@@ -103,3 +106,40 @@ def render_prompt(template: str, fields: GradingFields) -> str:
     """Render ``judges/templates/<template>.j2`` with the grading fields."""
     name = template if template.endswith(".j2") else f"{template}.j2"
     return _environment().get_template(name).render(**fields.as_template_vars())
+
+
+# --- the reference's text operations on model inputs (d223302/TRACT inference/) -----------------
+
+INSTRUCTION_MARKER = "###The instruction to evaluate:"
+_REFERENCE_MARKER = "###Reference Answer"
+_RUBRIC_MARKER = "###Score Rubrics:"
+
+
+def reference_strip(instruction: str) -> str:
+    """A benchmark row's instruction as TRACT reads it: ``.rstrip().rstrip(",").rstrip('"').rstrip()``
+    (dataset_utils.prepare_dataset), so a prompt ends ``###Feedback:`` with no trailing space."""
+    return instruction.rstrip().rstrip(",").rstrip('"').rstrip()
+
+
+def remove_reference_section(text: str) -> str:
+    """TRACT's ``--remove_reference`` on a model input: what precedes ``###Reference Answer``, then
+    ``###Score Rubrics:`` and what follows the last ``###Score Rubrics:``. The task description
+    still mentions the reference answer, as in the reference. Text without a reference section is
+    returned unchanged (the reference would duplicate the rubric there)."""
+    if _REFERENCE_MARKER not in text or _RUBRIC_MARKER not in text:
+        return text
+    return text.split(_REFERENCE_MARKER)[0] + _RUBRIC_MARKER + text.split(_RUBRIC_MARKER)[-1]
+
+
+@lru_cache(maxsize=None)
+def score_only_instruction() -> str:
+    """TRACT's score-only task description (inference.py ``no_feedback_instruction``, typo included)."""
+    return (card_dir("judges") / "templates" / "tract_score_only_instruction.txt").read_text(encoding="utf-8")
+
+
+def score_only_content(grading_prompt: str) -> str:
+    """The score-only user turn: the score-only instruction + what follows the prompt's last
+    ``###The instruction to evaluate:`` (inference.py, ``--mode score_only``)."""
+    if INSTRUCTION_MARKER not in grading_prompt:
+        raise PromptFormatError(f"a score-only prompt needs a {INSTRUCTION_MARKER!r} section")
+    return score_only_instruction() + grading_prompt.split(INSTRUCTION_MARKER)[-1]

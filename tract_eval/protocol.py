@@ -1,6 +1,7 @@
 """The TRACT readout protocol, once, for every backend and for training.
 
-A CoT is finished by TRACT's rule (cut at the cut marker, force the delimiter), the bridge tokens
+A CoT is finished by TRACT's rule (end at a stop string, always cut at the first cut marker, strip,
+append " " + delimiter), the bridge tokens
 shared by all score candidates follow, and the score distribution is read at the next position;
 multi-token candidates (e.g. "10") are scored as sequences. Backends sample and return token
 log-probabilities; these functions turn what they sampled into the exact readout context.
@@ -13,20 +14,32 @@ from typing import Callable
 from .candidates import ScoreCandidates
 
 
-def finish_cot(text: str, delimiter: str, cut_marker: str | None) -> tuple[str, str, bool]:
-    """TRACT's rule for a CoT that did not end with the delimiter.
+# TRACT samples CoTs with these stop strings (inference.py); the sampler drops them from the CoT.
+REFERENCE_STOP_STRINGS = ("[RESULT]", " [RESULT]")
 
-    Returns ``(kept_text, forced_text, cut)``: keep the CoT up to the first
-    ``cut_marker`` if present (else all of it) and force the delimiter after it.
+
+def finish_cot(text: str, delimiter: str, cut_marker: str | None,
+               stops: tuple[str, ...] | list[str] = ()) -> tuple[str, str, bool]:
+    """TRACT's rule for turning a sampled CoT into the readout context (inference.py ``cot_splitter``).
+
+    The CoT ends before its first stop string (the sampler stopped there), is **always** cut at its
+    first ``cut_marker``, stripped on the right, and ``" " + delimiter`` is appended. Returns
+    ``(kept_text, forced_text, cut)``: ``kept_text`` is a prefix of ``text``; ``cut`` says it is
+    shorter than ``text`` (whatever followed is dropped, i.e. masked by single-pass backends). When
+    the model wrote exactly ``kept_text + " " + delimiter`` nothing is forced: ``(text, "", False)``.
+    An empty delimiter (the score-only protocol) leaves the text as it is.
     """
-    if text.endswith(delimiter):
+    if not delimiter:
         return text, "", False
-    cut = False
-    if cut_marker and cut_marker in text:
-        text = text[: text.index(cut_marker)]
-        cut = True
-    separator = " " if text and not text[-1].isspace() else ""
-    return text, separator + delimiter, cut
+    end = min([text.index(stop) for stop in stops if stop and stop in text], default=len(text))
+    kept = text[:end]
+    if cut_marker and cut_marker in kept:
+        kept = kept[: kept.index(cut_marker)]
+    kept = kept.rstrip()
+    forced = " " + delimiter
+    if text == kept + forced:
+        return text, "", False
+    return kept, forced, kept != text
 
 def kept_prefix_length(decode: Callable[[list[int]], str], ids: list[int], kept_text: str) -> int:
     """The largest prefix of ``ids`` whose text is a prefix of ``kept_text`` (where a cut CoT ends)."""
@@ -41,7 +54,8 @@ def kept_prefix_length(decode: Callable[[list[int]], str], ids: list[int], kept_
 
 def readout_after_sampled_ids(tokenizer, prompt_ids: list[int], ids: list[int], finish_reason: str,
                               stopped_at_delimiter: bool, candidates: ScoreCandidates,
-                              cut_marker: str | None) -> tuple[str, str, bool, list[int]]:
+                              cut_marker: str | None,
+                              stops: tuple[str, ...] | list[str] = ()) -> tuple[str, str, bool, list[int]]:
     """TRACT's cut/append rule on the ids an engine sampled (vLLM, offline or served).
 
     Returns ``(text, forced_text, cut, readout_ids)``: the ids after the prompt to read the score
@@ -56,7 +70,7 @@ def readout_after_sampled_ids(tokenizer, prompt_ids: list[int], ids: list[int], 
     delimiter = candidates.delimiter
     if stopped_at_delimiter:  # the stop can fall inside a token: keep the text up to the delimiter
         generated_text = generated_text[: generated_text.index(delimiter) + len(delimiter)]
-    kept_text, forced_text, cut = finish_cot(generated_text, delimiter, cut_marker)
+    kept_text, forced_text, cut = finish_cot(generated_text, delimiter, cut_marker, stops)
     kept = kept_prefix_length(decode, ids, kept_text)
     forced_text = kept_text[len(text_of(ids[:kept])):] + forced_text  # a cut inside a token: force the rest
     forced_ids = list(tokenizer(forced_text, add_special_tokens=False)["input_ids"]) if forced_text else []

@@ -135,7 +135,7 @@ class JsonlAppender:
         self.close()
 
 
-class RunLocked(RuntimeError):
+class RunLocked(UserError, RuntimeError):
     """Another process is writing this run folder."""
 
 

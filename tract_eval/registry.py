@@ -54,7 +54,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             if name in self.broken:
-                raise KeyError(self.broken[name]) from None
+                raise UnknownNameError(self.broken[name]) from None
             known = ", ".join(sorted(self._items)) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 

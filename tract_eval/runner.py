@@ -29,7 +29,7 @@ from .config import SESSION_BACKEND_OPTIONS
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
                       write_json_atomic)
 from .redaction import is_secret_name, redact
-from .settings import RunIdentity, run_identity
+from .settings import RunIdentity, bench_identity, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,8 @@ def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict 
     changes = identity.differences(manifest.get("identity"))
     raise RunConflict(
         f"{target} holds a run of another identity ({manifest.get('fingerprint')}, this run is "
-        f"{identity.fingerprint}); changed:\n  " + "\n  ".join(changes)
-        + "\nUse another --out, or delete that folder to start over."
+        f"{identity.fingerprint}); changed: " + "; ".join(changes)
+        + ". Use another --out, or delete that folder to start over."
     )
 
 
@@ -184,7 +184,7 @@ def _generation_budget(judge: Judge) -> int:
     """Tokens a sample may add after its prompt: the sampled text plus, for RAIL, the forced readout."""
     cfg = judge.config
     budget = cfg.sampling.max_new_tokens if cfg.samples_text else 0
-    if cfg.predictor == "rail":
+    if judge.variant.uses_candidates:
         c = judge.candidates
         budget += len(c.delimiter_ids) + len(c.bridge_ids) + max(len(seq) for seq in c.sequences)
     return budget
@@ -293,7 +293,7 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
         manifest.update({
             "backend": redact(judge.backend.describe()),
             "model_note": judge.model_note,
-            "candidates": judge.candidates.to_dict() if judge.config.predictor == "rail" else None,
+            "candidates": judge.candidates.to_dict() if judge.variant.uses_candidates else None,
         })
         manifest.setdefault("sessions", []).append({
             **session,
@@ -320,10 +320,29 @@ def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
     shard_dirs = sorted((bench_dir / SHARDS).glob("*-of-*"))
     if not shard_dirs:
         raise InputNotFoundError(f"{bench_dir}/shards holds no shard folders")
-    manifests = [json.loads((d / MANIFEST).read_text()) for d in shard_dirs]
-    prints = {m["fingerprint"] for m in manifests}
-    if len(prints) != 1:
-        raise RunConflict(f"shards under {bench_dir} come from different judge configs: {sorted(prints)}")
+    for d in shard_dirs:  # a shard still being written would be merged half done
+        RunLock(d).acquire().release()
+    manifests = []
+    for d in shard_dirs:
+        try:
+            manifests.append(json.loads((d / MANIFEST).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunConflict(f"{d}: no readable {MANIFEST} ({exc}); rerun that shard") from exc
+    first = RunIdentity(**manifests[0]["identity"])
+    for d, m in zip(shard_dirs[1:], manifests[1:]):
+        if m["fingerprint"] != first.fingerprint:
+            raise RunConflict(f"{d} is another run identity than {shard_dirs[0]}; changed: "
+                              + "; ".join(RunIdentity(**m["identity"]).differences(first.to_dict())))
+    if first.bench != bench_identity(bench):  # the data or options changed since the shards ran
+        raise RunConflict(f"the shards under {bench_dir} were judged on other data or options than now: "
+                          + "; ".join(RunIdentity(first.judge, first.model, bench_identity(bench))
+                                      .differences(first.to_dict())))
+    main_manifest = bench_dir / MANIFEST
+    if (bench_dir / PREDICTIONS).is_file() and read_predictions(bench_dir / PREDICTIONS):
+        existing = json.loads(main_manifest.read_text(encoding="utf-8")) if main_manifest.is_file() else {}
+        if existing.get("fingerprint") != first.fingerprint:
+            raise RunConflict(f"{bench_dir} already holds a run of another identity "
+                              f"({existing.get('fingerprint')}) than its shards ({first.fingerprint})")
     counts = {m["shard"][1] for m in manifests}
     if len(counts) != 1 or len(shard_dirs) != counts.pop():
         raise ConfigError(f"{bench_dir}: expected every shard of one split, found {[d.name for d in shard_dirs]}")

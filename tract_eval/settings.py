@@ -22,6 +22,8 @@ from .models import EMBEDDED_NAME, ModelUnavailable, resolve_model
 
 log = logging.getLogger(__name__)
 
+_ABSENT = object()  # a setting one identity has and the other lacks
+
 # Backends that load weights named by ``model``; the others (openai) name a served model.
 LOCAL_BACKENDS = ("transformers", "vllm")
 
@@ -99,18 +101,22 @@ def model_identity(config: JudgeConfig) -> dict:
     return identity
 
 
+# loader options and their defaults (``load_benchmark(..., drop_reference=False)`` is the same as not saying)
+BENCH_OPTION_DEFAULTS = {"drop_reference": False}
+
+
 def bench_identity(bench) -> dict:
     """Loader, card options, the user's options (e.g. reference on/off) and the data's checksums."""
     located = bench.located
     if located.hub_rows is not None:
         digest = hashlib.sha256(json.dumps(located.hub_rows, sort_keys=True, default=str).encode()).hexdigest()
         data = {located.source: f"sha256 {digest}"}
-    else:
-        from .benchmarks.base import git_blob_id
-
-        data = {Path(p).name: f"git-blob {git_blob_id(Path(p).read_bytes())}" for p in located.paths}
-    return normalise({"name": bench.name, "loader": bench.card.loader, "card_options": bench.card.options,
-                      "options": bench.options, "data": data})
+    else:  # hashed when the data was located, not now: a file edited since cannot pass for the loaded one
+        data = {name: f"git-blob {blob}" for name, blob in located.blobs.items()}
+    # an option left at its default is the same run as one not given at all
+    options = {k: v for k, v in bench.options.items() if BENCH_OPTION_DEFAULTS.get(k, _ABSENT) != v}
+    return normalise({"name": bench.name, "loader": bench.card.loader, "scale": bench.card.scale,
+                      "card_options": bench.card.options, "options": options, "data": data})
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -125,9 +131,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def _short(value: Any, width: int = 60) -> str:
     text = "(absent)" if value is _ABSENT else json.dumps(value, default=str)
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-_ABSENT = object()
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,9 @@ BACKENDS: Registry = Registry("backend", entry_point_group="tract_eval.backends"
 
 @BACKENDS.register("transformers")
 def _transformers(model: str | None = None, **options) -> Backend:
-    from .transformers_backend import (
-        TransformersBackend,  # torch loads only when asked for
-    )
+    from .transformers_backend import TransformersBackend  # torch loads only when asked for
 
-    return TransformersBackend(model, device=options.get("device", "auto"), dtype=options.get("dtype", "auto"))
+    return TransformersBackend(model, **options)
 
 
 def _not_for(backend: str, options: dict, *names: str) -> dict:
@@ -28,20 +26,44 @@ def _not_for(backend: str, options: dict, *names: str) -> dict:
 
 @BACKENDS.register("openai")
 def _openai(model: str | None = None, **options) -> Backend:
-    from .openai_backend import (
-        OpenAIBackend,  # the openai client loads only when asked for
-    )
+    from .openai_backend import OpenAIBackend  # the openai client loads only when asked for
 
     return OpenAIBackend(model, **_not_for("openai", dict(options), "device", "dtype"))
 
 
 @BACKENDS.register("vllm")
 def _vllm(model: str | None = None, **options) -> Backend:
-    from .vllm_backend import (
-        VLLMBackend,  # vllm loads only when asked for (it lives in its own venv)
-    )
+    from .vllm_backend import VLLMBackend  # vllm loads only when asked for (it lives in its own venv)
 
     return VLLMBackend(model, **_not_for("vllm", dict(options), "device"))
+
+
+# Built-in backends: module and class, whose constructor's keyword arguments are the options it takes.
+_BUILTIN = {"transformers": ("transformers_backend", "TransformersBackend"),
+            "openai": ("openai_backend", "OpenAIBackend"), "vllm": ("vllm_backend", "VLLMBackend")}
+JUDGE_SETTINGS = ("device", "dtype")  # judge settings every factory receives (some reject non-"auto" values)
+
+
+def backend_option_names(name: str) -> list[str] | None:
+    """The options a built-in backend takes (None for plugins: they check their own)."""
+    import importlib
+    import inspect
+
+    if name not in _BUILTIN:
+        return None
+    module, cls = _BUILTIN[name]
+    init = getattr(importlib.import_module(f"{__name__}.{module}"), cls).__init__  # light: heavy imports are inside
+    params = inspect.signature(init).parameters
+    return sorted({p for p in params if p not in ("self", "model")} | set(JUDGE_SETTINGS))
+
+
+def check_backend_options(name: str, options: dict) -> None:
+    """Reject options the backend does not take, naming the ones it does (before any model loads)."""
+    BACKENDS.get(name)  # an unknown backend name fails here, listing the known ones
+    known = backend_option_names(name)
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise ConfigError(f"unknown {name} backend option(s) {unknown}; known: {', '.join(known)}")
 
 
 _last: tuple[tuple, Backend] | None = None
@@ -53,10 +75,12 @@ def create_backend(name: str, model: str | None = None, **options) -> Backend:
     key = (name, model, tuple(sorted((k, repr(v)) for k, v in options.items())))
     if _last is not None and _last[0] == key:
         return _last[1]
+    check_backend_options(name, options)
     _last = None  # drop the previous model before loading another
     backend = BACKENDS.get(name)(model, **options)
     _last = (key, backend)
     return backend
 
 
-__all__ = ["BACKENDS", "Backend", "Completion", "GenerationRequest", "ScoreRequest", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "Completion", "GenerationRequest", "ScoreRequest", "backend_option_names",
+           "check_backend_options", "create_backend"]

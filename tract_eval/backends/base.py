@@ -14,9 +14,13 @@ from ..config import SamplingConfig
 class GenerationRequest:
     """Sample ``n`` continuations of ``prompt`` (the exact model input text).
 
-    With ``candidates`` set (RAIL judges), each continuation is a CoT that stops
-    at the delimiter; the backend then reads the score distribution right after
-    ``CoT + delimiter + bridge`` from the same computation.
+    Every continuation stops at the first of ``stop`` (the text stays in the completion; TRACT:
+    ``[RESULT]``, `` [RESULT]``), at end of sequence or at the token budget. With ``candidates``
+    set (RAIL judges) it also stops at the delimiter, and the backend then finishes the CoT by
+    :func:`tract_eval.protocol.finish_cot` (end before the first stop string, always cut at the
+    first ``cut_marker``, strip, append `` " " + delimiter``) and reads the score distribution right
+    after ``kept CoT + delimiter + bridge`` from the same computation (text after the cut is
+    masked, not recomputed).
     """
 
     key: str  # seeds the per-continuation random streams, so batching never changes results
@@ -26,33 +30,42 @@ class GenerationRequest:
     first_index: int = 0
     candidates: ScoreCandidates | None = None
     cut_marker: str | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
 class Completion:
     text: str  # generated text; for readouts it ends with delimiter + bridge
-    finish_reason: str  # "delimiter" | "eos" | "length" | "forced"
+    finish_reason: str  # "delimiter" | "stop" (a stop string) | "eos" | "length" | "forced"
     generated_tokens: int
     forced_text: str = ""  # appended by us, not written by the model
-    cut: bool = False  # the CoT was cut at the cut marker (TRACT's fallback)
+    cut: bool = False  # the sampled text was shortened (stop string, cut marker, trailing space) before the delimiter
     # raw full-vocabulary log-probabilities of each candidate (by score), read after the text
     candidate_logprobs: dict[int, float] | None = None
     # candidates a top-k readout did not return (OpenAI chat): absent from candidate_logprobs,
     # so their probability is unknown and the others are renormalised without them
     missing_candidates: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # every id after the prompt, forced ones included
+    score_text: str | None = None  # decode readouts: the token sampled as the score (judges set it)
     # the server's answer could not be read even after retries: what it sent (an excerpt); no score
     error: str | None = None
 
 
 @dataclass
 class ScoreRequest:
-    """Read the score distribution after ``prompt + continuation + delimiter + bridge`` (no sampling)."""
+    """Read the score distribution after ``prompt + continuation + delimiter + bridge`` (no sampling).
+
+    The continuation is finished by TRACT's rule (:func:`tract_eval.protocol.finish_cot`). With
+    candidates whose delimiter is empty (:func:`tract_eval.candidates.derive_first_token_candidates`,
+    the score-only protocol) and an empty continuation, the score is read at the first assistant
+    token: right after ``prompt + bridge``.
+    """
 
     prompt: str
     continuation: str  # a supplied CoT (may be empty); TRACT's cut/append rule applies
     candidates: ScoreCandidates
     cut_marker: str | None = None
+    stop: tuple[str, ...] = ()
 
 
 # Called once per request as soon as all its completions are done: (request index, completions).

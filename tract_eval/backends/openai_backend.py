@@ -206,7 +206,8 @@ class OpenAIBackend(Backend):
 
         async def one(request: ScoreRequest) -> Completion:
             async with self._samples:
-                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker)
+                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker,
+                                               request.stop)
                 text = kept + forced + request.candidates.bridge_text
                 # vLLM takes token ids: encode prompt and CoT apart, exactly as the other backends do
                 context = (self._encode(request.prompt) + self._encode(kept + forced) + list(request.candidates.bridge_ids)
@@ -313,8 +314,9 @@ class OpenAIBackend(Backend):
         base_seed = request_seed(seed, request.key) + request.first_index
         body = self._sampling_body(sampling)
         candidates = request.candidates
-        if candidates is not None:
-            body["stop"] = [candidates.delimiter]
+        stop = ([candidates.delimiter] if candidates is not None else []) + list(request.stop)
+        if stop:
+            body["stop"] = stop
         body.setdefault("extra_body", {}).update(self._raw_prompt_extra())
         if self.server == "vllm":
             body["extra_body"]["return_token_ids"] = True
@@ -353,13 +355,13 @@ class OpenAIBackend(Backend):
             # read after the very ids the server sampled, as the offline engine does
             full, forced, cut, readout_ids = readout_after_sampled_ids(
                 self._tokenizer, self._encode(request.prompt), token_ids, choice.finish_reason, at_delimiter,
-                candidates, request.cut_marker)
+                candidates, request.cut_marker, request.stop)
             context: str | list[int] = self._encode(request.prompt) + readout_ids
             token_ids = readout_ids
         else:
             if at_delimiter:
                 text += candidates.delimiter
-            kept, forced, cut = finish_cot(text, candidates.delimiter, request.cut_marker)
+            kept, forced, cut = finish_cot(text, candidates.delimiter, request.cut_marker, request.stop)
             full = kept + forced + candidates.bridge_text
             context = request.prompt + full
         logprobs, missing = await self._candidate_logprobs(context, candidates)

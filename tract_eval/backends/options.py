@@ -23,6 +23,9 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
     for option, (flag, kind, help_text) in _FLAGS.items():
         group.add_argument(flag, dest=f"backend_{option}", metavar=option.upper(), type=kind, default=None,
                            help=help_text)
+    group.add_argument("--model-args", dest="model_args", default=None, metavar="KEY=VALUE,...",
+                       help="transformers: from_pretrained options, values read as YAML, e.g. revision=main,"
+                            "trust_remote_code=true,attn_implementation=sdpa,device_map=auto,load_in_4bit=true")
     group.add_argument("--backend-option", dest="backend_extra", action="append", default=[], metavar="KEY=VALUE",
                        help="any other backend option, value read as YAML (repeatable), "
                             "e.g. engine_options={enforce_eager: true}")
@@ -37,4 +40,22 @@ def backend_options_from_args(args: argparse.Namespace) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"--backend-option takes KEY=VALUE, not {item!r}")
         options[key.strip()] = yaml.safe_load(value)
+    if getattr(args, "model_args", None):
+        options["model_args"] = parse_key_values(args.model_args, "--model-args")
     return options
+
+
+def parse_key_values(text: str, flag: str) -> dict:
+    """``a=1,b=true,c=main`` -> {"a": 1, "b": True, "c": "main"} (values read as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} takes KEY=VALUE pairs separated by commas, not {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{flag} {key.strip()}: cannot read {value!r}") from None
+    return out

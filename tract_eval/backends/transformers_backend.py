@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
-from ..models import ModelSource, load_kwargs, load_tokenizer, resolve_model
+from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer, resolve_model
 from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, render_chat_with_tokenizer, stream_seed
 from ..protocol import exclusive_sequence_logprobs, finish_cot, kept_prefix_length
 
@@ -52,26 +52,33 @@ class _Stream:
 class TransformersBackend(Backend):
     name = "transformers"
 
-    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                 model_args: dict | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.source: ModelSource = resolve_model(model)
+        # from_pretrained options (--model-args): revision, trust_remote_code, attn_implementation, device_map, ...
+        self.model_args = check_model_args(model_args)
+        self.source: ModelSource = resolve_model(model, revision=self.model_args.get("revision"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
         self.dtype = getattr(torch, dtype)
-        kwargs = load_kwargs(self.source)
+        kwargs = load_kwargs(self.source, self.model_args)
         started = time.perf_counter()
-        self._tokenizer = load_tokenizer(self.source)
+        self._tokenizer = load_tokenizer(self.source, self.model_args)
         model_obj = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
         if self.source.adapter:
             from peft import PeftModel
 
             model_obj = PeftModel.from_pretrained(model_obj, self.source.adapter).merge_and_unload()
-        self.model = model_obj.to(self.device).eval()
+        if "device_map" in kwargs or "quantization_config" in kwargs:  # placed by accelerate / bitsandbytes
+            self.device = model_obj.device
+            self.model = model_obj.eval()
+        else:
+            self.model = model_obj.to(self.device).eval()
         self.load_seconds = time.perf_counter() - started
         self._finish_setup()
 
@@ -83,7 +90,7 @@ class TransformersBackend(Backend):
         backend.model = model.eval()
         backend.device, backend.dtype = model.device, model.dtype
         backend._tokenizer = tokenizer
-        backend.load_seconds = 0.0
+        backend.load_seconds, backend.model_args = 0.0, {}
         backend._finish_setup()
         return backend
 
@@ -104,6 +111,7 @@ class TransformersBackend(Backend):
             "model_path": self.source.path,
             "gguf_file": self.source.gguf_file,
             "adapter": self.source.adapter,
+            "model_args": self.model_args,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "load_seconds": round(self.load_seconds, 2),
@@ -127,7 +135,8 @@ class TransformersBackend(Backend):
         out: list[Completion] = []
         with torch.inference_mode():
             for request in requests:
-                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker)
+                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker,
+                                              request.stop)
                 cot_ids = self.encode(kept + forced) + list(request.candidates.bridge_ids)
                 ids = self.encode(request.prompt) + cot_ids
                 logprobs = self.readout_logprobs([ids], request.candidates)[0]
@@ -141,6 +150,32 @@ class TransformersBackend(Backend):
                     token_ids=cot_ids,
                 ))
         return out
+
+    # -- token-level stop detection and batch sizing ---------------------------------
+    def may_end(self, text: str, token: int, inside: bool) -> bool:
+        """Whether ``text`` can end with (``inside``: end within) the generated token ``token``,
+        judged from the token's own text: only then is the generated tail decoded and checked."""
+        cache = self.__dict__.setdefault("_enders", {})
+        if (text, inside) not in cache:
+            cache[(text, inside)] = self._ender_ids(text, inside)
+        enders = cache[(text, inside)]
+        return enders is None or token in enders
+
+    def _ender_ids(self, text: str, inside: bool) -> frozenset[int] | None:
+        """Tokens whose text is a suffix of ``text`` or ends with it (``inside``: starts with a
+        suffix of it or contains it), and partial characters (byte fallback). None (every token)
+        when ``text`` ends in whitespace, which tokenizers may fold into the next token's text."""
+        if not text or text[-1].isspace():
+            return None
+        pieces = self._tokenizer.batch_decode([[i] for i in range(len(self._tokenizer))], skip_special_tokens=False)
+        suffixes = [text[i:] for i in range(len(text))]
+
+        def can_end(piece: str) -> bool:
+            if "\ufffd" in piece or text.endswith(piece) or piece.endswith(text):
+                return True
+            return inside and (text in piece or any(piece.startswith(suffix) for suffix in suffixes))
+
+        return frozenset(i for i, piece in enumerate(pieces) if can_end(piece))
 
     def auto_batch_size(self, capacity: int, longest_prompt: int, headroom: float = 0.8) -> int:
         """The most sequences that fit in the free GPU memory: each slot holds a KV cache of
@@ -162,17 +197,6 @@ class TransformersBackend(Backend):
         return max(1, int((free * headroom - prefill) // (kv + sampling)))
 
     # -- internals -----------------------------------------------------------------
-    def text_enders(self, text: str) -> frozenset[int]:
-        """Ids of the tokens that can be the last token of ``text`` when it is generated: their own
-        text is a suffix of it, or ends with it, or is a partial character (byte fallback)."""
-        cache = self.__dict__.setdefault("_text_enders", {})
-        if text not in cache:
-            pieces = self._tokenizer.batch_decode([[i] for i in range(len(self._tokenizer))],
-                                                  skip_special_tokens=False)
-            cache[text] = frozenset(i for i, piece in enumerate(pieces)
-                                    if text.endswith(piece) or piece.endswith(text) or "\ufffd" in piece)
-        return cache[text]
-
     def _collect_eos_ids(self) -> set[int]:
         ids = set()
         config_eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -609,6 +633,8 @@ class _JudgeLoop:
             reason = ""
             if candidates is not None and self._ends_with_delimiter(s.generated, candidates.delimiter):
                 reason = "delimiter"
+            elif s.request.stop and self._hits_stop(s.generated, s.request.stop):
+                reason = "stop"
             elif len(s.generated) >= self.sampling.max_new_tokens:
                 reason = "length"
         if not reason:
@@ -620,15 +646,24 @@ class _JudgeLoop:
 
     def _ends_with_delimiter(self, generated: list[int], delimiter: str) -> bool:
         """Token-level first: only a token that can end the delimiter's text costs a decode."""
-        if generated[-1] not in self.backend.text_enders(delimiter):
+        if not self.backend.may_end(delimiter, generated[-1], inside=False):
             return False
         return self.backend.decode(generated[-(len(delimiter) + 2):]).endswith(delimiter)
 
+    def _hits_stop(self, generated: list[int], stops: tuple[str, ...]) -> bool:
+        """A stop string ends in the last token (it may sit inside a token, so search a short tail);
+        token-level first: only a token that can hold the end of a stop string costs a decode."""
+        if not any(self.backend.may_end(stop, generated[-1], inside=True) for stop in stops):
+            return False
+        tail = self.backend.decode(generated[-(max(len(stop) for stop in stops) + 2):])
+        return any(stop in tail for stop in stops)
+
     def _start_forcing(self, s: _Stream, candidates: ScoreCandidates) -> None:
-        """TRACT's rule: keep the CoT (up to the cut), force the delimiter, then the bridge."""
+        """TRACT's rule (protocol.finish_cot): keep the CoT up to a stop or the cut, force the
+        delimiter, then the bridge."""
         decode = self.backend.decode
         text = decode(s.generated)
-        kept_text, forced_text, cut = finish_cot(text, candidates.delimiter, s.request.cut_marker)
+        kept_text, forced_text, cut = finish_cot(text, candidates.delimiter, s.request.cut_marker, s.request.stop)
         s.cut = cut
         s.kept = kept_prefix_length(decode, s.generated, kept_text) if cut else len(s.generated)
         if cut:  # the cut may fall inside a token: force the text between the boundary and the cut

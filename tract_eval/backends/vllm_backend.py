@@ -94,14 +94,14 @@ class VLLMBackend(Backend):
         prompts = [self.encode(r.prompt) for r in requests]
         params = []
         for request in requests:
-            stop = [request.candidates.delimiter] if request.candidates is not None else None
+            stop = ([request.candidates.delimiter] if request.candidates is not None else []) + list(request.stop)
             params.append(SamplingParams(
                 n=request.n,
                 # vLLM seeds sample i with seed + i: the same streams as the OpenAI backend against `vllm serve`
                 seed=request_seed(seed, request.key) + request.first_index,
                 temperature=sampling.temperature, top_p=sampling.top_p,
                 repetition_penalty=sampling.repetition_penalty, max_tokens=sampling.max_new_tokens,
-                stop=stop, include_stop_str_in_output=True, skip_special_tokens=False))
+                stop=stop or None, include_stop_str_in_output=True, skip_special_tokens=False))
         outputs = self._run([TokensPrompt(prompt_token_ids=p) for p in prompts], params, "cot")
 
         results: list[list[Completion]] = []
@@ -124,7 +124,8 @@ class VLLMBackend(Backend):
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
         completions, contexts = [], []
         for request in requests:
-            kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker)
+            kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker,
+                                              request.stop)
             cot_ids = self.encode(kept + forced) + list(request.candidates.bridge_ids)
             contexts.append((self.encode(request.prompt) + cot_ids, request.candidates))
             completions.append(Completion(text=kept + forced + request.candidates.bridge_text, finish_reason="forced",
@@ -150,7 +151,7 @@ class VLLMBackend(Backend):
     def _finish_cot(self, request: GenerationRequest, prompt_ids: list[int], sample):
         """The Completion of one sampled CoT, and (for RAIL) the ids to read the score after."""
         candidates = request.candidates
-        reason = "length" if sample.finish_reason == "length" else "eos"
+        reason = "length" if sample.finish_reason == "length" else "stop" if isinstance(sample.stop_reason, str) else "eos"
         ids = list(sample.token_ids)
         if candidates is None:
             if sample.finish_reason == "stop" and ids and ids[-1] in self._tokenizer.all_special_ids:
@@ -160,7 +161,8 @@ class VLLMBackend(Backend):
                               token_ids=ids), None
         at_delimiter = sample.stop_reason == candidates.delimiter
         text, forced_text, cut, readout_ids = readout_after_sampled_ids(
-            self._tokenizer, prompt_ids, ids, sample.finish_reason, at_delimiter, candidates, request.cut_marker)
+            self._tokenizer, prompt_ids, ids, sample.finish_reason, at_delimiter, candidates, request.cut_marker,
+            request.stop)
         return Completion(text=text, finish_reason="delimiter" if at_delimiter else reason,
                           generated_tokens=len(sample.token_ids), forced_text=forced_text, cut=cut,
                           token_ids=readout_ids), readout_ids

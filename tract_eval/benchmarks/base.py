@@ -116,6 +116,12 @@ class LocatedData:
     paths: list[Path] = field(default_factory=list)
     checksums: dict[str, str] = field(default_factory=dict)  # file -> "verified" | "unknown <blob>"
     hub_rows: list[dict] | None = None
+    # file -> git blob id of the bytes found when the data was located: part of the run identity
+    blobs: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.blobs:
+            self.blobs = {Path(p).name: git_blob_id(Path(p).read_bytes()) for p in self.paths}
 
     def describe(self) -> dict:
         return {"source": self.source, "checksums": self.checksums}

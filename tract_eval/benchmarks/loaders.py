@@ -1,6 +1,7 @@
 """Row loaders: Prometheus-format absolute grading files and RewardBench pairs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from itertools import zip_longest
 from pathlib import Path
@@ -59,8 +60,8 @@ def _prometheus_fields(row: dict, source: str, number: int, drop_reference: bool
             rubric=format_rubric(row["orig_criteria"], [row[f"orig_score{i}_description"] for i in range(1, 6)]),
             reference_answer=row.get("orig_reference_answer"),
         )
-    if drop_reference:  # TRACT's --remove_reference
-        fields = GradingFields(fields.instruction, fields.response, fields.rubric, None, fields.scale, fields.feedback_label)
+    if drop_reference:  # TRACT's --remove_reference: judges cut the section out of the model input
+        fields = dataclasses.replace(fields, remove_reference=True)
     return fields
 
 

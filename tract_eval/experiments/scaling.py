@@ -248,7 +248,7 @@ def run_scaling(judge_names: list[str], benches: list, ks: list[int], seeds: lis
     kmax = max(ks)
     for judge_name in judge_names:
         base = build_judge_with(judge_name, {k: v for k, v in overrides.items() if k != "seed"})  # no model yet
-        if base.config.predictor == "rail" and not base.config.cot:
+        if not base.variant.writes_cot:
             raise ConfigError(f"judge {judge_name} writes no CoT: more CoTs cannot change its score")
         key = cache_key(base.config)
         shared = {"judge": base, **({"backend": backend} if backend is not None else {})}

@@ -1,18 +1,20 @@
-"""The absolute-grading judge: prompt -> (CoT) -> score, by RAIL readout or by parsing the text."""
+"""The absolute-grading judge: model, runs and prediction rows; the protocol is a variant type (variants.py)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from typing import Callable
 
-from ..backends import Backend, Completion, GenerationRequest, ScoreRequest, create_backend
+from ..backends import Backend, Completion, ScoreRequest, create_backend
+from ..backends.base import render_chat_with_tokenizer
 from ..benchmarks import Sample
-from ..candidates import ScoreCandidates, derive_score_candidates
+from ..candidates import ScoreCandidates
 from ..config import JudgeConfig
-from ..parsing import parse_score
 from ..prompts import GradingFields, render_prompt
 from ..records import Prediction
+from .variants import VARIANTS, JudgeVariant
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class Judge:
         self.config = config
         self._backend = backend
         self._candidates: ScoreCandidates | None = None
+        self._variant: JudgeVariant | None = None
         self.model_note: str | None = None  # set by build_judge when the card's model was replaced by the embedded one
 
     @classmethod
@@ -49,79 +52,81 @@ class Judge:
         return create_backend(cfg.backend, cfg.model, device=cfg.device, dtype=cfg.dtype, **cfg.backend_options)
 
     @property
+    def variant(self) -> JudgeVariant:
+        """The judge's protocol (the card's ``protocol``), a type from :mod:`tract_eval.judges.variants`."""
+        if self._variant is None or self._variant.config is not self.config:
+            self._variant = VARIANTS[self.config.protocol](self)
+        return self._variant
+
+    @property
     def candidates(self) -> ScoreCandidates:
         if self._candidates is None:
-            self._candidates = derive_score_candidates(self.backend.tokenizer(), self.config.delimiter, self.config.scale)
+            self._candidates = self.variant.candidates(self.backend.tokenizer(), self.backend.render_chat)
         return self._candidates
 
     # -- inputs --------------------------------------------------------------------
     def grading_prompt(self, fields: GradingFields) -> str:
+        """The benchmark row's grading prompt rendered with the card's template (the row's own text)."""
         cfg = self.config
         label = cfg.feedback_label if cfg.feedback_label is not None else fields.feedback_label
-        fields = GradingFields(fields.instruction, fields.response, fields.rubric, fields.reference_answer,
-                               tuple(cfg.scale), label)
+        fields = dataclasses.replace(fields, scale=tuple(cfg.scale), feedback_label=label)
         return render_prompt(cfg.template, fields)
 
-    def messages(self, sample: Sample) -> list[dict]:
-        messages = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
-        return messages + [{"role": "user", "content": self.grading_prompt(sample.fields)}]
-
-    @property
-    def response_prefix(self) -> str:
-        """No-CoT decode judges start the answer with the delimiter, so the model writes only the score."""
-        return self.config.delimiter if not self.config.cot and self.config.predictor == "decode" else ""
-
     def build_input(self, sample: Sample) -> str:
-        return self.backend.render_chat(self.messages(sample), self.response_prefix)
+        """The exact model input text of a sample."""
+        return self.variant.build_input(sample, self.backend.render_chat, self._chat_template(self.backend.tokenizer()))
+
+    def build_input_with(self, tokenizer, sample: Sample) -> str:
+        """The same input built from a tokenizer alone (training: no backend is created)."""
+        render = lambda messages: render_chat_with_tokenizer(tokenizer, messages)  # noqa: E731
+        return self.variant.build_input(sample, render, self._chat_template(tokenizer))
+
+    def candidates_with(self, tokenizer) -> ScoreCandidates:
+        render = lambda messages: render_chat_with_tokenizer(tokenizer, messages)  # noqa: E731
+        return self.variant.candidates(tokenizer, render)
+
+    @staticmethod
+    def _chat_template(tokenizer) -> str | None:
+        template = getattr(tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
 
     # -- judging -------------------------------------------------------------------
     def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None,
               batch_size: int | str | None = None) -> list[Prediction]:
         """One prediction row per sample (see README: predictions.jsonl), in order; ``batch_size``
         continuations decode at once (default: the config's), the backend refilling finished slots."""
-        cfg = self.config
         inputs = [self.build_input(s) for s in samples]
         started = time.perf_counter()
         rows: list[Prediction | None] = [None] * len(samples)
 
-        def finish(index: int, completions: list[Completion]) -> None:
-            rows[index] = self._row(samples[index], inputs[index], completions, time.perf_counter() - started)
+        def finish(index: int, completions: list[Completion], retries: list[int]) -> None:
+            rows[index] = self._row(samples[index], inputs[index], completions, retries, time.perf_counter() - started)
             if on_row:
                 on_row(rows[index])
 
-        if cfg.predictor == "rail" and not cfg.cot:
-            # zero-shot RAIL / RAFT: the score follows the delimiter directly, nothing is sampled
-            requests = [ScoreRequest(text, "", self.candidates, cfg.cut_marker) for text in inputs]
-            for index, completion in enumerate(self.backend.score(requests)):
-                finish(index, [completion])
-        else:
-            requests = [
-                GenerationRequest(
-                    key=sample.id, prompt=text, n=cfg.n_cot, first_index=first_cot,
-                    candidates=self.candidates if cfg.predictor == "rail" else None,
-                    cut_marker=cfg.cut_marker,
-                )
-                for sample, text in zip(samples, inputs)
-            ]
-            self.backend.generate(requests, cfg.sampling, cfg.seed, on_done=finish,
-                                  batch_size=batch_size or cfg.batch_size)
+        self.variant.run(samples, inputs, first_cot, finish, batch_size or self.config.batch_size)
         return rows  # type: ignore[return-value]
 
     def score_given_cots(self, samples: list[Sample], cots: list[list[str]], on_row: OnRow | None = None) -> list[Prediction]:
         """RAIL read after supplied CoTs instead of generated ones (TRACT Table 3 analysis)."""
+        if self.config.protocol != "cot-rail":
+            raise ValueError(f"judge {self.name}: reading a score after given CoTs needs protocol 'cot-rail'")
         inputs = [self.build_input(s) for s in samples]
         rows = []
         started = time.perf_counter()
         for sample, text, sample_cots in zip(samples, inputs, cots):
-            requests = [ScoreRequest(text, cot, self.candidates, self.config.cut_marker) for cot in sample_cots]
-            row = self._row(sample, text, self.backend.score(requests), time.perf_counter() - started)
+            requests = [ScoreRequest(text, cot, self.candidates, self.config.cut_marker, self.config.stop)
+                        for cot in sample_cots]
+            completions = self.backend.score(requests)
+            row = self._row(sample, text, completions, [0] * len(completions), time.perf_counter() - started)
             rows.append(row)
             if on_row:
                 on_row(row)
         return rows
 
     # -- rows ------------------------------------------------------------------------
-    def _row(self, sample: Sample, text: str, completions: list[Completion], seconds: float) -> Prediction:
+    def _row(self, sample: Sample, text: str, completions: list[Completion], retries: list[int],
+             seconds: float) -> Prediction:
         cfg = self.config
         per_cot, score_probs, raw_probs, masses = [], [], [], []
         partial = any(c.missing_candidates for c in completions if c.candidate_logprobs is not None)
@@ -130,15 +135,19 @@ class Judge:
                 raw = {str(s): math.exp(lp) for s, lp in completion.candidate_logprobs.items()}
                 mass = sum(raw.values())
                 probs = {s: p / mass for s, p in raw.items()} if mass > 0 else raw
+                score_probs.append(probs)
+                raw_probs.append(raw)
+                masses.append(mass)
+            if self.variant.reads_distribution:
+                if completion.candidate_logprobs is None:  # the server's answer could not be read
+                    per_cot.append(None)
+                    continue
                 weights = probs if cfg.renormalize else raw
                 # an incomplete distribution is no score unless the judge says to renormalise what is there
                 usable = mass > 0 and (not completion.missing_candidates or cfg.partial_candidates == "renormalize")
                 per_cot.append(sum(int(s) * p for s, p in weights.items()) if usable else None)
-                score_probs.append(probs)
-                raw_probs.append(raw)
-                masses.append(mass)
             else:
-                per_cot.append(parse_score(self.response_prefix + completion.text, tuple(cfg.scale)))
+                per_cot.append(self.variant.score(completion))
         parsed = [p for p in per_cot if p is not None]
         fallback = float(cfg.fallback_score) if cfg.parse_failure_policy == "fallback" else None
         if partial:  # recorded whatever the policy made of it; never a silent ok
@@ -163,6 +172,7 @@ class Judge:
             finish_reasons=[c.finish_reason for c in completions],
             forced=[c.forced_text for c in completions],
             cut=[c.cut for c in completions],
+            retries=list(retries),
             cot_parse_failures=sum(p is None for p in per_cot),
             errors=[c.error for c in completions if c.error],
             input=text,

@@ -83,7 +83,8 @@ def register(subparsers) -> None:
                     "(Feedback Bench, FLASK, Vicuna, MT Bench: those present) and RewardBench accuracy. "
                     "Metrics are recomputed from predictions.jsonl; no model is loaded.")
     report.add_argument("runs", nargs="+", help="run folders: OUT, OUT/<judge> or OUT/<judge>/<bench>")
-    report.add_argument("--format", choices=("markdown", "latex", "csv", "json"), default="markdown")
+    report.add_argument("--format", choices=("markdown", "latex", "csv", "long-csv", "json"), default="markdown",
+                        help="long-csv: one row per judge, model, bench, metric (value, ci_low, ci_high, n)")
     report.add_argument("--metrics", default="r,rho", help="comma list of r, rho, tau, rmse (default r,rho)")
     report.add_argument("--ci", action="store_true", help="add percentile bootstrap intervals over samples")
     _add_bootstrap_options(report)

@@ -7,7 +7,7 @@ import json
 from ..errors import ConfigError
 from .table import AVERAGE, Cell, Column, Table, bench_title
 
-FORMATS = ("markdown", "latex", "csv", "json")
+FORMATS = ("markdown", "latex", "csv", "long-csv", "json")
 TEMPLATE = "table2.tex.j2"
 
 
@@ -56,9 +56,10 @@ def to_markdown(table: Table, caption_prefix: str = "") -> str:
                        for c in table.columns] for judge in table.judges]
     counts = tabulate([[judge] + [_counts_text(table, judge, b) for b in table.benches] for judge in table.judges],
                       headers=["Judge"] + [bench_title(b) for b in table.benches], tablefmt="github")
+    models = "".join(f"- {judge}: {table.judge_models(judge)}\n" for judge in table.judges)
     return (tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n\n"
             + caption(table, caption_prefix) + "\n\nSamples used / total and parse failures (pf):\n\n"
-            + counts + "\n")
+            + counts + "\n\nModels:\n\n" + models)
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -134,6 +135,37 @@ def to_records(table: Table) -> list[dict]:
     return records
 
 
+def to_long_records(table: Table) -> list[dict]:
+    """One record per (judge, benchmark, metric): judge, model, bench, metric, value, ci_low, ci_high, n."""
+    records = []
+    for judge in table.judges:
+        for column in table.columns:
+            cell = table.cells.get((judge, column))
+            if cell is None or cell.estimate is None:
+                continue
+            if column.group == AVERAGE:
+                benches = table.partial_averages.get(judge, table.averaged)
+                n = sum(table.counts[judge, b].used for b in benches if (judge, b) in table.counts)
+                model = ", ".join(sorted({table.models.get((judge, b), "unknown") for b in benches}))
+            else:
+                counts = table.counts.get((judge, column.group))
+                n = counts.used if counts else None
+                model = table.models.get((judge, column.group), "unknown")
+            records.append({"judge": judge, "model": model, "bench": column.group, "metric": column.measure,
+                            "value": cell.estimate.value, "ci_low": cell.estimate.low, "ci_high": cell.estimate.high,
+                            "n": n})
+    return records
+
+
+def to_long_csv(table: Table) -> str:
+    import pandas as pd
+
+    columns = ["judge", "model", "bench", "metric", "value", "ci_low", "ci_high", "n"]
+    buffer = io.StringIO()
+    pd.DataFrame(to_long_records(table), columns=columns).to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
 def to_csv(table: Table) -> str:
     import pandas as pd
 
@@ -160,6 +192,9 @@ def to_json(table: Table, caption_prefix: str = "") -> str:
         "columns": [{"group": c.group, "measure": c.measure, "accuracy": c.accuracy} for c in table.columns],
         "cells": cells,
         "counts": {judge: {b: vars(c) for (j, b), c in table.counts.items() if j == judge} for judge in table.judges},
+        "models": {judge: {b: m for (j, b), m in table.models.items() if j == judge} for judge in table.judges},
+        "model_notes": {judge: {b: n for (j, b), n in table.model_notes.items() if j == judge}
+                        for judge in table.judges},
         "confidence": table.confidence,
         "resamples": table.resamples,
         "seed": table.seed,
@@ -175,10 +210,12 @@ def render(table: Table, fmt: str, caption_prefix: str = "", standalone: bool = 
         return to_latex(table, caption_prefix, standalone=standalone)
     if fmt == "csv":
         return to_csv(table)
+    if fmt == "long-csv":
+        return to_long_csv(table)
     if fmt == "json":
         return to_json(table, caption_prefix)
     raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
 __all__ = ["AVERAGE", "FORMATS", "caption", "latex_escape", "render", "to_csv", "to_json", "to_latex",
-           "to_markdown", "to_records"]
+           "to_long_csv", "to_long_records", "to_markdown", "to_records"]

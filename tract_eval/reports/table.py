@@ -30,6 +30,15 @@ def bench_title(bench: str) -> str:
     return card.title if card is not None else bench
 
 
+def run_model(run: Run) -> str:
+    """The model a stored run used, as its manifest records it ("unknown" for runs without one)."""
+    backend = run.manifest.get("backend") or {}
+    identity = (run.manifest.get("identity") or {}).get("model") or {}
+    judge = run.manifest.get("judge") or {}
+    return str(backend.get("model") or identity.get("model") or identity.get("served_model")
+               or judge.get("model") or "unknown")
+
+
 @dataclass(frozen=True)
 class Column:
     group: str  # benchmark, "Average" or a pairwise benchmark
@@ -86,6 +95,14 @@ class Table:
     confidence: float | None = None
     resamples: int = 0
     seed: int | None = None
+    models: dict[tuple[str, str], str] = field(default_factory=dict)  # (judge, bench) -> the model that ran
+    model_notes: dict[tuple[str, str], str] = field(default_factory=dict)  # e.g. the card's model was replaced
+
+    def judge_models(self, judge: str) -> str:
+        """The model(s) a judge ran on across its benchmarks, with any fallback notes."""
+        models = sorted({m for (j, _), m in self.models.items() if j == judge})
+        notes = sorted({n for (j, _), n in self.model_notes.items() if j == judge})
+        return ", ".join(models) + "".join(f" (NOTE: {n})" for n in notes)
 
     def groups(self) -> list[tuple[str, list[Column]]]:
         out: list[tuple[str, list[Column]]] = []
@@ -117,6 +134,10 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
                   confidence=confidence if ci else None, resamples=resamples if ci else 0,
                   seed=seed if ci else None)
 
+    for run in runs:
+        table.models[run.judge, run.bench] = run_model(run)
+        if run.manifest.get("model_note"):
+            table.model_notes[run.judge, run.bench] = run.manifest["model_note"]
     for judge in judges:
         bench_reps: dict[str, np.ndarray] = {}
         bench_values: dict[str, list[float]] = {}

@@ -19,9 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..backends.base import render_chat_with_tokenizer
 from ..benchmarks import Sample
-from ..candidates import derive_score_candidates
 from ..config import load_judge_card
 from ..judges import Judge, build_judge
 from ..prompts import parse_prometheus_prompt
@@ -52,17 +50,14 @@ def row_sample(row: TrainingRow) -> Sample:
 def encode_rows(rows: list[TrainingRow], tokenizer, judge: Judge, objective: str, max_length: int):
     """Token features for the rows that fit in ``max_length``; the ids of the others.
 
-    The model input is the judge's own (``Judge.messages`` through the chat
-    template), so training sees exactly what ``tract-eval run`` feeds.
+    The model input is the judge's own (``Judge.build_input_with``), so training sees exactly
+    what ``tract-eval run`` feeds.
     """
-    if judge.response_prefix:
-        raise ValueError(f"judge {judge.name} starts its answer with {judge.response_prefix!r}; "
-                         "train a judge that writes a CoT or reads RAIL after the delimiter")
     cfg = judge.config
-    candidates = derive_score_candidates(tokenizer, cfg.delimiter, cfg.scale)
+    candidates = judge.candidates_with(tokenizer)
     features, too_long = [], []
     for row in rows:
-        chat = render_chat_with_tokenizer(tokenizer, judge.messages(row_sample(row)))
+        chat = judge.build_input_with(tokenizer, row_sample(row))
         try:
             feature = encode_row(tokenizer, chat, row.cot, row.score, candidates, objective, cfg.cut_marker)
         except ValueError as exc:
@@ -155,7 +150,7 @@ def generate_self_cots(model: str | None, rows: list[TrainingRow], judge_name: s
     pending = [row for row in rows if row.id not in done]
     if pending:
         judge = build_judge(judge_name, model=model, max_new_tokens=max_new_tokens, n_cot=1)
-        if not judge.config.cot or judge.config.predictor != "rail":
+        if judge.config.protocol != "cot-rail":
             raise ValueError(f"judge {judge.name} does not write a CoT before a RAIL readout; "
                              "self-generated CoTs need one (e.g. --judge tract)")
         delimiter, bridge = judge.config.delimiter, judge.candidates.bridge_text

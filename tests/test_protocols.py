@@ -1,0 +1,303 @@
+"""Each judge's model input and readout against the reference protocols (../shared/reference).
+
+The oracles are the reference code's own operations (named per test) applied to the benchmark rows
+and to the reference strings read from ../shared/reference; they run on a Mistral-style tokenizer
+built offline (tests/local_tokenizers.py) and, marked slow, on the embedded model's tokenizer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from local_tokenizers import mistral_style_tokenizer
+from tract_eval.backends import Backend, Completion
+from tract_eval.backends.base import render_chat_with_tokenizer
+from tract_eval.benchmarks import load_benchmark
+from tract_eval.judges import build_judge
+from tract_eval.prompts import score_only_instruction
+from tract_eval.protocol import REFERENCE_STOP_STRINGS, finish_cot
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+DELIMITER = "So the overall score is"
+FILES = {"vicuna": "vicuna_eval.json", "mt-bench": "mt_bench_eval.json"}
+ROWS = 12  # rows per benchmark compared byte for byte
+
+
+def reference_text(name: str) -> str:
+    return (REFERENCE / name).read_text(encoding="utf-8")
+
+
+def tract_row_instruction(row: dict) -> str:
+    """TRACT dataset_utils.prepare_dataset: the row's instruction stripped on the right."""
+    return row["instruction"].rstrip().rstrip(",").rstrip('"').rstrip()
+
+
+def tract_remove_reference(lm_input: str) -> str:
+    """TRACT inference.py --remove_reference, on the templated model input."""
+    return lm_input.split("###Reference Answer")[0] + "###Score Rubrics:" + lm_input.split("###Score Rubrics:")[-1]
+
+
+def tract_cot_splitter(cot: str) -> str:
+    """TRACT inference.py cot_splitter."""
+    return cot.split("So the overall")[0].strip() + " So the overall score is "
+
+
+def vllm_stop(text: str, stops) -> str:
+    """What vLLM returns for a CoT sampled with stop strings: the text before the first one."""
+    return text[: min([text.index(s) for s in stops if s in text], default=len(text))]
+
+
+@pytest.fixture(params=[pytest.param("mistral", id="mistral-style"),
+                        pytest.param("embedded", id="embedded", marks=pytest.mark.slow)])
+def tokenizer(request, data_dir):
+    if request.param == "mistral":
+        return mistral_style_tokenizer(str(data_dir))
+    return request.getfixturevalue("embedded_tokenizer")
+
+
+@pytest.fixture(params=sorted(FILES))
+def bench_rows(request, data_dir):
+    rows = json.loads((data_dir / "prometheus" / FILES[request.param]).read_text(encoding="utf-8"))
+    return load_benchmark(request.param, data_dir), rows[:ROWS]
+
+
+class ScriptedBackend(Backend):
+    """A backend on a real tokenizer whose generations come from ``script(request, attempt_key)``;
+    it records every request and sampling setting it is given."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer, script):
+        self._tokenizer, self.script = tokenizer, script
+        self.generations: list[tuple] = []
+        self.scores: list = []
+
+    def tokenizer(self):
+        return self._tokenizer
+
+    def render_chat(self, messages, response_prefix=""):
+        return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
+
+    def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
+        out = []
+        for index, request in enumerate(requests):
+            self.generations.append((request, sampling))
+            out.append([self.script(request, request.first_index + i) for i in range(request.n)])
+            if on_done:
+                on_done(index, out[-1])
+        return out
+
+    def score(self, requests):
+        self.scores += requests
+        return [Completion(r.candidates.bridge_text, "forced", 0, candidate_logprobs={s: -2.0 for s in r.candidates.scores})
+                for r in requests]
+
+
+# -- point 2: CoT inputs ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("judge_name", ["tract", "ce-decode-cot"])
+def test_cot_input_is_the_stripped_row_instruction_in_the_chat_template(tokenizer, bench_rows, judge_name):
+    bench, rows = bench_rows
+    judge = build_judge(judge_name)
+    for sample, row in zip(bench.samples, rows):
+        expected = tokenizer.apply_chat_template([{"role": "user", "content": tract_row_instruction(row)}],
+                                                 tokenize=False, add_generation_prompt=True)
+        assert judge.build_input_with(tokenizer, sample) == expected
+        assert row["instruction"].endswith("###Feedback: ")  # the space the strip removes
+
+
+@pytest.mark.parametrize("judge_name", ["tract", "rail"])
+def test_no_reference_removes_what_tract_removes(tokenizer, data_dir, judge_name):
+    with_reference = load_benchmark("vicuna", data_dir)
+    without = load_benchmark("vicuna", data_dir, drop_reference=True)
+    judge = build_judge(judge_name)
+    for full, cut in zip(with_reference.samples[:ROWS], without.samples[:ROWS]):
+        text = judge.build_input_with(tokenizer, full)
+        assert "###Reference Answer" in text
+        reference = tract_remove_reference(text)
+        if judge.config.protocol.startswith("score-only"):
+            reference = reference.strip()  # the score-only input is stripped after the removal
+        assert judge.build_input_with(tokenizer, cut) == reference
+        assert "###Reference Answer" not in reference and "a reference answer that gets a score of 5" in reference
+
+
+# -- point 1: score-only protocol ---------------------------------------------------------------
+
+def test_score_only_instruction_is_the_reference_bytes():
+    assert score_only_instruction() == reference_text("tract/inference_score_only_instruction.txt")
+
+
+@pytest.mark.parametrize("judge_name", ["rail", "raft", "ce-decode"])
+def test_score_only_readout_context_is_tracts_byte_for_byte(tokenizer, bench_rows, judge_name):
+    bench, rows = bench_rows
+    judge = build_judge(judge_name)
+    assert judge.variant.writes_cot is False
+    candidates = judge.candidates_with(tokenizer)
+    instruction = reference_text("tract/inference_score_only_instruction.txt")
+    for sample, row in zip(bench.samples, rows):
+        content = instruction + tract_row_instruction(row).split("###The instruction to evaluate:")[-1]
+        messages = [{"role": "user", "content": content}]
+        if "system" in (tokenizer.chat_template or ""):
+            # TRACT renders [user, assistant ""] with continue_final_message; with a template that
+            # closes the empty turn (ChatML) that is not the first assistant token, so the oracle is
+            # its other form (inference.py's TODO): the generation prompt.
+            lm_input = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            lm_input = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": ""}], tokenize=False,
+                                                     add_generation_prompt=False, continue_final_message=True)
+        expected = lm_input.replace("</s>", "").strip() + " "
+        text = judge.build_input_with(tokenizer, sample)
+        assert text + candidates.bridge_text == expected
+        ids = tokenizer(expected, add_special_tokens=False)["input_ids"]
+        assert ids == tokenizer(text, add_special_tokens=False)["input_ids"] + list(candidates.bridge_ids)
+        for score, sequence in zip(candidates.scores, candidates.sequences):
+            with_score = tokenizer(expected + str(score), add_special_tokens=False)["input_ids"]
+            assert with_score == ids + list(sequence)
+
+
+def test_score_only_rail_reads_at_the_first_assistant_token(data_dir):
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script=None)
+    judge = build_judge("rail", backend=backend)
+    samples = load_benchmark("vicuna", data_dir).samples[:3]
+    rows = judge.judge(samples)
+    assert [r.prompt_tokens > 0 for r in rows] == [True] * 3
+    assert all(r.continuation == "" and r.candidates.delimiter == "" for r in backend.scores)
+    assert [r.prompt for r in backend.scores] == [judge.build_input(s) for s in samples]
+    # raw probabilities (no renormalisation) by default, as the reference
+    assert rows[0].prediction == pytest.approx(sum(range(1, 6)) * 2.718281828459045 ** -2.0)
+
+
+def test_score_only_decode_samples_one_token_after_the_bridge(data_dir):
+    tokens = iter(["4", "five", " 2."])
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), lambda r, i: Completion(next(tokens), "length", 1))
+    judge = build_judge("ce-decode", backend=backend)
+    samples = load_benchmark("vicuna", data_dir).samples[:3]
+    rows = judge.judge(samples)
+    assert [r.per_cot for r in rows] == [[4.0], [None], [2.0]]  # float(text.strip().strip('.')), else NaN
+    for (request, sampling), sample in zip(backend.generations, samples):
+        assert request.prompt == judge.build_input(sample) + " " and request.n == 1
+        assert sampling.max_new_tokens == 1 and sampling.temperature == judge.config.sampling.temperature
+    assert rows[0].cots == [" 4"] and rows[0].input + rows[0].cots[0] == backend.generations[0][0].prompt + "4"
+
+
+# -- point 3: stopping and cutting --------------------------------------------------------------
+
+COTS = [
+    "The response is accurate. So the overall score is",
+    "The response is accurate.\nSo the overall score is",
+    "The response is accurate.   ",
+    "So the overall quality is fine. It misses one step. So the overall score is",
+    "Clear and correct. [RESULT] 4",
+    "Clear and correct.[RESULT] 4",
+    "Helpful, although So the overall verdict [RESULT] 3",
+    "",
+    "No verdict at all, just feedback about the response",
+]
+
+
+@pytest.mark.parametrize("cot", COTS)
+def test_finish_cot_is_tracts_cot_splitter_after_the_stop_strings(cot):
+    kept, forced, cut = finish_cot(cot, DELIMITER, "So the overall", REFERENCE_STOP_STRINGS)
+    assert cot.startswith(kept)
+    assert kept + forced + " " == tract_cot_splitter(vllm_stop(cot, REFERENCE_STOP_STRINGS))
+    assert cut == (len(kept) < len(cot) and kept + forced != cot)
+
+
+def test_cot_rail_requests_stop_at_result_and_cut(data_dir):
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)),
+                              lambda r, i: Completion("x So the overall score is ", "delimiter", 3,
+                                                      candidate_logprobs={s: -1.0 for s in range(1, 6)}))
+    judge = build_judge("tract", backend=backend)
+    judge.judge(load_benchmark("vicuna", data_dir).samples[:1])
+    request, _ = backend.generations[0]
+    assert request.stop == REFERENCE_STOP_STRINGS and request.cut_marker == "So the overall"
+    assert request.candidates is not None and request.candidates.delimiter == DELIMITER
+
+
+def test_cot_decode_cuts_then_samples_one_score_token(data_dir):
+    def script(request, index):
+        if request.key.endswith("\0score\0" + str(index)) or "\0score\0" in request.key:
+            return Completion("3", "length", 1)
+        return Completion("Mostly right. So the overall quality is good. [RESULT] 5", "stop", 12)
+
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script)
+    judge = build_judge("ce-decode-cot", backend=backend)
+    sample = load_benchmark("vicuna", data_dir).samples[0]
+    row = judge.judge([sample])[0]
+    (cot_request, cot_sampling), (score_request, score_sampling) = backend.generations
+    assert set(REFERENCE_STOP_STRINGS) <= set(cot_request.stop) and cot_request.candidates is None
+    assert cot_sampling.max_new_tokens == judge.config.sampling.max_new_tokens
+    expected = tract_cot_splitter(vllm_stop("Mostly right. So the overall quality is good. [RESULT] 5",
+                                            REFERENCE_STOP_STRINGS))
+    assert score_request.prompt == judge.build_input(sample) + expected
+    assert score_sampling.max_new_tokens == 1 and score_request.key != cot_request.key
+    assert row.per_cot == [3.0] and row.cut == [True] and row.cots == [expected.rstrip(" ") + " 3"]
+
+
+# -- point 4: Prometheus-2 ------------------------------------------------------------------------
+
+def test_prometheus_input_is_prometheus_evals(tokenizer, bench_rows):
+    bench, rows = bench_rows
+    judge = build_judge("prometheus-2")
+    system = reference_text("prometheus/ABS_SYSTEM_PROMPT.txt")
+    assert judge.config.system_prompt == system
+    for sample, row in zip(bench.samples, rows):
+        if "system" in tokenizer.chat_template:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": row["instruction"]}]
+        else:
+            messages = [{"role": "user", "content": system + row["instruction"]}]
+        expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert judge.build_input_with(tokenizer, sample) == expected
+
+
+@pytest.mark.parametrize("good_at, expected_retries", [(0, 0), (2, 2), (5, 5), (None, 5)])
+def test_prometheus_regenerates_unparsable_outputs_from_fresh_streams(data_dir, good_at, expected_retries):
+    keys = []
+
+    def script(request, index):
+        keys.append(request.key)
+        attempt = len([k for k in keys if k.split("\0")[0] == request.key.split("\0")[0]]) - 1
+        text = "Fine. [RESULT] 4" if good_at is not None and attempt >= good_at else "Fine, I would say four."
+        return Completion(text, "eos", 6)
+
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script)
+    judge = build_judge("prometheus-2", backend=backend)
+    row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
+    assert row.retries == [expected_retries]
+    assert len(keys) == expected_retries + 1 and len(set(keys)) == len(keys)  # a fresh stream each time
+    if good_at is None:
+        assert row.status == "parse_failure" and row.prediction is None
+    else:
+        assert row.per_cot == [4.0] and row.status == "ok"
+
+
+def test_regeneration_count_is_a_card_setting(data_dir):
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), lambda r, i: Completion("no score", "eos", 2))
+    judge = build_judge("prometheus-2", backend=backend, max_retries=1)
+    row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
+    assert row.retries == [1] and len(backend.generations) == 2
+
+
+# -- the backends honour stop strings (slow: the embedded model) --------------------------------
+
+@pytest.mark.slow
+def test_transformers_backend_stops_at_stop_strings_and_reads_after_the_cut(embedded_backend):
+    from tract_eval.backends import GenerationRequest
+    from tract_eval.candidates import derive_score_candidates
+    from tract_eval.config import SamplingConfig
+
+    prompt = embedded_backend.render_chat([{"role": "user", "content": "Write two sentences about the sea."}])
+    sampling = SamplingConfig(max_new_tokens=24)
+    candidates = derive_score_candidates(embedded_backend.tokenizer())
+    plain, rail = embedded_backend.generate([
+        GenerationRequest(key="a", prompt=prompt, stop=("e",)),
+        GenerationRequest(key="a", prompt=prompt, stop=("e",), candidates=candidates, cut_marker="So the overall"),
+    ], sampling, seed=0)
+    assert plain[0].finish_reason == "stop" and "e" in plain[0].text[-4:]
+    assert rail[0].finish_reason == "stop" and rail[0].cut
+    kept = rail[0].text[: -len(" " + DELIMITER + candidates.bridge_text)]
+    assert rail[0].text.endswith(" " + DELIMITER + candidates.bridge_text) and "e" not in kept
+    assert kept == plain[0].text[: plain[0].text.index("e")].rstrip()
