@@ -58,13 +58,20 @@ def bench_specs(spec: str | Sequence[str]) -> list[str]:
 
 
 def load_benches(spec: str | Sequence[str], data_dir: str | Path | None = None, *, columns=None, scale=None,
-                 no_reference: bool = False, on_skip: Callable[[str, str], None] | None = None) -> list:
+                 no_reference: bool = False, unparsed_pairs: str = "half",
+                 on_skip: Callable[[str, str], None] | None = None) -> list:
     """The benchmarks to run, loaded and checked before any model loads.
 
-    ``columns`` and ``scale`` apply to own data (files and ``hf:`` datasets). With ``all``, benchmarks whose
+    ``columns`` and ``scale`` apply to own data (files and ``hf:`` datasets). ``unparsed_pairs``: a
+    RewardBench pair with an unscored side counts 0.5 (``"half"``, as reward-bench) or is left out
+    (``"exclude"``). With ``all``, benchmarks whose
     data is unavailable are passed to ``on_skip(name, reason)``; named ones must load.
     """
     from .benchmarks import DataUnavailable, is_data_spec, load_benchmark
+    from .metrics import UNPARSED_PAIR_POLICIES
+
+    if unparsed_pairs not in UNPARSED_PAIR_POLICIES:
+        raise ConfigError(f"unparsed pairs: choose one of {', '.join(UNPARSED_PAIR_POLICIES)}, not {unparsed_pairs!r}")
 
     if data_dir is not None and not Path(data_dir).is_dir():
         raise InputNotFoundError(f"--data-dir {data_dir}: no such folder")
@@ -77,7 +84,8 @@ def load_benches(spec: str | Sequence[str], data_dir: str | Path | None = None, 
         own = is_data_spec(name)
         try:
             benches.append(load_benchmark(name, data_dir, columns=columns if own else None,
-                                          scale=scale if own else None, drop_reference=no_reference))
+                                          scale=scale if own else None, drop_reference=no_reference,
+                                          unparsed_pairs=unparsed_pairs))
         except DataUnavailable as exc:
             if spec != "all":
                 raise
@@ -170,9 +178,9 @@ def _intervals(folder: Path, resamples: int, seed: int) -> dict:
 
 def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: int | None = None,
              out: str | Path | None = None, data_dir: str | Path | None = None, columns: str | dict | None = None,
-             scale: str | Sequence[int] | None = None, no_reference: bool = False, shard: str | None = None,
-             too_long: str = "mark", ci: bool = False, progress: Callable[[int], None] | None = None,
-             **overrides) -> dict:
+             scale: str | Sequence[int] | None = None, no_reference: bool = False, unparsed_pairs: str = "half",
+             shard: str | None = None, too_long: str = "mark", ci: bool = False,
+             progress: Callable[[int], None] | None = None, **overrides) -> dict:
     """Run judge(s) over benchmark(s) as ``tract-eval run`` does, writing the same files under ``out``
     (default ``runs/``): ``OUT/<judge>/<bench>/{predictions.jsonl, metrics.json, manifest.json, results.json}``.
 
@@ -190,7 +198,8 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
         raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")
     for name in names:  # settings are checked for every judge before any data or model loads
         judge_for(name, overrides)
-    benches = load_benches(bench, data_dir, columns=columns, scale=scale, no_reference=no_reference)
+    benches = load_benches(bench, data_dir, columns=columns, scale=scale, no_reference=no_reference,
+                           unparsed_pairs=unparsed_pairs)
     metrics: dict[str, dict] = {}
     for name in names:
         for b in benches:

@@ -39,7 +39,11 @@ def register(subparsers) -> None:
                    help="folder with the benchmark files (else $TRACT_EVAL_DATA_DIR, else upstream)")
     p.add_argument("--limit", type=int, default=None, help="first N rows (RewardBench: N pairs)")
     p.add_argument("--shard", default=None, help="i/n: judge only the i-th of n disjoint parts")
-    p.add_argument("--no-reference", action="store_true", help="drop the reference answer from the prompt")
+    p.add_argument("--no-reference", action="store_true",
+                   help="cut the reference answer out of the model input as TRACT's --remove_reference does")
+    p.add_argument("--unparsed-pairs", choices=["half", "exclude"], default="half",
+                   help="RewardBench: a pair with an unscored side counts 0.5 like a tie (as reward-bench), "
+                        "or is left out of the accuracies")
     p.add_argument("--too-long", choices=["mark", "refuse"], default="mark",
                    help="a prompt + --max-new-tokens beyond the model's context: record the row as too_long "
                         "(excluded, counted) or stop the run")
@@ -65,13 +69,23 @@ def add_judge_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--repetition-penalty", type=float, default=None)
     g.add_argument("--max-new-tokens", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None, help="sequences decoded together")
+    g.add_argument("--batch-size", type=_batch_size, default=None,
+                   help="sequences decoded together; auto: the most that fit in GPU memory (transformers on CUDA)")
     g.add_argument("--renormalize", action="store_true",
                    help="RAIL over the candidates' probabilities renormalised to sum to 1 "
                         "(default: raw full-vocabulary probabilities, as the reference)")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
     add_backend_flags(p)
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of sequences or 'auto', not {text!r}") from None
 
 
 def judge_overrides(args) -> dict:
@@ -128,7 +142,7 @@ def cmd_run(args) -> int:
         judge_for(name, overrides)
     skipped: list[tuple[str, str]] = []
     benches = load_benches(args.bench, args.data_dir, columns=args.columns, scale=args.scale,
-                           no_reference=args.no_reference, on_skip=lambda n, why: skipped.append((n, why)))
+                           no_reference=args.no_reference, unparsed_pairs=args.unparsed_pairs, on_skip=lambda n, why: skipped.append((n, why)))
     for name, reason in skipped:
         console.print(f"[yellow]skipped {name}[/]: {reason}")
 

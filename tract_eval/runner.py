@@ -161,20 +161,18 @@ def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
 
 
 def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Prediction], None], *,
-                  done: Container[str] = (), batch_size: int | None = None, first_cot: int = 0) -> int:
-    """The one loop that judges: every sample whose id is not in ``done``, in batches of ``batch_size``
-    sequences (samples x CoTs; default the judge's batch size), each row handed to ``sink`` the moment
+                  done: Container[str] = (), batch_size: int | str | None = None, first_cot: int = 0) -> int:
+    """The one loop that judges: every sample whose id is not in ``done``, ``batch_size`` sequences
+    (samples x CoTs; default the judge's batch size) at a time, each row handed to ``sink`` the moment
     it is finished, so whatever the sink saves survives a kill. Returns the number of rows judged.
 
     ``run``, the scaling CoT cache, self-generated training CoTs and cot-shift all judge through here;
     ``first_cot`` > 0 adds CoTs ``first_cot ..`` to samples that have the earlier ones.
     """
     pending = [s for s in samples if s.id not in done]
-    size = batch_size or judge.config.batch_size
-    per_sample = judge.config.n_cot if judge.config.samples_text else 1
-    per_batch = max(1, size // per_sample)
-    for start in range(0, len(pending), per_batch):
-        judge.judge(pending[start: start + per_batch], first_cot=first_cot, on_row=sink)
+    # the whole queue goes to the backend, which keeps ``batch_size`` sequences decoding and gives a
+    # finished sequence's slot to the next one (continuous batching)
+    judge.judge(pending, first_cot=first_cot, on_row=sink, batch_size=batch_size or judge.config.batch_size)
     return len(pending)
 
 

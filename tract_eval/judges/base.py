@@ -91,8 +91,10 @@ class Judge:
         return template if isinstance(template, str) else None
 
     # -- judging -------------------------------------------------------------------
-    def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None) -> list[Prediction]:
-        """One prediction row per sample (see README: predictions.jsonl), in order."""
+    def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None,
+              batch_size: int | str | None = None) -> list[Prediction]:
+        """One prediction row per sample (see README: predictions.jsonl), in order; ``batch_size``
+        continuations decode at once (default: the config's), the backend refilling finished slots."""
         inputs = [self.build_input(s) for s in samples]
         started = time.perf_counter()
         rows: list[Prediction | None] = [None] * len(samples)
@@ -102,7 +104,7 @@ class Judge:
             if on_row:
                 on_row(rows[index])
 
-        self.variant.run(samples, inputs, first_cot, finish)
+        self.variant.run(samples, inputs, first_cot, finish, batch_size or self.config.batch_size)
         return rows  # type: ignore[return-value]
 
     def score_given_cots(self, samples: list[Sample], cots: list[list[str]], on_row: OnRow | None = None) -> list[Prediction]:
