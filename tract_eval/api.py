@@ -1,12 +1,12 @@
 """The Python API: grade your own rows, or evaluate judges on benchmarks, as ``tract-eval run`` does.
 
-    >>> from tract_eval import grade
-    >>> g = grade("What is 2+2?", "4", "Is the answer correct?", judge="rail")
-    >>> g.score, g.probs, g.status
+    from tract_eval import grade
+    g = grade("What is 2+2?", "4", "Is the answer correct?", judge="rail")
+    g.score, g.probs, g.status
 
 Everything goes through the runner the command line uses (``runner.judge_pending`` is the one loop
-that judges; ``evaluate`` writes the same files), and a model is loaded once per process: later calls with the same judge settings
-reuse it.
+that judges; ``evaluate`` writes the same files). A model loads once per process: later calls on the same
+model, backend and options reuse it (``backends.create_backend`` keeps the last one), whatever the judge.
 """
 from __future__ import annotations
 
@@ -92,8 +92,6 @@ def load_benches(spec: str | Sequence[str], data_dir: str | Path | None = None, 
             if on_skip:
                 on_skip(name, str(exc))
     if not benches:
-        from .benchmarks import DataUnavailable
-
         raise DataUnavailable("no benchmark data available (see the skipped reasons above)")
     return benches
 
@@ -105,12 +103,10 @@ def judge_names(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
-_judges: dict[tuple, Any] = {}  # built judges, so that score candidates are derived once per setting
-
-
 def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tuple[int, int] | None = None):
     """A judge with ``overrides`` (JudgeConfig fields; ``run_name`` renames its output folder) and the
-    scale of the data it grades (the score candidates follow it). Built once per settings per process."""
+    scale of the data it grades (the score candidates follow it). Building one is cheap: the model behind
+    it comes from ``create_backend``, which keeps the last one loaded, so equal settings load it once."""
     from .backends import check_backend_options
     from .judges import build_judge
     from .models import check_model_args
@@ -119,16 +115,13 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     run_name = settings.pop("run_name", None)
     if scale is not None:
         settings["scale"] = tuple(scale)
-    key = (name, run_name, json.dumps(settings, sort_keys=True, default=str))
-    if key not in _judges:
-        judge = build_judge(name, **settings)
-        check_backend_options(judge.config.backend, judge.config.backend_options)
-        if judge.config.backend == "transformers":
-            check_model_args(judge.config.backend_options.get("model_args"))
-        if run_name:
-            judge.config = judge.config.with_overrides(name=run_name)
-        _judges[key] = judge
-    return _judges[key]
+    judge = build_judge(name, **settings)
+    check_backend_options(judge.config.backend, judge.config.backend_options)
+    if judge.config.backend == "transformers":
+        check_model_args(judge.config.backend_options.get("model_args"))
+    if run_name:
+        judge.config = judge.config.with_overrides(name=run_name)
+    return judge
 
 
 def write_results(result, judge, bench, ci: bool = False, resamples: int = 1000, seed: int = 0) -> dict:
