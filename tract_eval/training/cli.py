@@ -36,6 +36,9 @@ _OVERRIDES = {
     "logging_steps": "logging_steps",
     "save_steps": "save_steps",
     "self_cot_max_new_tokens": "self_cot_max_new_tokens",
+    "ce_weight": "ce_weight",
+    "score_reduction": "score_reduction",
+    "validation_ratio": "validation_ratio",
 }
 
 
@@ -61,6 +64,12 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--logging-steps", type=int)
     common.add_argument("--save-steps", type=int)
     common.add_argument("--self-cot-max-new-tokens", type=int)
+    common.add_argument("--ce-weight", type=float, help="weight of the CE term (0 with cot_raft: RAFT loss on CoT "
+                                                        "data without CE, paper §6.3)")
+    common.add_argument("--score-reduction", choices=["reference", "mean"],
+                        help="score term: TRACT's per-micro-batch sum (reference) or a mean per sequence")
+    common.add_argument("--validation-ratio", type=float,
+                        help="hold out this share of the rows and log eval_loss on it (TRACT: 0.05)")
     common.add_argument("--no-bf16", action="store_true", help="train in float32")
     common.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any TrainConfig / TrainingArguments field (value read as YAML); repeatable")
@@ -82,6 +91,12 @@ def register(subparsers) -> None:
     prepare.add_argument("--out", required=True, help="output JSONL")
     prepare.add_argument("--judge", default="tract", help="judge card giving the delimiter and scale")
     prepare.add_argument("--limit", type=int)
+    prepare.add_argument("--score-only", action="store_true",
+                         help="score-only rows (TRACT's no_feedback prompt, the bare score) for --objective ce|raft "
+                              "with a score-only judge (B.1 CE, B.4 RAFT)")
+    prepare.add_argument("--force-delimiter", action="store_true",
+                         help="keep feedback that never says 'So the overall' by appending the delimiter "
+                              "(TRACT leaves such rows out)")
     prepare.set_defaults(func=_cmd_prepare)
 
     for name, func, text in (
@@ -169,7 +184,8 @@ def _cmd_prepare(args) -> int:
 
     try:
         judge = load_judge_card(args.judge)
-        prepared = prepare(args.source, judge.delimiter, judge.scale, args.limit)
+        prepared = prepare(args.source, judge.delimiter, judge.scale, args.limit,
+                           mode="score-only" if args.score_only else "cot", force_delimiter=args.force_delimiter)
     except (TrainingDataError, FileNotFoundError, ValueError) as exc:
         return _fail(exc)
     count = write_jsonl(args.out, (row.to_dict() for row in prepared.rows))
@@ -177,7 +193,7 @@ def _cmd_prepare(args) -> int:
     if prepared.rejected:
         rejected_path = Path(args.out).with_suffix(".rejected.jsonl")
         write_jsonl(rejected_path, (vars(r) for r in prepared.rejected))
-        print(f"left out {len(prepared.rejected)} unparsable rows (listed in {rejected_path}):")
+        print(f"left out {len(prepared.rejected)} rows (listed in {rejected_path}):")
         for item in prepared.rejected[:10]:
             print(f"  {item.source} row {item.row}: {item.reason}")
     return 0 if count else 1
