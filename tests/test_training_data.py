@@ -208,3 +208,10 @@ def test_cli_module_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode, name", [("cot", "with_feedback.prompt"), ("score-only", "no_feedback.prompt")])
+def test_training_prompts_are_tracts_bytes(mode, name):
+    from tract_eval.training.data import training_prompt_template
+
+    assert training_prompt_template(mode) == (REFERENCE / name).read_text(encoding="utf-8")
