@@ -81,7 +81,7 @@ class ScriptedBackend(Backend):
     def render_chat(self, messages, response_prefix=""):
         return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
 
-    def generate(self, requests, sampling, seed, on_done=None):
+    def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
         out = []
         for index, request in enumerate(requests):
             self.generations.append((request, sampling))

@@ -46,7 +46,7 @@ class LengthBackend(Backend):
         logprobs = {s: -abs(s - target) - 1.0 for s in range(1, 6)}
         return Completion(f"cot {index} So the overall score is ", "delimiter", 5, candidate_logprobs=logprobs)
 
-    def generate(self, requests, sampling, seed, on_done=None):
+    def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
         out = []
         for i, r in enumerate(requests):
             out.append([self._completion(r.prompt, r.first_index + k) for k in range(r.n)])
@@ -189,8 +189,8 @@ def test_one_loop_batches_sequences_and_skips_done(vicuna):
     class Recording(LengthBackend):
         batches: list = []
 
-        def generate(self, requests, sampling, seed, on_done=None):
-            self.batches.append([(r.key, r.n, r.first_index) for r in requests])
+        def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
+            self.batches.append(([(r.key, r.n, r.first_index) for r in requests], batch_size))
             return super().generate(requests, sampling, seed, on_done)
 
     from tract_eval.runner import judge_pending
@@ -200,8 +200,10 @@ def test_one_loop_batches_sequences_and_skips_done(vicuna):
     judged = judge_pending(build_judge("tract", backend=backend, n_cot=2), samples, rows.append, batch_size=4,
                            done={samples[0].id}, first_cot=3)
     assert judged == 4 and [r.id for r in rows] == [s.id for s in samples[1:]]
-    # 4 sequences per batch = 2 samples x 2 CoTs; CoTs 3 and 4 of each
-    assert [len(b) for b in backend.batches] == [2, 2] and backend.batches[0][0][1:] == (2, 3)
+    # the whole queue in one call, 4 sequences decoding at once (the backend refills finished slots);
+    # CoTs 3 and 4 of each
+    [(requests, size)] = backend.batches
+    assert len(requests) == 4 and size == 4 and requests[0][1:] == (2, 3)
 
 
 def test_scaling_cache_fills_through_the_runner_loop(tmp_path, vicuna):

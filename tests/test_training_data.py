@@ -179,25 +179,43 @@ def test_recipe_errors(tmp_path):
 
 
 def test_cli_flags_override_recipe_and_lambda_sweep(tmp_path):
-    import argparse
-
     from tract_eval.training import cli
 
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--recipe", "tract", "--out", str(tmp_path), "--lambda", "0.2,0.5,1,2,5,10",
-                              "--max-steps", "3", "--limit", "16", "--no-bf16", "--set", "lora_rank=4"])
+    args = cli.parse_train_args(["--recipe", "tract", "--out", str(tmp_path), "--lambda", "0.2,0.5,1,2,5,10",
+                                 "--max-steps", "3", "--limit", "16", "--no-bf16", "--set", "lora_rank=4",
+                                 "--lora_alpha", "8", "--report_to", "tensorboard", "--epochs", "3"])
     runs = cli._configs(args)
     assert [c.score_weight for c, _ in runs] == [0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
     assert [o.name for _, o in runs] == ["lambda-0.2", "lambda-0.5", "lambda-1", "lambda-2", "lambda-5", "lambda-10"]
     config = runs[0][0]
     assert (config.max_steps, config.limit, config.bf16, config.lora_rank) == (3, 16, False, 4)
-    assert config.learning_rate == 1e-5  # from the recipe
+    assert (config.lora_alpha, config.report_to, config.num_train_epochs) == (8, ["tensorboard"], 3.0)
+    assert config.learning_rate == 1e-5  # from the recipe: flags not given do not override it
     # options after the step name reach the step too
-    args = parser.parse_args(["train", "stage1", "--recipe", "raft", "--out", str(tmp_path), "--lambda", "2"])
+    args = cli.parse_train_args(["stage1", "--recipe", "raft", "--out", str(tmp_path), "--lambda", "2"])
     (config, out), = cli._configs(args)
     assert (config.objective, config.score_weight, out) == ("raft", 2.0, tmp_path)
     assert args.func is cli._cmd_stage1
+
+
+def test_train_flags_are_generated_from_train_config():
+    from tract_eval.training import cli
+    from tract_eval.training.config import TrainConfig
+
+    flags = {s for a in cli.train_parser()._actions for s in a.option_strings}
+    for name in TrainConfig.field_names():
+        assert f"--{name}" in flags, name
+    assert {"--data", "--epochs", "--batch-size", "--grad-accum", "--lambda", "--recipe", "--out"} <= flags
+
+
+def test_top_level_cli_hands_train_its_arguments(monkeypatch):
+    from tract_eval import cli as top
+    from tract_eval.training import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_cmd_recipe", lambda args: seen.setdefault("args", args) and 0)
+    assert top.main(["-v", "train", "--recipe", "raft", "--max-steps", "2", "-q"]) == 0
+    assert seen["args"].recipe == "raft" and seen["args"].max_steps == 2 and seen["args"].quiet == 1
 
 
 def test_cli_module_imports_no_torch():

@@ -69,13 +69,23 @@ def add_judge_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--repetition-penalty", type=float, default=None)
     g.add_argument("--max-new-tokens", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None, help="sequences decoded together")
+    g.add_argument("--batch-size", type=_batch_size, default=None,
+                   help="sequences decoded together; auto: the most that fit in GPU memory (transformers on CUDA)")
     g.add_argument("--renormalize", action="store_true",
                    help="RAIL over the candidates' probabilities renormalised to sum to 1 "
                         "(default: raw full-vocabulary probabilities, as the reference)")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
     add_backend_flags(p)
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of sequences or 'auto', not {text!r}") from None
 
 
 def judge_overrides(args) -> dict:

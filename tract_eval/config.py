@@ -142,7 +142,7 @@ class JudgeConfig:
     # ``partial_candidates`` either way, and the missing candidates are recorded.
     partial_candidates: str = "fail"
     fallback_score: float | None = None
-    batch_size: int = 8
+    batch_size: int | str = 8  # sequences decoding at once; "auto": the most that fit (CUDA)
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Prometheus-1 data files write 'Feedback: (write a feedback ...)' in the task text.
@@ -169,8 +169,8 @@ class JudgeConfig:
             raise ConfigError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
         if not self.delimiter:
             raise ConfigError(f"judge {self.name!r}: delimiter must not be empty")
-        if self.batch_size < 1:
-            raise ConfigError(f"judge {self.name!r}: batch_size must be >= 1, not {self.batch_size}")
+        if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
+            raise ConfigError(f"judge {self.name!r}: batch_size must be >= 1 or 'auto', not {self.batch_size!r}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"judge {self.name!r}: protocol must be one of {', '.join(PROTOCOLS)}, "
                               f"not {self.protocol!r}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import re
 import subprocess
@@ -27,7 +26,7 @@ from .judges import Judge
 from .metrics import generation_summary
 from .config import SESSION_BACKEND_OPTIONS
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
-                      write_json_atomic)
+                      write_json_atomic, write_jsonl_atomic)
 from .redaction import is_secret_name, redact
 from .settings import RunIdentity, bench_identity, run_identity
 
@@ -162,20 +161,18 @@ def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
 
 
 def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Prediction], None], *,
-                  done: Container[str] = (), batch_size: int | None = None, first_cot: int = 0) -> int:
-    """The one loop that judges: every sample whose id is not in ``done``, in batches of ``batch_size``
-    sequences (samples x CoTs; default the judge's batch size), each row handed to ``sink`` the moment
+                  done: Container[str] = (), batch_size: int | str | None = None, first_cot: int = 0) -> int:
+    """The one loop that judges: every sample whose id is not in ``done``, ``batch_size`` sequences
+    (samples x CoTs; default the judge's batch size) at a time, each row handed to ``sink`` the moment
     it is finished, so whatever the sink saves survives a kill. Returns the number of rows judged.
 
     ``run``, the scaling CoT cache, self-generated training CoTs and cot-shift all judge through here;
     ``first_cot`` > 0 adds CoTs ``first_cot ..`` to samples that have the earlier ones.
     """
     pending = [s for s in samples if s.id not in done]
-    size = batch_size or judge.config.batch_size
-    per_sample = judge.config.n_cot if judge.config.samples_text else 1
-    per_batch = max(1, size // per_sample)
-    for start in range(0, len(pending), per_batch):
-        judge.judge(pending[start: start + per_batch], first_cot=first_cot, on_row=sink)
+    # the whole queue goes to the backend, which keeps ``batch_size`` sequences decoding and gives a
+    # finished sequence's slot to the next one (continuous batching)
+    judge.judge(pending, first_cot=first_cot, on_row=sink, batch_size=batch_size or judge.config.batch_size)
     return len(pending)
 
 
@@ -357,9 +354,7 @@ def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
             merged[row["id"]] = row
     order = {s.id: i for i, s in enumerate(bench.samples)}
     rows = sorted(merged.values(), key=lambda r: order.get(r["id"], len(order)))
-    tmp = main_path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, main_path)
+    write_jsonl_atomic(main_path, rows)
     manifest = dict(manifests[0], shard=None, merged_from=[str(d) for d in shard_dirs])
     manifest["sessions"] = [s for m in manifests for s in m.get("sessions", [])]
     write_json_atomic(bench_dir / MANIFEST, manifest)

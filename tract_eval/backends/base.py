@@ -86,8 +86,13 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
-                 on_done: OnDone | None = None) -> list[list[Completion]]:
-        """One list of ``request.n`` completions per request, in order; ``on_done`` as each finishes."""
+                 on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
+        """One list of ``request.n`` completions per request, in order; ``on_done`` as each finishes.
+
+        ``requests`` is the whole queue; ``batch_size`` is how many continuations may decode at once
+        (None: as the backend sees fit; "auto": as many as fit in memory). Backends whose engine or server schedules requests itself
+        (vLLM, OpenAI-compatible) leave the scheduling to it.
+        """
 
     @abstractmethod
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:

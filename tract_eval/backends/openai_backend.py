@@ -183,7 +183,7 @@ class OpenAIBackend(Backend):
         }
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
-                 on_done: OnDone | None = None) -> list[list[Completion]]:
+                 on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
         async def one(index: int, request: GenerationRequest) -> list[Completion]:
             async with self._samples:
                 try:

@@ -24,27 +24,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Stream:
+    """One continuation (CoT) of a request, with its own random stream."""
+
     request: GenerationRequest
     request_index: int
     index: int  # which of the request's n continuations
-    row: int  # row in the batch tensors
-    generator: object
+    row: int  # its slot in the batch tensors (-1 while waiting)
+    seed: int  # stream_seed(seed, key, first_index + index)
     prompt_ids: list[int]
     generated: list[int] = field(default_factory=list)
-    queue: list[int] = field(default_factory=list)  # ids to feed next, one per step
-    forcing: bool = False  # the CoT is over; feeding forced ids, then reading the score
+    base: int = 0  # cache column where its prompt starts
+    fed: int = 0  # generated ids already in the cache
+    forcing: bool = False  # the CoT is over; the forced ids are fed and the score read
     forced_text: str = ""
     finish_reason: str = ""
     cut: bool = False
-    kept: int = 0  # generated ids that stay visible (a cut masks the rest)
+    kept: int = 0  # generated ids that stay visible (a cut hides the rest)
     forced_ids: list[int] = field(default_factory=list)
-    mask_back: int = 0  # fed cache columns to hide at the next step (a cut)
     done: bool = False
+    completion: Completion | None = None
 
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_ids)
-    completion: Completion | None = None
 
 
 class TransformersBackend(Backend):
@@ -78,6 +80,21 @@ class TransformersBackend(Backend):
         else:
             self.model = model_obj.to(self.device).eval()
         self.load_seconds = time.perf_counter() - started
+        self._finish_setup()
+
+    @classmethod
+    def from_model(cls, model, tokenizer, spec: str = "in-memory") -> "TransformersBackend":
+        """A backend around an already-built model (the perf suite's random-weight models)."""
+        backend = cls.__new__(cls)
+        backend.source = ModelSource(spec, spec)
+        backend.model = model.eval()
+        backend.device, backend.dtype = model.device, model.dtype
+        backend._tokenizer = tokenizer
+        backend.load_seconds, backend.model_args = 0.0, {}
+        backend._finish_setup()
+        return backend
+
+    def _finish_setup(self) -> None:
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
@@ -104,11 +121,13 @@ class TransformersBackend(Backend):
         return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
-                 on_done: OnDone | None = None) -> list[list[Completion]]:
+                 on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
+        """``batch_size`` continuations decode at once (all of them when None; "auto": as many as fit
+        in GPU memory); a finished one's slot goes to the next waiting continuation at once."""
         import torch
 
         with torch.inference_mode():
-            return self._generate(requests, sampling, seed, on_done)
+            return self._generate(requests, sampling, seed, on_done, batch_size)
 
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
         import torch
@@ -131,6 +150,51 @@ class TransformersBackend(Backend):
                     token_ids=cot_ids,
                 ))
         return out
+
+    # -- token-level stop detection and batch sizing ---------------------------------
+    def may_end(self, text: str, token: int, inside: bool) -> bool:
+        """Whether ``text`` can end with (``inside``: end within) the generated token ``token``,
+        judged from the token's own text: only then is the generated tail decoded and checked."""
+        cache = self.__dict__.setdefault("_enders", {})
+        if (text, inside) not in cache:
+            cache[(text, inside)] = self._ender_ids(text, inside)
+        enders = cache[(text, inside)]
+        return enders is None or token in enders
+
+    def _ender_ids(self, text: str, inside: bool) -> frozenset[int] | None:
+        """Tokens whose text is a suffix of ``text`` or ends with it (``inside``: starts with a
+        suffix of it or contains it), and partial characters (byte fallback). None (every token)
+        when ``text`` ends in whitespace, which tokenizers may fold into the next token's text."""
+        if not text or text[-1].isspace():
+            return None
+        pieces = self._tokenizer.batch_decode([[i] for i in range(len(self._tokenizer))], skip_special_tokens=False)
+        suffixes = [text[i:] for i in range(len(text))]
+
+        def can_end(piece: str) -> bool:
+            if "\ufffd" in piece or text.endswith(piece) or piece.endswith(text):
+                return True
+            return inside and (text in piece or any(piece.startswith(suffix) for suffix in suffixes))
+
+        return frozenset(i for i, piece in enumerate(pieces) if can_end(piece))
+
+    def auto_batch_size(self, capacity: int, longest_prompt: int, headroom: float = 0.8) -> int:
+        """The most sequences that fit in the free GPU memory: each slot holds a KV cache of
+        ``capacity`` columns and a row of float32 logits with its sort; one prefill forward at a time."""
+        import torch
+
+        if self.device.type != "cuda":
+            raise ValueError(f"batch size 'auto' needs a CUDA device (this backend runs on {self.device}); "
+                             "give a number of sequences instead")
+        config = self.model.config.get_text_config()
+        heads = config.num_key_value_heads or config.num_attention_heads
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        size = torch.tensor([], dtype=self.dtype).element_size()
+        kv = capacity * config.num_hidden_layers * 2 * heads * dim * size
+        sampling = config.vocab_size * (4 * 4 + 8 * 2)  # logits, scores, probs, cdf (fp32); order, index
+        prefill_tokens = max(longest_prompt, _JudgeLoop.PREFILL_TOKENS)
+        prefill = prefill_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * size
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, int((free * headroom - prefill) // (kv + sampling)))
 
     # -- internals -----------------------------------------------------------------
     def _collect_eos_ids(self) -> set[int]:
@@ -187,120 +251,382 @@ class TransformersBackend(Backend):
             totals[score] = total
         return exclusive_sequence_logprobs(totals, candidates)
 
-    def _sample(self, logits, streams: list[_Stream], seen, sampling: SamplingConfig):
-        """Repetition penalty (HF semantics), temperature, top-p, then one draw per row from its own stream."""
+
+    # -- the judge loop: continuous batching over a preallocated KV cache -------------------------
+    def _generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+                  on_done: OnDone | None, batch_size: int | str | None) -> list[list[Completion]]:
+        loop = _JudgeLoop(self, requests, sampling, seed, on_done, batch_size)
+        loop.run()
+        return [[s.completion for s in group] for group in loop.by_request]
+
+
+def _slot_cache_class():
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        """One layer's keys and values in preallocated ``[slots, heads, capacity, dim]`` buffers.
+
+        Every slot writes at the same column (the write head); a slot's own tokens are a contiguous
+        run of columns ending at the head, the columns before it are masked. Nothing is concatenated
+        per step, so a step costs what attention reads, not a copy of the whole cache.
+        """
+
+        def __init__(self, keys, values):
+            super().__init__()
+            self.buffer_keys, self.buffer_values = keys, values
+            self.dtype, self.device = keys.dtype, keys.device
+            self.is_initialized = True
+            self.set_length(0)
+
+        def set_length(self, length: int) -> None:
+            self.length = length
+            self.keys = self.buffer_keys[:, :, :length]
+            self.values = self.buffer_values[:, :, :length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self.length + key_states.shape[-2]
+            self.buffer_keys[:, :, self.length:end] = key_states
+            self.buffer_values[:, :, self.length:end] = value_states
+            self.set_length(end)
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+    class SlotCache(Cache):
+        def __init__(self, layers):
+            super().__init__(layers=layers)
+
+        @classmethod
+        def allocate(cls, model, slots: int, capacity: int):
+            import torch
+
+            config = model.config.get_text_config()
+            heads = config.num_key_value_heads or config.num_attention_heads
+            dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            shape = (slots, heads, capacity, dim)
+            return cls([SlotLayer(torch.zeros(shape, dtype=model.dtype, device=model.device),
+                                  torch.zeros(shape, dtype=model.dtype, device=model.device))
+                        for _ in range(config.num_hidden_layers)])
+
+        @property
+        def length(self) -> int:
+            return self.layers[0].length
+
+        @property
+        def capacity(self) -> int:
+            return self.layers[0].buffer_keys.shape[2]
+
+        def set_length(self, length: int) -> None:
+            for layer in self.layers:
+                layer.set_length(length)
+
+        def move_columns(self, start: int, stop: int, to: int) -> None:
+            """Columns ``start:stop`` of every slot to ``to:`` (compaction and room for longer prompts)."""
+            for layer in self.layers:
+                for buffer in (layer.buffer_keys, layer.buffer_values):
+                    buffer[:, :, to: to + stop - start] = buffer[:, :, start:stop].clone()
+
+        def write_prompt(self, slot: int, prefill, row: int, length: int) -> None:
+            """The last ``length`` columns of row ``row`` of a prefill cache into ``slot``, ending at the head."""
+            head = self.length
+            for layer, source in zip(self.layers, prefill.layers):
+                layer.buffer_keys[slot, :, head - length: head] = source.keys[row, :, -length:]
+                layer.buffer_values[slot, :, head - length: head] = source.values[row, :, -length:]
+
+        def gather(self, slots, extra: int):
+            """A new cache with the given slots' columns ``:length`` and room for ``extra`` more."""
+            import torch
+
+            layers = []
+            for layer in self.layers:
+                buffers = []
+                for source in (layer.buffer_keys, layer.buffer_values):
+                    shape = (len(slots), source.shape[1], self.length + extra, source.shape[3])
+                    buffer = torch.empty(shape, dtype=source.dtype, device=source.device)
+                    buffer[:, :, : self.length] = source[slots, :, : self.length]
+                    buffers.append(buffer)
+                layers.append(SlotLayer(*buffers))
+                layers[-1].set_length(self.length)
+            cache = SlotCache(layers)
+            return cache
+
+        def keep_slots(self, slots) -> None:
+            for layer in self.layers:
+                layer.buffer_keys = layer.buffer_keys[slots]
+                layer.buffer_values = layer.buffer_values[slots]
+                layer.set_length(layer.length)
+
+    return SlotCache
+
+
+@dataclass
+class _Prefill:
+    """A prompt's KV cache and next-token logits, shared by its continuations until all have a slot."""
+
+    cache: object
+    row: int
+    logits: object
+
+
+class _JudgeLoop:
+    """Continuous batching: ``batch_size`` slots decode together; when a continuation finishes, the
+    next waiting one (requests longest prompt first, each prompt prefilled once for all its CoTs)
+    takes its slot. A finished RAIL CoT is read out in one chunked forward over a copy of its slot:
+    the rest of the CoT, the forced delimiter and the bridge (plus the first tokens of multi-token
+    candidates) go through at once, and the cut path masks the CoT tokens after the cut."""
+
+    READOUT_ROWS = 32  # finished CoTs read out per chunked forward (bounds its logits' memory)
+    PREFILL_TOKENS = 65536  # prompt tokens per prefill forward (bounds its activations' memory)
+
+    def __init__(self, backend: "TransformersBackend", requests, sampling: SamplingConfig, seed: int,
+                 on_done: OnDone | None, batch_size: int | str | None):
         import torch
 
-        scores = logits.clone()
-        if sampling.repetition_penalty != 1.0:
-            penalised = torch.where(scores < 0, scores * sampling.repetition_penalty, scores / sampling.repetition_penalty)
-            scores = torch.where(seen, penalised, scores)
-        if sampling.greedy:
-            return scores.argmax(dim=-1).tolist()
-        scores = scores / sampling.temperature
-        if sampling.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
-            # drop tokens once the mass before them already exceeds top_p (the top token always stays)
-            drop_sorted = (cumulative - torch.softmax(sorted_scores, dim=-1)) > sampling.top_p
-            drop = drop_sorted.scatter(-1, order, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        chosen = []
-        for row, stream in enumerate(streams):
-            draw = torch.multinomial(probs[row].cpu(), 1, generator=stream.generator)
-            chosen.append(int(draw))
-        return chosen
+        from .sampling import logits_processors
 
-    def _generate(self, requests, sampling, seed, on_done):
+        self.backend, self.model, self.device = backend, backend.model, backend.device
+        self.sampling, self.on_done = sampling, on_done
+        self.requests = list(requests)
+        prompts = [backend.encode(r.prompt) for r in self.requests]
+        self.prompt_lens = [len(p) for p in prompts]
+        self.by_request: list[list[_Stream]] = []
+        for request_index, (request, prompt) in enumerate(zip(self.requests, prompts)):
+            self.by_request.append([
+                _Stream(request, request_index, i, -1, stream_seed(seed, request.key, request.first_index + i), prompt)
+                for i in range(request.n)])
+        self.remaining = [r.n for r in self.requests]
+        total = sum(self.remaining)
+        longest = max((len(p) for p in prompts), default=0)
+        # room for the longest prompt and CoT, plus slack so compaction is rare
+        self.width = longest + sampling.max_new_tokens + 1
+        capacity = self.width + max(32, sampling.max_new_tokens // 2)
+        if batch_size == "auto":
+            batch_size = backend.auto_batch_size(capacity, longest)
+        self.slots = max(1, min(batch_size or total, total))
+        self.pending = sorted(range(len(self.requests)), key=lambda i: (-len(prompts[i]), i))
+        self.waiting: list[tuple[_Stream, _Prefill]] = []
+        self.slot_streams: list[_Stream | None] = [None] * self.slots
+        self.cache = _slot_cache_class().allocate(self.model, self.slots, capacity) if total else None
+        self.mask = torch.zeros((self.slots, capacity), dtype=torch.long, device=self.device)
+        self.ids = torch.zeros((self.slots, self.width), dtype=torch.long, device=self.device)
+        self.positions = [0] * self.slots
+        self.logits = None
+        self.processors = logits_processors(sampling.repetition_penalty, sampling.temperature)
+        self.pad = backend.tokenizer().pad_token_id
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            self._admit()
+            active = [s for s in self.slot_streams if s is not None]
+            if not active:
+                return
+            tokens = self._sample(active)
+            finished = []
+            for stream, token in zip(active, tokens):
+                if self._after_token(stream, token):
+                    finished.append(stream)
+            readouts = [s for s in finished if s.forcing]
+            groups: dict[int, list[_Stream]] = {}
+            for s in readouts:  # one readout per candidate set, a bounded number of rows at a time
+                groups.setdefault(id(s.request.candidates), []).append(s)
+            for group in groups.values():
+                for start in range(0, len(group), self.READOUT_ROWS):
+                    self._readout(group[start: start + self.READOUT_ROWS])
+            for stream in finished:
+                if not stream.forcing:
+                    self._complete(stream)
+                self.slot_streams[stream.row] = None
+                self._done(stream)
+            continuing = [s for s in active if not s.done]
+            if continuing:
+                self._decode_step(continuing)
+
+    def _done(self, stream: _Stream) -> None:
+        self.remaining[stream.request_index] -= 1
+        if self.on_done and self.remaining[stream.request_index] == 0:
+            self.on_done(stream.request_index, [s.completion for s in self.by_request[stream.request_index]])
+
+    # -- admission -------------------------------------------------------------------------
+    def _admit(self) -> None:
         import torch
 
-        tok = self._tokenizer
-        prompts = [self.encode(r.prompt) for r in requests]
+        free = [i for i, s in enumerate(self.slot_streams) if s is None]
+        if not free or not (self.waiting or self.pending):
+            self._shrink_when_draining()
+            return
+        while len(self.waiting) < len(free) and self.pending:
+            group, streams, tokens = [], 0, 0
+            while self.pending and (not group or (streams + self.requests[self.pending[0]].n <= len(free)
+                                                  and tokens + self.prompt_lens[self.pending[0]] <= self.PREFILL_TOKENS)):
+                index = self.pending.pop(0)
+                group.append(index)
+                streams += self.requests[index].n
+                tokens += self.prompt_lens[index]
+            self._prefill(group)
+        placed = []
+        while free and self.waiting:
+            stream, prefill = self.waiting.pop(0)
+            placed.append((free.pop(0), stream, prefill))
+        longest = max(s.prompt_len for _, s, _ in placed)
+        if longest > self.cache.length:  # make room on the left for a longer prompt
+            shift = longest - self.cache.length
+            self.cache.move_columns(0, self.cache.length, shift)
+            self.mask[:, shift: shift + self.cache.length] = self.mask[:, : self.cache.length].clone()
+            self.mask[:, :shift] = 0
+            for s in self.slot_streams:
+                if s is not None:
+                    s.base += shift
+            self.cache.set_length(longest)
+        head = self.cache.length
+        if self.logits is None:
+            self.logits = torch.zeros((self.slots, placed[0][2].logits.shape[-1]), device=self.device)
+        for slot, stream, prefill in placed:
+            stream.row, stream.base = slot, head - stream.prompt_len
+            self.slot_streams[slot] = stream
+            self.cache.write_prompt(slot, prefill.cache, prefill.row, stream.prompt_len)
+            self.mask[slot] = 0
+            self.mask[slot, stream.base: head] = 1
+            prompt = torch.tensor(stream.prompt_ids, device=self.device)
+            self.ids[slot] = prompt[0]  # padding that repeats a prompt id never changes the penalty
+            self.ids[slot, : stream.prompt_len] = prompt
+            self.positions[slot] = stream.prompt_len
+            self.logits[slot] = prefill.logits
+
+    def _prefill(self, group: list[int]) -> None:
+        import torch
+
+        prompts = [self.by_request[i][0].prompt_ids for i in group]
         width = max(len(p) for p in prompts)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        input_ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(input_ids, mask, positions, None)
+        logits, cache = self.backend._forward(input_ids, mask, positions, None)
+        for row, index in enumerate(group):
+            prefill = _Prefill(cache, row, logits[row])
+            self.waiting.extend((stream, prefill) for stream in self.by_request[index])
 
-        # share each prompt's prefill among its n continuations
-        repeats = [r.n for r in requests]
-        if any(n != 1 for n in repeats):
-            index = torch.repeat_interleave(torch.arange(len(requests), device=self.device),
-                                            torch.tensor(repeats, device=self.device))
-            cache.reorder_cache(index)
-            logits, mask = logits[index], mask[index]
-        streams: list[_Stream] = []
-        for request_index, (req, prompt) in enumerate(zip(requests, prompts)):
-            for i in range(req.n):
-                gen = torch.Generator().manual_seed(stream_seed(seed, req.key, req.first_index + i))
-                streams.append(_Stream(req, request_index, i, len(streams), gen, prompt))
-        vocab = logits.shape[-1]
-        seen = torch.zeros((len(streams), vocab), dtype=torch.bool, device=self.device)
-        for s in streams:  # HF's repetition penalty counts the prompt's ids too
-            seen[s.row, torch.tensor(s.prompt_ids, device=self.device)] = True
-        next_pos = [s.prompt_len for s in streams]
-        by_request = [[s for s in streams if s.request_index == i] for i in range(len(requests))]
-        remaining = [len(group) for group in by_request]
-
-        active = list(streams)  # row order == tensor row order
-        self._advance(active, logits, seen, sampling)
-        while True:
-            if on_done:
-                for s in active:
-                    if s.done:
-                        remaining[s.request_index] -= 1
-                        if remaining[s.request_index] == 0:
-                            on_done(s.request_index, [t.completion for t in by_request[s.request_index]])
-            keep = [i for i, s in enumerate(active) if not s.done]
-            if not keep:
-                break
-            if len(keep) != len(active):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, seen = mask[index], seen[index]
-                next_pos = [next_pos[i] for i in keep]
-                active = [active[i] for i in keep]
-            feed = [s.queue.pop(0) for s in active]
-            step_ids = torch.tensor(feed, device=self.device).unsqueeze(-1)
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=-1)
-            current = mask.shape[1] - 1
-            for row, s in enumerate(active):
-                if s.mask_back:
-                    # a cut: hide the CoT ids after the cut point from this and every later step
-                    mask[row, current - s.mask_back: current] = 0
-                    next_pos[row] = s.prompt_len + s.kept
-                    s.mask_back = 0
-            position_ids = torch.tensor(next_pos, device=self.device).unsqueeze(-1)
-            next_pos = [p + 1 for p in next_pos]
-            logits, cache = self._forward(step_ids, mask, position_ids, cache)
-            self._advance(active, logits, seen, sampling)
-        return [[s.completion for s in group] for group in by_request]
-
-    def _advance(self, active: list[_Stream], logits, seen, sampling: SamplingConfig) -> None:
-        """After a forward step: read scores for finished forcing rows, sample for generating rows."""
+    def _shrink_when_draining(self) -> None:
+        """Nothing left to admit: once half the slots are idle, drop them so steps stop paying for them."""
         import torch
 
-        generating = [i for i, s in enumerate(active) if not s.forcing]
-        for i, s in enumerate(active):
-            if s.forcing and not s.queue:
-                logprobs = torch.log_softmax(logits[i], dim=-1)
-                context = s.prompt_ids + s.generated[: s.kept] + s.forced_ids
-                scores = self._candidate_logprobs(logprobs, context, s.request.candidates)
-                self._complete(s, candidate_logprobs=scores)
-        if not generating:
+        live = [i for i, s in enumerate(self.slot_streams) if s is not None]
+        if not live or len(live) > len(self.slot_streams) // 2:
             return
-        rows = torch.tensor(generating, device=self.device)
-        chosen = self._sample(logits[rows], [active[i] for i in generating], seen[rows], sampling)
-        for i, token in zip(generating, chosen):
-            s = active[i]
-            seen[i, token] = True
-            self._after_token(s, token, sampling)
+        index = torch.tensor(live, device=self.device)
+        self.cache.keep_slots(index)
+        self.mask, self.ids, self.logits = self.mask[index], self.ids[index], self.logits[index]
+        self.positions = [self.positions[i] for i in live]
+        self.slot_streams = [self.slot_streams[i] for i in live]
+        for row, s in enumerate(self.slot_streams):
+            s.row = row
 
-    def _after_token(self, s: _Stream, token: int, sampling: SamplingConfig) -> None:
+    # -- sampling --------------------------------------------------------------------------
+    def _sample(self, active: list[_Stream]) -> list[int]:
+        import numpy as np
+        import torch
+
+        from .sampling import sample_top_p, stream_uniforms
+
+        rows = torch.tensor([s.row for s in active], device=self.device)
+        scores = self.logits[rows]
+        scores = self.processors(self.ids[rows], scores)
+        if self.sampling.greedy:
+            chosen = scores.argmax(dim=-1)
+        else:
+            uniforms = stream_uniforms(np.array([s.seed for s in active], dtype=np.uint64),
+                                       np.array([len(s.generated) for s in active], dtype=np.uint64))
+            chosen = sample_top_p(scores, torch.from_numpy(uniforms).to(self.device), self.sampling.top_p)
+        columns = torch.tensor([min(s.prompt_len + len(s.generated), self.width - 1) for s in active],
+                               device=self.device)
+        self.ids[rows, columns] = chosen
+        return chosen.tolist()  # the one host synchronisation of the step
+
+    # -- decoding --------------------------------------------------------------------------
+    def _decode_step(self, continuing: list[_Stream]) -> None:
+        import torch
+
+        if self.cache.length >= self.cache.capacity:
+            self._compact()
+        head = self.cache.length
+        feed = [self.pad] * len(self.slot_streams)
+        for s in continuing:
+            feed[s.row] = s.generated[-1]
+            s.fed = len(s.generated)
+        self.mask[:, head] = 1  # idle slots attend to their own column: garbage, but never NaN
+        position_ids = torch.tensor(self.positions, device=self.device).unsqueeze(-1)
+        for s in continuing:
+            self.positions[s.row] += 1
+        logits, _ = self.backend._forward(torch.tensor(feed, device=self.device).unsqueeze(-1),
+                                          self.mask[:, : head + 1], position_ids, self.cache)
+        self.logits = logits
+
+    def _compact(self) -> None:
+        """Drop the leading columns no live slot uses (the cache keeps a fixed size)."""
+        live = [s for s in self.slot_streams if s is not None and not s.done]
+        start = min(s.base for s in live)
+        if start == 0:
+            raise RuntimeError("KV cache full: a continuation outgrew prompt + max_new_tokens")
+        length = self.cache.length
+        self.cache.move_columns(start, length, 0)
+        self.mask[:, : length - start] = self.mask[:, start:length].clone()
+        self.mask[:, length - start:] = 0
+        self.cache.set_length(length - start)
+        for s in self.slot_streams:
+            if s is not None:
+                s.base -= start
+
+    # -- readout -----------------------------------------------------------------------------
+    def _readout(self, streams: list[_Stream]) -> None:
+        """Candidate log-probs for finished RAIL CoTs, one chunked forward over copies of their slots."""
+        import torch
+
+        candidates = streams[0].request.candidates
+        multi = [seq for seq in candidates.sequences if len(seq) > 1]
+        variants = multi or [()]
+        rows, chunks, starts, hidden = [], [], [], []
+        for s in streams:
+            queue = s.generated[s.fed: s.kept] + s.forced_ids
+            for variant in variants:
+                rows.append(s.row)
+                chunks.append(queue + list(variant[:-1]))
+                starts.append(s.prompt_len + min(s.kept, s.fed))
+                hidden.append((s.base + s.prompt_len + s.kept, s.base + s.prompt_len + s.fed))
+        length = self.cache.length
+        span = max(len(c) for c in chunks)
+        index = torch.tensor(rows, device=self.device)
+        cache = self.cache.gather(index, span)
+        mask = torch.cat([self.mask[index, :length],
+                          torch.ones((len(rows), span), dtype=self.mask.dtype, device=self.device)], dim=-1)
+        for row, (lo, hi) in enumerate(hidden):
+            if hi > lo:  # a cut: the CoT tokens after the cut point stay out of sight
+                mask[row, lo:hi] = 0
+        input_ids = torch.tensor([c + [self.pad] * (span - len(c)) for c in chunks], device=self.device)
+        positions = torch.tensor(starts, device=self.device).unsqueeze(-1) + torch.arange(span, device=self.device)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True)
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        for number, s in enumerate(streams):
+            first_row = number * len(variants)
+            queue_len = len(s.generated[s.fed: s.kept] + s.forced_ids)
+            first = logprobs[first_row, queue_len - 1]
+            totals: dict[int, float] = {}
+            for score, seq in zip(candidates.scores, candidates.sequences):
+                if len(seq) == 1:
+                    totals[score] = float(first[seq[0]])
+                    continue
+                row = first_row + multi.index(seq)
+                steps = logprobs[row, queue_len - 1: queue_len - 1 + len(seq)]
+                totals[score] = float(sum(steps[i, tok] for i, tok in enumerate(seq)))
+            scores = totals if candidates.single_token else exclusive_sequence_logprobs(totals, candidates)
+            self._complete(s, candidate_logprobs=scores)
+
+    # -- per-token bookkeeping (host) ----------------------------------------------------------
+    def _after_token(self, s: _Stream, token: int) -> bool:
+        """Record a sampled token; True when the continuation is over (EOS, delimiter or length)."""
         candidates = s.request.candidates
-        if token in self._eos_ids:
+        if token in self.backend._eos_ids:
             reason = "eos"
         else:
             s.generated.append(token)
@@ -309,51 +635,48 @@ class TransformersBackend(Backend):
                 reason = "delimiter"
             elif s.request.stop and self._hits_stop(s.generated, s.request.stop):
                 reason = "stop"
-            elif len(s.generated) >= sampling.max_new_tokens:
+            elif len(s.generated) >= self.sampling.max_new_tokens:
                 reason = "length"
         if not reason:
-            s.queue = [token]
-            return
+            return False
         s.finish_reason = reason
-        if candidates is None:
-            self._complete(s)
-            return
-        self._start_forcing(s, candidates, fed=len(s.generated) if reason == "eos" else len(s.generated) - 1)
+        if candidates is not None:
+            self._start_forcing(s, candidates)
+        return True
 
     def _ends_with_delimiter(self, generated: list[int], delimiter: str) -> bool:
-        tail = self.decode(generated[-(len(delimiter) + 2):])
-        return tail.endswith(delimiter)
+        """Token-level first: only a token that can end the delimiter's text costs a decode."""
+        if not self.backend.may_end(delimiter, generated[-1], inside=False):
+            return False
+        return self.backend.decode(generated[-(len(delimiter) + 2):]).endswith(delimiter)
 
-    def _hits_stop(self, generated: list[int], stops) -> bool:
-        """A stop string ends in the last token (it may sit inside a token, so search a short tail)."""
-        tail = self.decode(generated[-(max(len(stop) for stop in stops) + 2):])
+    def _hits_stop(self, generated: list[int], stops: tuple[str, ...]) -> bool:
+        """A stop string ends in the last token (it may sit inside a token, so search a short tail);
+        token-level first: only a token that can hold the end of a stop string costs a decode."""
+        if not any(self.backend.may_end(stop, generated[-1], inside=True) for stop in stops):
+            return False
+        tail = self.backend.decode(generated[-(max(len(stop) for stop in stops) + 2):])
         return any(stop in tail for stop in stops)
 
-    def _start_forcing(self, s: _Stream, candidates: ScoreCandidates, fed: int) -> None:
-        """Plan the ids to feed before the readout: rest of the CoT, forced delimiter, bridge.
-
-        ``fed`` generated ids are already in the cache (the last sampled one is not,
-        unless the CoT ended with EOS, which is never fed).
-        """
-        text = self.decode(s.generated)
+    def _start_forcing(self, s: _Stream, candidates: ScoreCandidates) -> None:
+        """TRACT's rule (protocol.finish_cot): keep the CoT up to a stop or the cut, force the
+        delimiter, then the bridge."""
+        decode = self.backend.decode
+        text = decode(s.generated)
         kept_text, forced_text, cut = finish_cot(text, candidates.delimiter, s.request.cut_marker, s.request.stop)
         s.cut = cut
-        s.kept = kept_prefix_length(self.decode, s.generated, kept_text) if cut else len(s.generated)
+        s.kept = kept_prefix_length(decode, s.generated, kept_text) if cut else len(s.generated)
         if cut:  # the cut may fall inside a token: force the text between the boundary and the cut
-            forced_text = kept_text[len(self.decode(s.generated[: s.kept])):] + forced_text
+            forced_text = kept_text[len(decode(s.generated[: s.kept])):] + forced_text
         s.forced_text = forced_text
-        s.forced_ids = (self.encode(forced_text) if forced_text else []) + list(candidates.bridge_ids)
-        if s.kept >= fed:
-            s.queue = s.generated[fed: s.kept] + s.forced_ids
-        else:
-            s.mask_back = fed - s.kept
-            s.queue = list(s.forced_ids)
+        s.forced_ids = (self.backend.encode(forced_text) if forced_text else []) + list(candidates.bridge_ids)
         s.forcing = True
 
     def _complete(self, s: _Stream, candidate_logprobs: dict[int, float] | None = None) -> None:
         ids = s.generated[: s.kept] + s.forced_ids if s.forcing else list(s.generated)
+        decode = self.backend.decode
         # decode with the prompt so tokenizers that drop a leading space keep it
-        text = self.decode(s.prompt_ids + ids)[len(self.decode(s.prompt_ids)):]
+        text = decode(s.prompt_ids + ids)[len(decode(s.prompt_ids)):]
         s.completion = Completion(
             text=text,
             finish_reason=s.finish_reason,

@@ -88,7 +88,7 @@ class VLLMBackend(Backend):
         }
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
-                 on_done: OnDone | None = None) -> list[list[Completion]]:
+                 on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
         from vllm import SamplingParams, TokensPrompt
 
         prompts = [self.encode(r.prompt) for r in requests]

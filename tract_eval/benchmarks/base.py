@@ -180,9 +180,12 @@ def locate_data(card: BenchmarkCard, data_dir: Path | None) -> LocatedData:
             return LocatedData(card.urls[0], cached, _verify(card, cached))
     if card.hub_id:
         if not hub_reachable():
+            if not card.files:  # --bench hf:ORG/NAME: there is no local layout to point at
+                raise DataUnavailable(f"hub dataset {card.hub_id}: the Hugging Face hub is unreachable (or "
+                                      "HF_HUB_OFFLINE is set); export it to a .jsonl/.csv/.parquet file and pass that")
             raise DataUnavailable(
                 f"{card.title}: not found locally ({looked}) and the Hugging Face hub is unreachable "
-                f"(hub dataset {card.hub_id}); pass --data-dir with {', '.join(card.files) or 'the files'}"
+                f"(hub dataset {card.hub_id}); pass --data-dir with {', '.join(card.files)}"
             )
         import datasets
 

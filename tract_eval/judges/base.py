@@ -98,8 +98,10 @@ class Judge:
         return template if isinstance(template, str) else None
 
     # -- judging -------------------------------------------------------------------
-    def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None) -> list[Prediction]:
-        """One prediction row per sample (see README: predictions.jsonl), in order."""
+    def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None,
+              batch_size: int | str | None = None) -> list[Prediction]:
+        """One prediction row per sample (see README: predictions.jsonl), in order; ``batch_size``
+        continuations decode at once (default: the config's), the backend refilling finished slots."""
         inputs = [self.build_input(s) for s in samples]
         started = time.perf_counter()
         rows: list[Prediction | None] = [None] * len(samples)
@@ -109,7 +111,7 @@ class Judge:
             if on_row:
                 on_row(rows[index])
 
-        self.variant.run(samples, inputs, first_cot, finish)
+        self.variant.run(samples, inputs, first_cot, finish, batch_size or self.config.batch_size)
         return rows  # type: ignore[return-value]
 
     def score_given_cots(self, samples: list[Sample], cots: list[list[str]], on_row: OnRow | None = None) -> list[Prediction]:
@@ -147,8 +149,9 @@ class Judge:
                 if completion.candidate_logprobs is None:  # the server's answer could not be read
                     per_cot.append(None)
                     continue
-                weights = probs if cfg.renormalize else raw
-                # an incomplete distribution is no score unless the judge says to renormalise what is there
+                # raw probabilities of absent candidates are unknown: policy "renormalize" scores over the
+                # candidates present, renormalised; an incomplete distribution is otherwise no score
+                weights = probs if cfg.renormalize or completion.missing_candidates else raw
                 usable = mass > 0 and (not completion.missing_candidates or cfg.partial_candidates == "renormalize")
                 per_cot.append(sum(int(s) * p for s, p in weights.items()) if usable else None)
             else:

@@ -76,18 +76,21 @@ class JudgeVariant:
         return derive_score_candidates(tokenizer, self.config.delimiter, self.config.scale)
 
     # -- judging -------------------------------------------------------------------------
-    def run(self, samples: list["Sample"], inputs: list[str], first_cot: int, finish: Finish) -> None:
+    def run(self, samples: list["Sample"], inputs: list[str], first_cot: int, finish: Finish,
+            batch_size: int | str | None = None) -> None:
+        """Judge the samples, calling ``finish`` per sample; ``batch_size`` sequences decode at once."""
         raise NotImplementedError
 
     def score(self, completion: Completion) -> float | None:
         """The score of one completion (RAIL variants: the judge computes it from the distribution)."""
         raise NotImplementedError
 
-    def _one_token(self, keys: list[str], prompts: list[str]) -> list[Completion]:
+    def _one_token(self, keys: list[str], prompts: list[str], batch_size=None) -> list[Completion]:
         """One token sampled after each prompt with the judge's sampling settings (TRACT's decode readout)."""
         sampling = dataclasses.replace(self.config.sampling, max_new_tokens=1)
         requests = [GenerationRequest(key=key, prompt=prompt) for key, prompt in zip(keys, prompts)]
-        return [group[0] for group in self.judge.backend.generate(requests, sampling, self.config.seed)]
+        return [group[0] for group in self.judge.backend.generate(requests, sampling, self.config.seed,
+                                                                  batch_size=batch_size)]
 
 
 class CotRail(JudgeVariant):
@@ -97,14 +100,14 @@ class CotRail(JudgeVariant):
     writes_cot = True
     reads_distribution = True
 
-    def run(self, samples, inputs, first_cot, finish):
+    def run(self, samples, inputs, first_cot, finish, batch_size=None):
         cfg = self.config
         requests = [
             GenerationRequest(key=sample.id, prompt=text, n=cfg.n_cot, first_index=first_cot,
                               candidates=self.judge.candidates, cut_marker=cfg.cut_marker, stop=cfg.stop)
             for sample, text in zip(samples, inputs)
         ]
-        self.judge.backend.generate(requests, cfg.sampling, cfg.seed,
+        self.judge.backend.generate(requests, cfg.sampling, cfg.seed, batch_size=batch_size,
                                     on_done=lambda index, completions: finish(index, completions, [0] * len(completions)))
 
 
@@ -116,12 +119,12 @@ class CotDecode(JudgeVariant):
     writes_cot = True
     reads_distribution = False
 
-    def run(self, samples, inputs, first_cot, finish):
+    def run(self, samples, inputs, first_cot, finish, batch_size=None):
         cfg = self.config
         stops = tuple(cfg.stop) + (cfg.delimiter,)  # text after the delimiter is cut anyway
         requests = [GenerationRequest(key=sample.id, prompt=text, n=cfg.n_cot, first_index=first_cot, stop=stops)
                     for sample, text in zip(samples, inputs)]
-        cots = self.judge.backend.generate(requests, cfg.sampling, cfg.seed)
+        cots = self.judge.backend.generate(requests, cfg.sampling, cfg.seed, batch_size=batch_size)
         bridge = self.judge.candidates.bridge_text
         keys, prompts, finished = [], [], []
         for sample, text, group in zip(samples, inputs, cots):
@@ -130,7 +133,7 @@ class CotDecode(JudgeVariant):
                 finished.append((kept, forced + bridge, cut, completion))
                 keys.append(f"{sample.id}\0score\0{first_cot + i}")  # its own random stream
                 prompts.append(text + kept + forced + bridge)
-        tokens = self._one_token(keys, prompts)
+        tokens = self._one_token(keys, prompts, batch_size)
         position = 0
         for index, group in enumerate(cots):
             completions = []
@@ -167,7 +170,7 @@ class ScoreOnlyRail(JudgeVariant):
         anchor = self.finish_input(render(self.messages_for("###Feedback:", None)))
         return derive_first_token_candidates(tokenizer, anchor, self.config.scale)
 
-    def run(self, samples, inputs, first_cot, finish):
+    def run(self, samples, inputs, first_cot, finish, batch_size=None):
         requests = [ScoreRequest(text, "", self.judge.candidates) for text in inputs]
         for index, completion in enumerate(self.judge.backend.score(requests)):
             finish(index, [completion], [0])
@@ -180,9 +183,10 @@ class ScoreOnlyDecode(ScoreOnlyRail):
     protocol = "score-only-decode"
     reads_distribution = False
 
-    def run(self, samples, inputs, first_cot, finish):
+    def run(self, samples, inputs, first_cot, finish, batch_size=None):
         bridge = self.judge.candidates.bridge_text
-        tokens = self._one_token([f"{s.id}\0score\0{first_cot}" for s in samples], [text + bridge for text in inputs])
+        tokens = self._one_token([f"{s.id}\0score\0{first_cot}" for s in samples], [text + bridge for text in inputs],
+                                 batch_size)
         for index, token in enumerate(tokens):
             finish(index, [dataclasses.replace(token, text=bridge + token.text, forced_text=bridge,
                                                score_text=token.text)], [0])
@@ -208,12 +212,12 @@ class Prometheus(JudgeVariant):
             return [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return [{"role": "user", "content": system + user}]  # no separator, as prometheus-eval
 
-    def run(self, samples, inputs, first_cot, finish):
+    def run(self, samples, inputs, first_cot, finish, batch_size=None):
         cfg = self.config
         backend = self.judge.backend
         requests = [GenerationRequest(key=sample.id, prompt=text, n=cfg.n_cot, first_index=first_cot)
                     for sample, text in zip(samples, inputs)]
-        results = backend.generate(requests, cfg.sampling, cfg.seed)
+        results = backend.generate(requests, cfg.sampling, cfg.seed, batch_size=batch_size)
         retries = [[0] * len(group) for group in results]
         for attempt in range(1, cfg.max_retries + 1):
             failed = [(s, i) for s, group in enumerate(results) for i, c in enumerate(group) if self.score(c) is None]
@@ -222,7 +226,7 @@ class Prometheus(JudgeVariant):
             # each regeneration draws from a fresh random stream of its own
             again = [GenerationRequest(key=f"{samples[s].id}\0retry{attempt}", prompt=inputs[s],
                                        first_index=first_cot + i) for s, i in failed]
-            for (s, i), group in zip(failed, backend.generate(again, cfg.sampling, cfg.seed)):
+            for (s, i), group in zip(failed, backend.generate(again, cfg.sampling, cfg.seed, batch_size=batch_size)):
                 results[s][i] = group[0]
                 retries[s][i] = attempt
         for index, group in enumerate(results):

@@ -64,7 +64,7 @@ class TrainConfig(TrainingArguments):
     save_strategy: str = "steps"
     save_steps: float = 500
     save_total_limit: int | None = 2
-    report_to: str | list[str] | None = "none"
+    report_to: None | str | list[str] = "none"  # the order TrainingArguments uses (HfArgumentParser reads it)
     remove_unused_columns: bool = False
 
     def __post_init__(self):

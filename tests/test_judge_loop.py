@@ -1,0 +1,178 @@
+"""The transformers judge loop (batched device sampling, continuous batching, chunked RAIL readout)
+against independent references, on a tiny random-weight Llama with the embedded tokenizer.
+
+The sampler changed with issue 9: each CoT's draws are counter-based uniforms of its stream seed and
+the token is picked by inverse CDF on the device, where the loop before drew with ``torch.multinomial``
+from a per-CoT CPU generator. Same seed, same CoTs therefore holds from this sampler on, not across
+that change; what is pinned here: the loop draws exactly what an unbatched, uncached reference
+sampler draws, whatever the batch size and slot reuse; CoTs K..2K-1 asked for later are the ones a
+2K-CoT request makes; the score read from the generation pass equals an independent forward pass
+within 1e-4 (cut path and multi-token candidates included).
+"""
+import numpy as np
+import pytest
+import torch
+
+from tract_eval.backends import GenerationRequest
+from tract_eval.backends.base import stream_seed
+from tract_eval.backends.sampling import logits_processors, sample_top_p, stream_uniforms
+from tract_eval.backends.transformers_backend import TransformersBackend
+from tract_eval.candidates import derive_score_candidates
+from tract_eval.config import SamplingConfig
+
+TOLERANCE = 1e-4  # float32, max abs difference of candidate log-probabilities
+SAMPLING = SamplingConfig(temperature=1.0, top_p=0.9, repetition_penalty=1.03, max_new_tokens=7)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tract_eval.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(None))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharper logits than the default init, so top-p removes a real tail
+        model.model.embed_tokens.weight.mul_(8)
+    return TransformersBackend.from_model(model, tokenizer, spec="tiny-random")
+
+
+@pytest.fixture(scope="module")
+def prompts(backend):
+    questions = ["What is 2+2?", "Name a colour and say why you like it.", "Hi", "Write one sentence about rain."]
+    return [backend.render_chat([{"role": "user", "content": q}]) for q in questions]
+
+
+def reference_cot(backend, request: GenerationRequest, index: int, sampling: SamplingConfig, seed: int) -> list[int]:
+    """One CoT, unbatched and without a cache: a full forward per token, the same processors and draw."""
+    prompt = backend.encode(request.prompt)
+    seed_of_stream = stream_seed(seed, request.key, request.first_index + index)
+    processors = logits_processors(sampling.repetition_penalty, sampling.temperature)
+    generated: list[int] = []
+    with torch.inference_mode():
+        while len(generated) < sampling.max_new_tokens:
+            ids = torch.tensor([prompt + generated])
+            scores = processors(ids, backend.model(input_ids=ids).logits[:, -1].float())
+            u = stream_uniforms(np.array([seed_of_stream], dtype=np.uint64), np.array([len(generated)], dtype=np.uint64))
+            token = int(sample_top_p(scores, torch.from_numpy(u), sampling.top_p)[0])
+            if token in backend._eos_ids:
+                break
+            generated.append(token)
+            if request.candidates and backend.decode(generated).endswith(request.candidates.delimiter):
+                break
+    return generated
+
+
+def check_readout(backend, request, completion, candidates):
+    ids = backend.encode(request.prompt) + completion.token_ids
+    reference = backend.readout_logprobs([ids], candidates)[0]
+    assert max(abs(reference[s] - completion.candidate_logprobs[s]) for s in reference) <= TOLERANCE
+    assert backend.decode(ids).endswith(completion.text)
+    assert completion.text.endswith(candidates.delimiter + candidates.bridge_text)
+
+
+def test_uniforms_depend_only_on_stream_and_draw():
+    seeds = np.array([1, 2**63 - 1, 12345, 1], dtype=np.uint64)
+    draws = np.array([0, 5, 7, 1], dtype=np.uint64)
+    together = stream_uniforms(seeds, draws)
+    alone = [stream_uniforms(seeds[i:i + 1], draws[i:i + 1])[0] for i in range(4)]
+    assert together.dtype == np.float32 and list(together) == alone
+    assert together[0] != together[3]  # the draw index moves the stream on
+    many = stream_uniforms(np.full(20000, 99, dtype=np.uint64), np.arange(20000, dtype=np.uint64))
+    assert many.min() >= 0 and many.max() < 1 and abs(many.mean() - 0.5) < 0.01
+
+
+def test_top_p_draw_is_the_inverse_cdf_of_transformers_top_p_set():
+    from transformers import TopPLogitsWarper
+
+    torch.manual_seed(1)
+    scores = torch.randn(3, 40) * 2
+    scores[1, :4] = 5.0  # ties: ordered by id
+    kept = TopPLogitsWarper(0.9)(None, scores.clone()) > float("-inf")
+    grid = torch.arange(4000, dtype=torch.float32) / 4000
+    for row in range(3):
+        drawn = sample_top_p(scores[row].expand(len(grid), -1), grid, 0.9)
+        assert set(drawn.tolist()) == set(torch.nonzero(kept[row]).flatten().tolist())
+        probs = torch.softmax(scores[row].masked_fill(~kept[row], float("-inf")), dim=-1)
+        frequency = torch.bincount(drawn, minlength=40) / len(grid)
+        assert torch.allclose(frequency, probs, atol=2 / len(grid))
+        assert drawn[0] == int(torch.argmax(scores[row]))  # u = 0: the most probable token
+    tied = sample_top_p(scores[1].expand(len(grid), -1), grid, 0.9)
+    assert list(dict.fromkeys(tied.tolist()))[:4] == [0, 1, 2, 3]  # equal scores: lower id first
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+@pytest.mark.parametrize("batch_size", [1, 3, None])
+def test_loop_draws_what_the_unbatched_reference_draws(backend, prompts, batch_size):
+    requests = [GenerationRequest(f"q{i}", p, n=2) for i, p in enumerate(prompts[:3])]
+    out = backend.generate(requests, SAMPLING, seed=5, batch_size=batch_size)
+    for request, completions in zip(requests, out):
+        for index, completion in enumerate(completions):
+            assert completion.token_ids == reference_cot(backend, request, index, SAMPLING, seed=5)
+    assert len({c.text for c in out[0]}) == 2  # each CoT its own stream
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_later_cots_are_the_ones_a_larger_request_makes(backend, prompts):
+    both = backend.generate([GenerationRequest("a", prompts[0], n=4)], SAMPLING, seed=2)[0]
+    later = backend.generate([GenerationRequest("a", prompts[0], n=2, first_index=2)], SAMPLING, seed=2, batch_size=1)[0]
+    assert [c.token_ids for c in later] == [c.token_ids for c in both[2:]]
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+@pytest.mark.parametrize("scale", [(1, 5), (1, 10)])
+@pytest.mark.parametrize("cut_marker", ["So the overall", "e"])
+def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut_marker):
+    """Length-limited CoTs get the delimiter forced; with "e" as cut marker they are cut (usually
+    inside a token) and the CoT tokens after the cut are masked; 1-10 has the two-token "10"."""
+    candidates = derive_score_candidates(backend.tokenizer(), scale=scale)
+    assert scale == (1, 5) or not candidates.single_token
+    requests = [GenerationRequest(f"r{i}", p, n=2, candidates=candidates, cut_marker=cut_marker)
+                for i, p in enumerate(prompts)]
+    out = backend.generate(requests, SAMPLING, seed=3, batch_size=3)
+    everything = backend.generate(requests, SAMPLING, seed=3)
+    assert [[c.text for c in g] for g in out] == [[c.text for c in g] for g in everything]
+    if cut_marker == "e":
+        assert all(c.cut for group in out for c in group)
+    for request, completions in zip(requests, out):
+        for completion in completions:
+            assert completion.finish_reason == "length"
+            check_readout(backend, request, completion, candidates)
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_delimiter_and_eos_finish_cots_of_varying_length(backend, prompts, monkeypatch):
+    """A one-letter delimiter ("e") ends many CoTs early, and extra end-of-sequence ids end others:
+    slots are refilled at different steps, and every CoT still matches the reference and the readout."""
+    tok = backend.tokenizer()
+    candidates = derive_score_candidates(tok, delimiter="e", scale=(1, 10))
+    eos = set(tok(" the, and. to of", add_special_tokens=False)["input_ids"])
+    monkeypatch.setattr(backend, "_eos_ids", backend._eos_ids | eos)
+    requests = [GenerationRequest(f"d{i}", p, n=3, candidates=candidates) for i, p in enumerate(prompts)]
+    out = backend.generate(requests, SAMPLING, seed=11, batch_size=2)
+    reasons = {c.finish_reason for group in out for c in group}
+    assert "delimiter" in reasons
+    for request, completions in zip(requests, out):
+        for index, completion in enumerate(completions):
+            if not completion.cut:  # (a cut, e.g. of trailing whitespace, drops sampled ids from token_ids)
+                sampled = completion.token_ids[: completion.generated_tokens]
+                assert sampled == reference_cot(backend, request, index, SAMPLING, seed=11)
+            assert not eos & set(completion.token_ids)
+            check_readout(backend, request, completion, candidates)
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_batch_size_auto_is_a_setting_and_needs_cuda(backend):
+    from tract_eval.config import JudgeConfig
+    from tract_eval.errors import ConfigError
+
+    assert JudgeConfig(name="j", batch_size="auto").batch_size == "auto"
+    with pytest.raises(ConfigError, match="batch_size must be >= 1 or 'auto'"):
+        JudgeConfig(name="j", batch_size="many")
+    if backend.device.type != "cuda":
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            backend.generate([GenerationRequest("x", "hello")], SAMPLING, seed=0, batch_size="auto")
