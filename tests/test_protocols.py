@@ -325,3 +325,9 @@ def test_score_only_training_rows_end_where_the_score_only_readout_reads(tokeniz
     assert ids == chat_ids + list(candidates.bridge_ids) + [score_id, tokenizer.eos_token_id]
     assert tokenizer.decode(ids[:-1]) == tokenizer.decode(chat_ids) + " 4"  # right after "[/INST] " / "assistant "
     assert (labels[-2] == IGNORE) == (objective == "raft")
+
+
+def test_without_a_cut_marker_a_written_delimiter_still_ends_the_cot():
+    assert finish_cot("Fine. " + DELIMITER, DELIMITER, None) == ("Fine. " + DELIMITER, "", False)
+    assert finish_cot("Fine. So the overall quality", DELIMITER, None) == ("Fine. So the overall quality",
+                                                                           " " + DELIMITER, False)

@@ -100,6 +100,9 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
     rows, validation = split_validation(rows, config.validation_ratio, config.seed)
     candidates, features, too_long = encode_rows(rows, tokenizer, judge, config.objective, config.max_length)
     _, eval_features, _ = encode_rows(validation, tokenizer, judge, config.objective, config.max_length)
+    if config.validation_ratio and not eval_features:
+        log.warning("validation_ratio %s holds out no row of %d; training without a held-out set",
+                    config.validation_ratio, len(rows))
     if too_long:
         log.warning("%d of %d rows are longer than max_length=%d tokens and are left out: %s",
                     len(too_long), len(rows), config.max_length, ", ".join(too_long[:10]))
@@ -107,7 +110,8 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
         raise ValueError(f"no training row fits in max_length={config.max_length} tokens")
     model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target)
     checkpoints = out / "checkpoints"
-    args = dataclasses.replace(config, output_dir=str(checkpoints))
+    args = dataclasses.replace(config, output_dir=str(checkpoints), **(
+        {} if eval_features else {"validation_ratio": 0.0, "eval_strategy": "no"}))
     trainer = ScoreTrainer(
         model=model, args=args, train_dataset=features, eval_dataset=eval_features or None,
         data_collator=LeftPadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
