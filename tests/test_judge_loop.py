@@ -176,3 +176,20 @@ def test_batch_size_auto_is_a_setting_and_needs_cuda(backend):
     if backend.device.type != "cuda":
         with pytest.raises(ValueError, match="needs a CUDA device"):
             backend.generate([GenerationRequest("x", "hello")], SAMPLING, seed=0, batch_size="auto")
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_loglikelihood_follows_the_chain_rule(backend, prompts):
+    context, first, second = prompts[0], "The cat", " sat down."
+    assert backend.encode(context) + backend.encode(first) == backend.encode(context + first)
+    assert backend.encode(context + first) + backend.encode(second) == backend.encode(context + first + second)
+    [(whole, n_whole, _), (head, n_head, _), (tail, n_tail, _)] = backend.loglikelihood(
+        [(context, first + second), (context, first), (context + first, second)])
+    assert n_whole == n_head + n_tail == len(backend.encode(first + second))
+    assert whole < 0 and abs(whole - (head + tail)) <= TOLERANCE
+    greedy = backend.generate([GenerationRequest("g", context)], SamplingConfig(temperature=0.0, repetition_penalty=1.0,
+                                                                                max_new_tokens=3), seed=0)[0][0]
+    ids = greedy.token_ids
+    text = backend.decode(ids)
+    if backend.encode(context) + backend.encode(text) == backend.encode(context) + ids:
+        assert backend.loglikelihood([(context, text)])[0][2]  # the greedy continuation is greedy

@@ -129,3 +129,14 @@ def test_credentials_in_the_url_never_reach_the_manifest(tmp_path, tokenizer_dir
         result = run_benchmark(openai_judge(url, tokenizer_dir), load_benchmark("vicuna", data_dir), tmp_path, limit=1)
     text = (result.out_dir / "manifest.json").read_text()
     assert "SECRET" not in text and "http://***@127.0.0.1" in text
+
+
+def test_a_server_that_states_its_context_gets_too_long_rows(tmp_path, tokenizer_dir, data_dir):
+    vicuna = load_benchmark("vicuna", data_dir)
+    with FaultyOpenAIServer(max_model_len=300) as server:  # shorter than most Vicuna prompts
+        judge = openai_judge(server.base_url, tokenizer_dir)
+        result = run_benchmark(judge, vicuna, tmp_path, limit=4)
+        assert judge.backend.context_length() == 300
+    rows = read_predictions(result.out_dir / "predictions.jsonl")
+    assert {r["status"] for r in rows} <= {"ok", "too_long"} and result.metrics["statuses"].get("too_long")
+    assert all(r["prompt_tokens"] + r["meta"]["generation_budget"] > 300 for r in rows if r["status"] == "too_long")

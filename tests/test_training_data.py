@@ -42,7 +42,11 @@ def test_split_feedback():
 
 def test_shared_files_give_one_row_per_feedback(shared_file):
     vicuna, mt_bench = shared_file("vicuna_eval.json"), shared_file("mt_bench_eval.json")
-    prepared = prepare([str(vicuna), str(mt_bench)])
+    # their feedbacks never say "So the overall": TRACT's rule leaves every one out, and counts it
+    strict = prepare([str(vicuna), str(mt_bench)])
+    assert strict.rows == [] and len(strict.rejected) == 1920
+    assert all("So the overall" in r.reason for r in strict.rejected)
+    prepared = prepare([str(vicuna), str(mt_bench)], force_delimiter=True)  # the named departure
     assert len(prepared.rows) == 1920 and prepared.rejected == []
     first = json.loads(vicuna.read_text())[0]
     row = prepared.rows[0]
@@ -64,7 +68,7 @@ def test_prometheus_rows_with_bad_annotations_are_reported(tmp_path, shared_file
     ]
     path = tmp_path / "annotated.json"
     path.write_text(json.dumps(records))
-    prepared = prepare([str(path)])
+    prepared = prepare([str(path)], force_delimiter=True)
     assert [r.id for r in prepared.rows] == ["annotated:0:0"]
     reasons = {r.row: r.reason for r in prepared.rejected}
     assert "not an integer in 1..5" in reasons["0.gpt4_feedback[1]"]
@@ -90,24 +94,38 @@ def feedback_collection_record(prompt: str, output: str) -> dict:
     return record
 
 
-def test_feedback_collection_jsonl(tmp_path, shared_file):
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "tract"
+
+
+def test_feedback_collection_jsonl_as_tract_prepares_it(tmp_path, shared_file):
     prompt = json.loads(shared_file("vicuna_eval.json").read_text())[0]["instruction"]
     records = [
-        feedback_collection_record(prompt, "The response is thorough. [RESULT] 4"),
+        feedback_collection_record(prompt, "The response is thorough. So the overall score is 4. [RESULT] 4"),
+        feedback_collection_record(prompt, "Thorough, no closing sentence. [RESULT] 4"),
         feedback_collection_record(prompt, "No verdict here."),
-        {**feedback_collection_record(prompt, "Short. [RESULT] 2"), "orig_score3_description": None},
+        {**feedback_collection_record(prompt, "Short. So the overall. [RESULT] 2"), "orig_score3_description": None},
     ]
     path = tmp_path / "feedback_collection.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     prepared = prepare([str(path)])
     assert len(prepared.rows) == 1
     row = prepared.rows[0]
-    assert row.prompt == prompt  # rendered from orig_* exactly as the Prometheus files write it
+    # TRACT's with_feedback.prompt (paper Table 4) filled with the row's columns, as prepare_dataset.py does
+    assert row.prompt == (REFERENCE / "with_feedback.prompt").read_text().format(**records[0])
     assert (row.cot, row.score) == ("The response is thorough. So the overall score is", 4)
-    assert [(r.row, r.reason) for r in prepared.rejected] == [
-        ("1", "no '[RESULT]' marker in the output"),
-        ("2", "missing column orig_score3_description"),
+    assert [(r.row, r.reason.split(" (")[0]) for r in prepared.rejected] == [
+        ("1", "no 'So the overall' in the output"),
+        ("2", "no '[RESULT]' marker in the output"),
+        ("3", "missing column(s) ['orig_score3_description']"),
     ]
+    forced = prepare([str(path)], force_delimiter=True)
+    assert [r.cot for r in forced.rows][1] == "Thorough, no closing sentence. So the overall score is"
+
+    score_only = prepare([str(path)], mode="score-only")
+    assert [(r.cot, r.score) for r in score_only.rows] == [("", 4), ("", 4)]
+    assert score_only.rows[0].prompt == (REFERENCE / "no_feedback.prompt").read_text().format(**records[0])
+    with pytest.raises(TrainingDataError, match="orig_"):
+        prepare([str(shared_file("vicuna_eval.json"))], mode="score-only")
 
 
 def test_unknown_format_and_missing_file(tmp_path):
@@ -208,3 +226,10 @@ def test_cli_module_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode, name", [("cot", "with_feedback.prompt"), ("score-only", "no_feedback.prompt")])
+def test_training_prompts_are_tracts_bytes(mode, name):
+    from tract_eval.training.data import training_prompt_template
+
+    assert training_prompt_template(mode) == (REFERENCE / name).read_text(encoding="utf-8")

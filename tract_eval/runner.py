@@ -24,10 +24,9 @@ from .benchmarks import Benchmark, DataFormatError, Sample
 from .errors import ConfigError, InputNotFoundError, UserError
 from .judges import Judge
 from .metrics import generation_summary
-from .config import SESSION_BACKEND_OPTIONS
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
                       write_json_atomic, write_jsonl_atomic)
-from .redaction import is_secret_name, redact
+from .redaction import redact
 from .settings import RunIdentity, bench_identity, run_identity
 
 log = logging.getLogger(__name__)
@@ -153,8 +152,7 @@ def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
         "limit": limit,
         "batch_size": batch_size or cfg.batch_size,
         "device": cfg.device,
-        "backend_options": redact({k: v for k, v in cfg.backend_options.items()
-                                   if k in SESSION_BACKEND_OPTIONS or is_secret_name(k)}),
+        "backend_options": redact(cfg.backend_options),  # all of them; the identity holds the ones that score
         "versions": _versions(),
         "git_revision": git_revision(),
     }

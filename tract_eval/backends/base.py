@@ -98,6 +98,17 @@ class Backend(ABC):
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
         """Score readout after supplied continuations, one per request."""
 
+    def candidate_logprobs(self, contexts: list[str], candidates: ScoreCandidates) -> list[dict[int, float]]:
+        """Raw log-probabilities of each score candidate right after each context text (no TRACT
+        rule applied: the context is read as given)."""
+        raise NotImplementedError(f"the {self.name} backend cannot read candidate log-probabilities")
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int, bool]]:
+        """lm-eval's ``loglikelihood``: for each ``(context, continuation)``, the summed log-probability
+        of the continuation's tokens after the context's, their count, and whether greedy decoding
+        would have produced them. Perplexity is ``exp(-sum / count)``."""
+        raise NotImplementedError(f"the {self.name} backend cannot score log-likelihoods")
+
     def encode(self, text: str) -> list[int]:
         """Token ids of a text that already carries its special tokens (chat template applied)."""
         return list(self.tokenizer()(text, add_special_tokens=False)["input_ids"])

@@ -151,6 +151,25 @@ class TransformersBackend(Backend):
                 ))
         return out
 
+    def candidate_logprobs(self, contexts: list[str], candidates: ScoreCandidates) -> list[dict[int, float]]:
+        return self.readout_logprobs([self.encode(text) for text in contexts], candidates)
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int, bool]]:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for context, continuation in pairs:
+                context_ids, ids = self.encode(context), self.encode(continuation)
+                if not context_ids or not ids:
+                    raise ValueError("loglikelihood needs a non-empty context and continuation")
+                inputs = torch.tensor([context_ids + ids], device=self.device)
+                logits = self.model(input_ids=inputs).logits[0, len(context_ids) - 1: -1].float()
+                target = torch.tensor(ids, device=self.device)
+                logprob = float(torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).sum())
+                out.append((logprob, len(ids), bool((logits.argmax(dim=-1) == target).all())))
+        return out
+
     # -- token-level stop detection and batch sizing ---------------------------------
     def may_end(self, text: str, token: int, inside: bool) -> bool:
         """Whether ``text`` can end with (``inside``: end within) the generated token ``token``,

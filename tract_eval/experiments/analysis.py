@@ -25,21 +25,13 @@ def continuation_nll(backend, prompt: str, continuation: str) -> tuple[float, in
     Tokenised the way score readouts are (prompt ids, then continuation ids), so the numbers describe
     exactly the text a RAIL read conditions on.
     """
-    import torch
-
-    model = getattr(backend, "model", None)
-    if model is None or not hasattr(backend, "encode"):
-        raise ConfigError(f"perplexity needs a backend with local weights (transformers), not {backend.name!r}")
-    prompt_ids, cot_ids = backend.encode(prompt), backend.encode(continuation)
-    if not cot_ids:
+    if not backend.encode(continuation):
         raise ConfigError("cannot compute the perplexity of an empty CoT")
-    ids = torch.tensor([prompt_ids + cot_ids], device=backend.device)
-    with torch.inference_mode():
-        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1: -1].float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    target = torch.tensor(cot_ids, device=backend.device)
-    nll = -float(logprobs.gather(-1, target.unsqueeze(-1)).sum())
-    return nll, len(cot_ids)
+    try:
+        [(logprob, tokens, _)] = backend.loglikelihood([(prompt, continuation)])
+    except NotImplementedError as exc:
+        raise ConfigError(f"perplexity: {exc}") from None
+    return -logprob, tokens
 
 
 def perplexity(backend, pairs: list[tuple[str, str]], on_item=None) -> Perplexity:

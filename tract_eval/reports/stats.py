@@ -97,10 +97,10 @@ def absolute_measure(key: str, gold: np.ndarray, prediction: np.ndarray) -> floa
 
 @dataclass
 class PairData:
-    keys: list[str]  # subset/pair_id of the pairs with both sides scored, sorted
+    keys: list[str]  # subset/pair_id of the judged pairs, sorted
     subsets: np.ndarray
     sections: np.ndarray
-    outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie, 0 otherwise
+    outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie or an unscored side, 0 otherwise
     n_pairs: int  # pairs in the run, scored or not
     parse_failures: int
 
@@ -126,7 +126,8 @@ class PairData:
 
 
 def pair_data(run: Run) -> PairData:
-    """Chosen/rejected outcomes of the pairs with both sides scored (pairing by the package metrics)."""
+    """Chosen/rejected outcomes of the judged pairs (pairing and scoring by the package metrics: a tie or
+    an unscored side is 0.5, as reward-bench)."""
     from ..metrics import pair_outcomes
 
     for number, row in enumerate(run.rows, start=1):

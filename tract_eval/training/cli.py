@@ -72,6 +72,12 @@ def train_parser(prog: str = "tract-eval train") -> argparse.ArgumentParser:
     prepare.add_argument("--out", required=True, help="output JSONL")
     prepare.add_argument("--judge", default="tract", help="judge card giving the delimiter and scale")
     prepare.add_argument("--limit", type=int)
+    prepare.add_argument("--score-only", action="store_true",
+                         help="score-only rows (TRACT's no_feedback prompt, the bare score) for --objective ce|raft "
+                              "with a score-only judge (B.1 CE, B.4 RAFT)")
+    prepare.add_argument("--force-delimiter", action="store_true",
+                         help="keep feedback that never says 'So the overall' by appending the delimiter "
+                              "(TRACT leaves such rows out)")
     prepare.set_defaults(func=_cmd_prepare)
 
     for name, func, text in (
@@ -182,7 +188,8 @@ def _cmd_prepare(args) -> int:
 
     try:
         judge = load_judge_card(args.judge)
-        prepared = prepare(args.source, judge.delimiter, judge.scale, args.limit)
+        prepared = prepare(args.source, judge.delimiter, judge.scale, args.limit,
+                           mode="score-only" if args.score_only else "cot", force_delimiter=args.force_delimiter)
     except (TrainingDataError, FileNotFoundError, ValueError) as exc:
         return _fail(exc)
     count = write_jsonl(args.out, (row.to_dict() for row in prepared.rows))
@@ -190,7 +197,7 @@ def _cmd_prepare(args) -> int:
     if prepared.rejected:
         rejected_path = Path(args.out).with_suffix(".rejected.jsonl")
         write_jsonl(rejected_path, (vars(r) for r in prepared.rejected))
-        print(f"left out {len(prepared.rejected)} unparsable rows (listed in {rejected_path}):")
+        print(f"left out {len(prepared.rejected)} rows (listed in {rejected_path}):")
         for item in prepared.rejected[:10]:
             print(f"  {item.source} row {item.row}: {item.reason}")
     return 0 if count else 1
