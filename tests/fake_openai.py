@@ -39,9 +39,10 @@ def score_logprobs(prompt: str) -> dict[str, float]:
 
 
 class FaultyOpenAIServer:
-    def __init__(self, faults=None, stall_seconds: float = 1.5):
+    def __init__(self, faults=None, stall_seconds: float = 1.5, max_model_len: int | None = None):
         self.faults = faults if callable(faults) else list(faults or [])
         self.stall_seconds = stall_seconds
+        self.max_model_len = max_model_len  # listed in /models as vLLM does, when given
         self.posts = 0
         self.injected: Counter = Counter()
         self._lock = threading.Lock()
@@ -64,8 +65,10 @@ class FaultyOpenAIServer:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    data = {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0,
-                                                        "owned_by": "tract-eval-tests"}]}
+                    model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "tract-eval-tests"}
+                    if server.max_model_len:
+                        model["max_model_len"] = server.max_model_len
+                    data = {"object": "list", "data": [model]}
                     self._send(200, json.dumps(data).encode())
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}')

@@ -17,12 +17,16 @@ def test_api_is_exported():
 @pytest.mark.slow
 def test_grade_rail_reads_a_distribution_over_the_scale(embedded_backend):
     g = tract_eval.grade("What is 2+2?", "4", "Is the answer correct?", judge="rail")
-    assert g.status == "ok" and len(g.cots) == 1  # rail writes no CoT: only the delimiter it reads after
+    assert g.status == "ok" and len(g.cots) == 1  # rail writes no CoT
     assert sorted(g.probs) == [1, 2, 3, 4, 5] and math.isclose(sum(g.probs.values()), 1.0, rel_tol=1e-6)
-    assert math.isclose(g.score, sum(k * p for k, p in g.probs.items()), rel_tol=1e-6)
+    raw = g.record.raw_probs[0]  # the paper's RAIL (default): expectation over the raw candidate probabilities
+    assert math.isclose(g.score, sum(int(k) * p for k, p in raw.items()), rel_tol=1e-6)
     assert "What is 2+2?" in g.record.input and "[Is the answer correct?]" in g.record.input
+    renormalised = tract_eval.grade("What is 2+2?", "4", "Is the answer correct?", judge="rail", renormalize=True)
+    assert math.isclose(renormalised.score, sum(k * p for k, p in renormalised.probs.items()), rel_tol=1e-6)
     # the scale reaches the prompt and the candidates
-    ten = tract_eval.grade("What is 2+2?", "4", "Is the answer correct?", judge="rail", scale="1-10")
+    ten = tract_eval.grade("What is 2+2?", "4", "Is the answer correct?", judge="tract", scale="1-10",
+                           max_new_tokens=4)
     assert sorted(ten.probs) == list(range(1, 11)) and "between 1 and 10" in ten.record.input
 
 

@@ -51,10 +51,13 @@ def test_decode_and_zero_shot_judges(tmp_path, data_dir, embedded_backend):
     assert main(["run", "--judge", "prometheus-2", "--max-new-tokens", "24", *common]) == 0
     manifest = json.loads((out / "prometheus-2" / "vicuna" / "manifest.json").read_text())
     assert "prometheus-eval/prometheus-7b-v2.0" in manifest["model_note"] and "embedded" in manifest["model_note"]
+    # score-only: TRACT's score-only prompt, the score read at the first assistant token after the bridge
     rail = [json.loads(x) for x in (out / "rail" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
-    assert all(r["cots"] == ["So the overall score is "] and r["generated_tokens"] == 0 for r in rail)
+    assert all(r["cots"] == [" "] and r["generated_tokens"] == 0 for r in rail)
+    assert all("Write a score betweeb 1 to 5" in r["input"] and r["input"].endswith("assistant") for r in rail)
     decode = [json.loads(x) for x in (out / "ce-decode" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
-    assert all(r["input"].endswith("So the overall score is") and r["score_probs"] == [] for r in decode)
+    assert all(r["input"] == rail[i]["input"] and r["score_probs"] == [] for i, r in enumerate(decode))
+    assert all(r["generated_tokens"] == 1 and r["cots"][0].startswith(" ") for r in decode)
     for r in decode:  # a parsed score, or a counted failure; never a silent drop
         assert (r["status"] == "ok") == (r["prediction"] is not None)
     prom = [json.loads(x) for x in (out / "prometheus-2" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
@@ -72,7 +75,8 @@ PLUGIN = textwrap.dedent('''
         @classmethod
         def default_config(cls):
             return JudgeConfig(name="terse-rail", description="plugin: zero-shot RAIL, strict system prompt",
-                               cot=False, predictor="rail", system_prompt="You are a strict grader.")
+                               protocol="score-only-rail", renormalize=True,
+                               system_prompt="You are a strict grader.")
 ''')
 
 

@@ -1,8 +1,19 @@
+import json
+import random
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from tract_eval.metrics import absolute_metrics, correlation_metrics, pairwise_metrics
+from tract_eval.metrics import (
+    absolute_metrics,
+    correlation_metrics,
+    pair_outcomes,
+    pairwise_metrics,
+    rewardbench_weights,
+)
+from tract_eval.reports.stats import REWARDBENCH_SCORE, rewardbench_scores
 
 
 def test_correlations_match_scipy():
@@ -43,27 +54,84 @@ def _pair(subset, section, pid, chosen, rejected):
     ]
 
 
-def test_rewardbench_accuracy_ties_sections_and_reasoning_weighting():
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def reference_weights():
+    data = json.loads((REFERENCE / "rewardbench" / "sections.json").read_text())
+    return data["EXAMPLE_COUNTS"], data["SUBSET_MAPPING"]
+
+
+def reward_bench_sections(accuracy: dict) -> dict:
+    """A direct computation of reward-bench's calculate_scores_per_section from sections.json, for the
+    sections with at least one judged subset."""
+    counts, mapping = reference_weights()
+    out = {}
+    for section, names in mapping.items():
+        present = [n for n in names if n in accuracy]
+        if present:
+            out[section] = sum(accuracy[n] * counts[n] for n in present) / sum(counts[n] for n in present)
+    return out
+
+
+def test_package_weights_are_reward_benchs():
+    counts, mapping = reference_weights()
+    ours_counts, ours_mapping = rewardbench_weights()
+    assert ours_counts == counts and {k: list(v) for k, v in ours_mapping.items()} == mapping
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("unparsed", ["half", "exclude"])
+def test_rewardbench_rule_on_synthetic_outcomes(seed, unparsed):
+    counts, mapping = reference_weights()
+    rng = random.Random(seed)
+    rows, expected_outcomes = [], {}
+    subsets = rng.sample(sorted(counts), k=rng.randint(1, len(counts)))
+    section_of = {n: s for s, names in mapping.items() for n in names}
+    for subset in subsets:
+        for pid in range(rng.randint(1, 6)):
+            chosen, rejected = (rng.choice([None, 1.0, 2.0, 3.0, 4.0, 5.0]) for _ in range(2))
+            rows += _pair(subset, section_of[subset], pid, chosen, rejected)
+            if chosen is None or rejected is None:
+                outcome = 0.5 if unparsed == "half" else None
+            else:
+                outcome = 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
+            if outcome is not None:
+                expected_outcomes.setdefault(subset, []).append(outcome)
+    m = pairwise_metrics(rows, unparsed)
+    accuracy = {n: sum(v) / len(v) for n, v in expected_outcomes.items()}
+    assert {n: s["accuracy"] for n, s in m["subsets"].items()} == pytest.approx(accuracy)
+    sections = reward_bench_sections(accuracy)
+    assert {n: s["accuracy"] for n, s in m["sections"].items()} == pytest.approx(sections)
+    assert m["score"] == pytest.approx(sum(sections.values()) / len(sections) if sections else None)
+    # the report/bootstrap path computes the same numbers through the same rule
+    keys = [p for p in pair_outcomes(rows, unparsed).values() if p["outcome"] is not None]
+    arrays = rewardbench_scores(np.array([p["subset"] for p in keys], dtype=object),
+                                np.array([p["outcome"] for p in keys], dtype=float))
+    assert {k: v for k, v in arrays.items() if k != REWARDBENCH_SCORE} == pytest.approx(sections)
+    coverage = m["coverage"]
+    assert set(coverage["subsets"]) == set(accuracy) and coverage["complete"] == (len(accuracy) == len(counts))
+    assert set(coverage["sections"]) | set(coverage["missing_sections"]) == set(mapping)
+
+
+def test_rewardbench_ties_and_unparsed_pairs():
     rows = (
         _pair("alpacaeval-easy", "Chat", 1, 4.0, 2.0)      # win
         + _pair("alpacaeval-easy", "Chat", 2, 3.0, 3.0)    # tie = half
-        + _pair("mt-bench-hard", "Chat Hard", 3, 1.0, 2.0)  # loss
-        + _pair("donotanswer", "Safety", 4, None, 2.0)     # parse failure: excluded, counted
-        + _pair("donotanswer", "Safety", 5, 5.0, 1.0)
+        + _pair("alpacaeval-easy", "Chat", 3, None, 2.0)   # unscored side = half (reward-bench)
         + _pair("math-prm", "Reasoning", 6, 1.0, 5.0)      # math 0.0
         + _pair("hep-go", "Reasoning", 7, 5.0, 1.0)        # code 1.0
-        + _pair("hep-rust", "Reasoning", 8, 5.0, 1.0)
-        + _pair("hep-rust", "Reasoning", 9, 5.0, 1.0)
     )
     m = pairwise_metrics(rows)
-    assert m["subsets"]["alpacaeval-easy"] == {"accuracy": 0.75, "n": 2}
-    assert m["sections"]["Chat"]["accuracy"] == 0.75
-    assert m["sections"]["Chat Hard"]["accuracy"] == 0.0
-    assert m["sections"]["Safety"] == {"accuracy": 1.0, "n": 1}
-    # math-prm weighs as much as all hep-* together: 0.5 * 0 + 0.5 * 1
-    assert m["sections"]["Reasoning"]["accuracy"] == 0.5
-    assert m["score"] == pytest.approx((0.75 + 0.0 + 1.0 + 0.5) / 4)
-    assert (m["n_pairs"], m["ties"], m["parse_failures"]) == (9, 1, 1)
+    assert m["subsets"]["alpacaeval-easy"] == {"accuracy": pytest.approx(2 / 3), "n": 3}
+    assert (m["n_pairs"], m["ties"], m["parse_failures"]) == (5, 1, 1)
+    # Reasoning: math-prm weighs 984 against hep-go's 164, as reward-bench's EXAMPLE_COUNTS say
+    assert m["sections"]["Reasoning"]["accuracy"] == pytest.approx((0 * 984 + 1 * 164) / (984 + 164))
+    assert m["coverage"]["missing_sections"] == ["Chat Hard", "Safety"]
+    assert "Chat" in m["coverage"]["incomplete_sections"]
+    excluded = pairwise_metrics(rows, "exclude")
+    assert excluded["subsets"]["alpacaeval-easy"] == {"accuracy": 0.75, "n": 2}
+    assert excluded["parse_failures"] == 1 and excluded["unparsed_pairs"] == "exclude"
 
 
 def test_half_judged_pairs_are_not_scored():

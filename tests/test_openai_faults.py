@@ -53,10 +53,36 @@ def test_retried_faults_end_with_the_clean_numbers(tmp_path, tokenizer_dir, data
         result = run_benchmark(judge, load_benchmark("vicuna", data_dir), tmp_path, limit=6)
         assert sum(server.injected.values()) == len(faults)
     assert scores(result.out_dir) == clean
+    print(f"\nfaults injected: {dict(server.injected)}; rows lost or changed: 0")
     manifest = json.loads((result.out_dir / "manifest.json").read_text())
     usage = manifest["backend"]["usage"]
     malformed = sum(f in MALFORMED for f in faults)
     assert usage["malformed"] == malformed and usage["retries"] >= len(faults) - malformed
+
+
+def test_random_faults_across_a_run_end_with_the_clean_numbers(tmp_path, tokenizer_dir, data_dir, clean):
+    """Every request may fail (transient or malformed), at most twice, so 3 retries always get through."""
+    import random
+    from collections import Counter
+
+    rng, seen = random.Random(5), Counter()
+    kinds = [429, 500, 503, "drop", "badjson", "html", "nochoices"]
+
+    def faults(number, body):
+        key = json.dumps(body, sort_keys=True)
+        if seen[key] < 2 and rng.random() < 0.4:
+            seen[key] += 1
+            readout = body.get("max_tokens") == 1
+            return rng.choice(kinds + (["nulllogprobs"] if readout else []))
+        return None
+
+    with FaultyOpenAIServer(faults) as server:
+        result = run_benchmark(openai_judge(server.base_url, tokenizer_dir, n_cot=2), load_benchmark("vicuna", data_dir),
+                               tmp_path, limit=6)
+    assert scores(result.out_dir) == clean
+    total = sum(server.injected.values())
+    print(f"\nfaults injected: {total} {dict(server.injected)} over {server.posts} requests; rows lost or changed: 0")
+    assert total >= 5
 
 
 def test_malformed_answers_that_persist_are_counted_failures_with_an_excerpt(tmp_path, tokenizer_dir, data_dir):
@@ -68,6 +94,7 @@ def test_malformed_answers_that_persist_are_counted_failures_with_an_excerpt(tmp
 
     with FaultyOpenAIServer(faults) as server:
         result = run_benchmark(openai_judge(server.base_url, tokenizer_dir), vicuna, tmp_path, limit=6)
+    print(f"\nfaults injected: {dict(server.injected)}; counted failures: 1 of 6 rows")
     rows = read_predictions(result.out_dir / "predictions.jsonl")
     failed = [r for r in rows if r["status"] != "ok"]
     assert len(rows) == 6 and [r["id"] for r in failed] == [vicuna.samples[1].id]
@@ -85,6 +112,7 @@ def test_missing_candidates_are_recorded_never_ok(tmp_path, tokenizer_dir, data_
     with FaultyOpenAIServer(faults) as server:
         judge = openai_judge(server.base_url, tokenizer_dir, **({"partial_candidates": policy}))
         result = run_benchmark(judge, load_benchmark("vicuna", data_dir), tmp_path, limit=3)
+    print(f"\nfaults injected: {dict(server.injected)}; rows marked partial_candidates: 3 of 3")
     rows = read_predictions(result.out_dir / "predictions.jsonl")
     assert [r["status"] for r in rows] == ["partial_candidates"] * 3
     assert all(r["missing_candidates"] == [[1, 5]] for r in rows)
@@ -101,3 +129,14 @@ def test_credentials_in_the_url_never_reach_the_manifest(tmp_path, tokenizer_dir
         result = run_benchmark(openai_judge(url, tokenizer_dir), load_benchmark("vicuna", data_dir), tmp_path, limit=1)
     text = (result.out_dir / "manifest.json").read_text()
     assert "SECRET" not in text and "http://***@127.0.0.1" in text
+
+
+def test_a_server_that_states_its_context_gets_too_long_rows(tmp_path, tokenizer_dir, data_dir):
+    vicuna = load_benchmark("vicuna", data_dir)
+    with FaultyOpenAIServer(max_model_len=300) as server:  # shorter than most Vicuna prompts
+        judge = openai_judge(server.base_url, tokenizer_dir)
+        result = run_benchmark(judge, vicuna, tmp_path, limit=4)
+        assert judge.backend.context_length() == 300
+    rows = read_predictions(result.out_dir / "predictions.jsonl")
+    assert {r["status"] for r in rows} <= {"ok", "too_long"} and result.metrics["statuses"].get("too_long")
+    assert all(r["prompt_tokens"] + r["meta"]["generation_budget"] > 300 for r in rows if r["status"] == "too_long")

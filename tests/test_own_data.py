@@ -87,6 +87,14 @@ def test_errors_name_file_row_and_field(tmp_path):
         load_benchmark("hf:no-slash")
 
 
+def test_hub_dataset_offline_is_named(monkeypatch):
+    from tract_eval.benchmarks import DataUnavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataUnavailable, match=r"hub dataset someorg/mydata: the Hugging Face hub is unreachable"):
+        load_benchmark("hf:someorg/mydata:test")
+
+
 def test_cli_own_data_errors_before_any_model(tmp_path, capsys, monkeypatch):
     from tract_eval.judges import base as judge_base
 

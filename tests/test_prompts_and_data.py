@@ -131,3 +131,29 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     block = readme.split("## Tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
     assert block and block in ci.splitlines()
+
+
+@pytest.mark.parametrize("name, tract_blob, other_blob", [
+    ("feedback-bench", "8ff621b0be2d01235596119f3d8d68b0a65b645c", "28919454bf5aba9e0c082a0171ee50ff278c5e18"),
+    ("flask", "1b0517c770ac3f987acad6db8c721409aa9bfc6e", "0563a5769832269d52b8099406966fc127766b2f"),
+])
+def test_feedback_bench_and_flask_default_to_the_files_tract_evaluated(name, tract_blob, other_blob, tmp_path,
+                                                                       monkeypatch, data_dir):
+    from tract_eval.benchmarks import load_card
+    from tract_eval.errors import UnknownNameError
+
+    card = load_card(name)
+    assert card.git_blobs == [tract_blob] and all("d223302/TRACT/dcb7a649" in u for u in card.urls)
+    other = load_card(f"{name}@prometheus-eval")
+    assert other.name == f"{name}@prometheus-eval" and other.git_blobs == [other_blob]
+    assert all("prometheus-eval/prometheus-eval" in u for u in other.urls) and other.files == card.files
+    with pytest.raises(UnknownNameError, match="known: tract, prometheus-eval"):
+        load_card(f"{name}@v9")
+    # a local file of the other version is refused, naming the version to ask for
+    rows = json.loads((data_dir / "prometheus" / "mt_bench_eval.json").read_text())[:2]
+    (tmp_path / card.files[0]).parent.mkdir(parents=True)
+    (tmp_path / card.files[0]).write_text(json.dumps(rows))
+    blob = git_blob_id((tmp_path / card.files[0]).read_bytes())
+    monkeypatch.setattr(type(card), "known_versions", lambda self: {"tract": [tract_blob], "prometheus-eval": [blob]})
+    with pytest.raises(DataFormatError, match=f"is the 'prometheus-eval' version.*--bench {name}@prometheus-eval"):
+        load_benchmark(name, tmp_path)

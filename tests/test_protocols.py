@@ -301,3 +301,33 @@ def test_transformers_backend_stops_at_stop_strings_and_reads_after_the_cut(embe
     kept = rail[0].text[: -len(" " + DELIMITER + candidates.bridge_text)]
     assert rail[0].text.endswith(" " + DELIMITER + candidates.bridge_text) and "e" not in kept
     assert kept == plain[0].text[: plain[0].text.index("e")].rstrip()
+
+
+# -- training rows in the judge's layout (points 1 and 5) ----------------------------------------
+
+@pytest.mark.parametrize("judge_name, objective", [("raft", "raft"), ("ce-decode", "ce")])
+def test_score_only_training_rows_end_where_the_score_only_readout_reads(tokenizer, judge_name, objective):
+    from tract_eval.training.objectives import IGNORE
+    from tract_eval.training.pipeline import encode_rows
+    from tract_eval.training.data import TrainingRow
+
+    prompt = reference_text("tract/no_feedback.prompt").format(
+        orig_instruction="Name a prime.", orig_response="7", orig_reference_answer="2", orig_criteria="Correct?",
+        **{f"orig_score{k}_description": f"level {k}" for k in range(1, 6)})
+    judge = build_judge(judge_name)
+    row = TrainingRow("r", prompt, "", 4)
+    candidates, features, _ = encode_rows([row], tokenizer, judge, objective, 100000)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True).rstrip()
+    chat_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
+    ids, labels = features[0]["input_ids"], features[0]["labels"]
+    score_id = candidates.sequences[candidates.scores.index(4)][0]
+    assert ids == chat_ids + list(candidates.bridge_ids) + [score_id, tokenizer.eos_token_id]
+    assert tokenizer.decode(ids[:-1]) == tokenizer.decode(chat_ids) + " 4"  # right after "[/INST] " / "assistant "
+    assert (labels[-2] == IGNORE) == (objective == "raft")
+
+
+def test_without_a_cut_marker_a_written_delimiter_still_ends_the_cot():
+    assert finish_cot("Fine. " + DELIMITER, DELIMITER, None) == ("Fine. " + DELIMITER, "", False)
+    assert finish_cot("Fine. So the overall quality", DELIMITER, None) == ("Fine. So the overall quality",
+                                                                           " " + DELIMITER, False)

@@ -50,8 +50,10 @@ def test_values_recomputed_from_predictions(runs):
     assert (counts.used, counts.total, counts.parse_failures) == (9, 10, 1)
     rb = {m: table.cells["alpha", Column("rewardbench", m, accuracy=True)].estimate.value
           for m in ("Chat", "Reasoning", "Score")}
-    # Reasoning: math-prm 4/4 weighed equally against hep-* (one tie = 0.5, one win) -> (1 + 0.75) / 2
-    assert rb == pytest.approx({"Chat": 1.0, "Reasoning": 0.875, "Score": (3 + 0.875) / 4})
+    # Reasoning: subsets weighted by reward-bench's EXAMPLE_COUNTS: math-prm 4/4 (984), hep-python a tie
+    # (164), hep-go a win (164)
+    reasoning = (984 * 1.0 + 164 * 0.5 + 164 * 1.0) / (984 + 164 + 164)
+    assert rb == pytest.approx({"Chat": 1.0, "Reasoning": reasoning, "Score": (3 + reasoning) / 4})
 
 
 def test_rewardbench_columns_agree_with_package_metrics(runs):

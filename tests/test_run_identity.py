@@ -218,3 +218,20 @@ def test_merge_refuses_mixed_shards_busy_shards_and_changed_data(tmp_path, data_
     with pytest.raises(RunConflict, match=r"other data or options than now: bench\.data\.vicuna_eval\.json"):
         merge_shards(out / "tract" / "vicuna", load_benchmark("vicuna", copy))
     assert merge_shards(out / "tract" / "vicuna", bench)["n"] == 4
+
+
+def test_model_args_split_into_identity_and_session(tmp_path, vicuna, monkeypatch):
+    args = {"device_map": "auto", "token": "hf_SECRET", "trust_remote_code": True}
+    run_benchmark(judge(backend_options={"model_args": args}), vicuna, tmp_path, limit=1)
+    moved = {**args, "device_map": "cpu", "token": "hf_OTHER"}  # where and with which token: same run
+    result = run_benchmark(judge(backend_options={"model_args": moved}), vicuna, tmp_path, limit=2)
+    assert result.new_samples == 1
+    text = (result.out_dir / "manifest.json").read_text()
+    assert "SECRET" not in text and "OTHER" not in text
+    with pytest.raises(RunConflict, match=r"judge\.backend_options\.model_args\.trust_remote_code"):
+        run_benchmark(judge(backend_options={"model_args": {**args, "trust_remote_code": False}}), vicuna, tmp_path,
+                      limit=2)
+    # a hub model's identity is the revision asked for
+    monkeypatch.setattr("tract_eval.hub.hub_reachable", lambda: True)
+    pinned = model_identity(JudgeConfig("x", model="org/model", backend_options={"model_args": {"revision": "v2"}}))
+    assert pinned == {"model": "org/model", "revision": "v2"}

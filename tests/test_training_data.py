@@ -42,7 +42,11 @@ def test_split_feedback():
 
 def test_shared_files_give_one_row_per_feedback(shared_file):
     vicuna, mt_bench = shared_file("vicuna_eval.json"), shared_file("mt_bench_eval.json")
-    prepared = prepare([str(vicuna), str(mt_bench)])
+    # their feedbacks never say "So the overall": TRACT's rule leaves every one out, and counts it
+    strict = prepare([str(vicuna), str(mt_bench)])
+    assert strict.rows == [] and len(strict.rejected) == 1920
+    assert all("So the overall" in r.reason for r in strict.rejected)
+    prepared = prepare([str(vicuna), str(mt_bench)], force_delimiter=True)  # the named departure
     assert len(prepared.rows) == 1920 and prepared.rejected == []
     first = json.loads(vicuna.read_text())[0]
     row = prepared.rows[0]
@@ -64,7 +68,7 @@ def test_prometheus_rows_with_bad_annotations_are_reported(tmp_path, shared_file
     ]
     path = tmp_path / "annotated.json"
     path.write_text(json.dumps(records))
-    prepared = prepare([str(path)])
+    prepared = prepare([str(path)], force_delimiter=True)
     assert [r.id for r in prepared.rows] == ["annotated:0:0"]
     reasons = {r.row: r.reason for r in prepared.rejected}
     assert "not an integer in 1..5" in reasons["0.gpt4_feedback[1]"]
@@ -90,24 +94,38 @@ def feedback_collection_record(prompt: str, output: str) -> dict:
     return record
 
 
-def test_feedback_collection_jsonl(tmp_path, shared_file):
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "tract"
+
+
+def test_feedback_collection_jsonl_as_tract_prepares_it(tmp_path, shared_file):
     prompt = json.loads(shared_file("vicuna_eval.json").read_text())[0]["instruction"]
     records = [
-        feedback_collection_record(prompt, "The response is thorough. [RESULT] 4"),
+        feedback_collection_record(prompt, "The response is thorough. So the overall score is 4. [RESULT] 4"),
+        feedback_collection_record(prompt, "Thorough, no closing sentence. [RESULT] 4"),
         feedback_collection_record(prompt, "No verdict here."),
-        {**feedback_collection_record(prompt, "Short. [RESULT] 2"), "orig_score3_description": None},
+        {**feedback_collection_record(prompt, "Short. So the overall. [RESULT] 2"), "orig_score3_description": None},
     ]
     path = tmp_path / "feedback_collection.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     prepared = prepare([str(path)])
     assert len(prepared.rows) == 1
     row = prepared.rows[0]
-    assert row.prompt == prompt  # rendered from orig_* exactly as the Prometheus files write it
+    # TRACT's with_feedback.prompt (paper Table 4) filled with the row's columns, as prepare_dataset.py does
+    assert row.prompt == (REFERENCE / "with_feedback.prompt").read_text().format(**records[0])
     assert (row.cot, row.score) == ("The response is thorough. So the overall score is", 4)
-    assert [(r.row, r.reason) for r in prepared.rejected] == [
-        ("1", "no '[RESULT]' marker in the output"),
-        ("2", "missing column orig_score3_description"),
+    assert [(r.row, r.reason.split(" (")[0]) for r in prepared.rejected] == [
+        ("1", "no 'So the overall' in the output"),
+        ("2", "no '[RESULT]' marker in the output"),
+        ("3", "missing column(s) ['orig_score3_description']"),
     ]
+    forced = prepare([str(path)], force_delimiter=True)
+    assert [r.cot for r in forced.rows][1] == "Thorough, no closing sentence. So the overall score is"
+
+    score_only = prepare([str(path)], mode="score-only")
+    assert [(r.cot, r.score) for r in score_only.rows] == [("", 4), ("", 4)]
+    assert score_only.rows[0].prompt == (REFERENCE / "no_feedback.prompt").read_text().format(**records[0])
+    with pytest.raises(TrainingDataError, match="orig_"):
+        prepare([str(shared_file("vicuna_eval.json"))], mode="score-only")
 
 
 def test_unknown_format_and_missing_file(tmp_path):
@@ -161,25 +179,43 @@ def test_recipe_errors(tmp_path):
 
 
 def test_cli_flags_override_recipe_and_lambda_sweep(tmp_path):
-    import argparse
-
     from tract_eval.training import cli
 
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--recipe", "tract", "--out", str(tmp_path), "--lambda", "0.2,0.5,1,2,5,10",
-                              "--max-steps", "3", "--limit", "16", "--no-bf16", "--set", "lora_rank=4"])
+    args = cli.parse_train_args(["--recipe", "tract", "--out", str(tmp_path), "--lambda", "0.2,0.5,1,2,5,10",
+                                 "--max-steps", "3", "--limit", "16", "--no-bf16", "--set", "lora_rank=4",
+                                 "--lora_alpha", "8", "--report_to", "tensorboard", "--epochs", "3"])
     runs = cli._configs(args)
     assert [c.score_weight for c, _ in runs] == [0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
     assert [o.name for _, o in runs] == ["lambda-0.2", "lambda-0.5", "lambda-1", "lambda-2", "lambda-5", "lambda-10"]
     config = runs[0][0]
     assert (config.max_steps, config.limit, config.bf16, config.lora_rank) == (3, 16, False, 4)
-    assert config.learning_rate == 1e-5  # from the recipe
+    assert (config.lora_alpha, config.report_to, config.num_train_epochs) == (8, ["tensorboard"], 3.0)
+    assert config.learning_rate == 1e-5  # from the recipe: flags not given do not override it
     # options after the step name reach the step too
-    args = parser.parse_args(["train", "stage1", "--recipe", "raft", "--out", str(tmp_path), "--lambda", "2"])
+    args = cli.parse_train_args(["stage1", "--recipe", "raft", "--out", str(tmp_path), "--lambda", "2"])
     (config, out), = cli._configs(args)
     assert (config.objective, config.score_weight, out) == ("raft", 2.0, tmp_path)
     assert args.func is cli._cmd_stage1
+
+
+def test_train_flags_are_generated_from_train_config():
+    from tract_eval.training import cli
+    from tract_eval.training.config import TrainConfig
+
+    flags = {s for a in cli.train_parser()._actions for s in a.option_strings}
+    for name in TrainConfig.field_names():
+        assert f"--{name}" in flags, name
+    assert {"--data", "--epochs", "--batch-size", "--grad-accum", "--lambda", "--recipe", "--out"} <= flags
+
+
+def test_top_level_cli_hands_train_its_arguments(monkeypatch):
+    from tract_eval import cli as top
+    from tract_eval.training import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_cmd_recipe", lambda args: seen.setdefault("args", args) and 0)
+    assert top.main(["-v", "train", "--recipe", "raft", "--max-steps", "2", "-q"]) == 0
+    assert seen["args"].recipe == "raft" and seen["args"].max_steps == 2 and seen["args"].quiet == 1
 
 
 def test_cli_module_imports_no_torch():
@@ -190,3 +226,10 @@ def test_cli_module_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode, name", [("cot", "with_feedback.prompt"), ("score-only", "no_feedback.prompt")])
+def test_training_prompts_are_tracts_bytes(mode, name):
+    from tract_eval.training.data import training_prompt_template
+
+    assert training_prompt_template(mode) == (REFERENCE / name).read_text(encoding="utf-8")

@@ -72,13 +72,15 @@ def hand_terms(model, feat: dict, renormalize: bool = False):
     return ce, tokens, expected
 
 
-def make_trainer(tmp_path, model, objective: str, score_weight: float = 1.0, score_probs: str = "raw"):
+def make_trainer(tmp_path, model, objective: str, score_weight: float = 1.0, score_probs: str = "raw",
+                 score_reduction: str = "mean", ce_weight: float = 1.0):
     from tract_eval.training.config import TrainConfig
     from tract_eval.training.trainer import ScoreTrainer
 
     args = TrainConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to="none")
     return ScoreTrainer(model=model, args=args, candidates=CANDIDATES, objective=objective,
-                        score_weight=score_weight, score_probs=score_probs)
+                        score_weight=score_weight, score_probs=score_probs, score_reduction=score_reduction,
+                        ce_weight=ce_weight)
 
 
 ROWS = [([1, 20, 21, 22, 23], [24, 25, 5, 6, 7], 4), ([1, 26, 27], [28, 5, 6, 7], 2)]
@@ -197,3 +199,77 @@ def test_checkpoints_resume(tmp_path):
     assert resumed.state.global_step == 2
     for name, value in weights.items():
         assert torch.allclose(value, resumed_weights[name], atol=1e-6), name
+
+
+def _hand(model, features):
+    terms = [hand_terms(model, f) for f in features]
+    ce_sum = sum(t[0] for t in terms)
+    tokens = sum(t[1] for t in terms)
+    squared = [(t[2] - f["score"]) ** 2 for t, f in zip(terms, features)]
+    return ce_sum, tokens, squared
+
+
+@pytest.mark.parametrize("score_reduction", ["mean", "reference"])
+@pytest.mark.parametrize("ce_weight", [1.0, 0.0])
+def test_score_reductions_over_an_accumulated_batch_equal_hand_computations(tmp_path, score_reduction, ce_weight):
+    """Two micro-batches of one row (per-device batch 1, 2 accumulation steps), summed as the Trainer does.
+
+    mean:      ce_weight * CE_sum / CE_tokens + lambda * (se_1 + se_2) / 2
+    reference: ce_weight * CE_sum / CE_tokens + lambda * (se_1 / 1**2 + se_2 / 1**2)  (compute_raft_loss:
+               mse mean over the micro-batch / micro-batch size, summed over the accumulation steps)
+    """
+    model = tiny_model()
+    features = [feature(p, c, s, "cot_raft") for p, c, s in ROWS]
+    trainer = make_trainer(tmp_path, model, "cot_raft", score_weight=2.0, score_reduction=score_reduction,
+                           ce_weight=ce_weight)
+    model.train()
+    singles = [LeftPadCollator(0)([f]) for f in features]
+    trainer._window = (sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in singles), len(singles))
+    loss = sum(float(trainer.compute_loss(model, b)) for b in singles)
+    model.eval()
+    ce_sum, tokens, squared = _hand(model, features)
+    score_term = sum(squared) / len(squared) if score_reduction == "mean" else sum(squared)
+    assert loss == pytest.approx(ce_weight * ce_sum / tokens + 2.0 * score_term, rel=1e-4, abs=1e-5)
+
+
+def test_reference_reduction_divides_a_micro_batch_by_its_size_twice(tmp_path):
+    model = tiny_model()
+    features = [feature(p, c, s, "raft") for p, c, s in ROWS]
+    trainer = make_trainer(tmp_path, model, "raft", score_reduction="reference")
+    loss = float(trainer.compute_loss(model, LeftPadCollator(0)(features)))
+    _, _, squared = _hand(model, features)
+    assert loss == pytest.approx((sum(squared) / 2) / 2, rel=1e-4, abs=1e-6)  # mse mean, then / batch size
+
+
+def test_ce_weight_zero_leaves_only_the_score_term():
+    assert objective_weights("cot_raft", 1.5, ce_weight=0.0) == (0.0, 1.5)
+    assert objective_weights("ce", 1.5, ce_weight=0.5) == (0.5, 0.0)
+    assert objective_weights("raft", 1.5, ce_weight=1.0) == (0.0, 1.5)
+
+
+def test_validation_split_is_seeded_and_sized_as_tract():
+    from tract_eval.training.data import TrainingRow
+    from tract_eval.training.pipeline import split_validation
+
+    rows = [TrainingRow(str(i), "p", "c", 3) for i in range(100)]
+    train, held = split_validation(rows, 0.05, seed=0)
+    assert len(held) == 5 and len(train) == 95 and {r.id for r in train} | {r.id for r in held} == {str(i) for i in range(100)}
+    assert [r.id for r in split_validation(rows, 0.05, seed=0)[1]] == [r.id for r in held]
+    assert split_validation(rows[:10], 0.05, seed=0) == (rows[:10], [])
+
+
+def test_held_out_rows_are_evaluated_during_training(tmp_path):
+    from tract_eval.training.config import TrainConfig
+    from tract_eval.training.trainer import ScoreTrainer, add_lora
+
+    features = [feature(p, c, s, "cot_raft") for p, c, s in ROWS]
+    args = TrainConfig(output_dir=str(tmp_path), max_steps=2, learning_rate=1e-2, warmup_ratio=0.0,
+                       per_device_train_batch_size=1, gradient_accumulation_steps=1, logging_steps=1,
+                       save_strategy="no", bf16=False, use_cpu=True, validation_ratio=0.5)
+    assert args.eval_strategy == "steps" and args.prediction_loss_only
+    trainer = ScoreTrainer(model=add_lora(tiny_model(), 4, 8, 0.0, "all-linear"), args=args,
+                           train_dataset=features[:1], eval_dataset=features[1:], data_collator=LeftPadCollator(0),
+                           candidates=CANDIDATES, objective="cot_raft")
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert len(evals) == 2 and all(math.isfinite(e["eval_loss"]) for e in evals)

@@ -22,8 +22,8 @@ DELIM = "So the overall score is"
 
 @pytest.fixture(scope="module")
 def shared_rows(data_dir) -> list[TrainingRow]:
-    """Vicuna Bench annotation CoTs: one row per GPT-4 feedback."""
-    return prepare([str(data_dir / "prometheus" / "vicuna_eval.json")]).rows
+    """Vicuna Bench annotation CoTs: one row per GPT-4 feedback (the delimiter appended: they never say it)."""
+    return prepare([str(data_dir / "prometheus" / "vicuna_eval.json")], force_delimiter=True).rows
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_candidate_masking_matches_tokenizer(seed):
         assert tokenizer.decode([score_id]) == "4"
         assert ids[-2] == score_id and ids[-1] == tokenizer.eos_token_id
         assert tuple(ids[-3:-2]) == candidates.bridge_ids  # SmolLM2's lone space before the digit
-        expected_text = chat + ("" if objective == "raft" else "The answer is fine. ") + DELIM + " 4"
+        expected_text = chat + "The answer is fine. " + DELIM + " 4"  # the judge decides the layout
         assert tokenizer.decode(ids[:-1]) == expected_text
         prompt_len = len(tokenizer(chat, add_special_tokens=False)["input_ids"])
         assert labels[:prompt_len] == [IGNORE] * prompt_len
@@ -71,13 +71,15 @@ def test_candidate_masking_matches_tokenizer(seed):
             assert set(labels) == {IGNORE}
 
 
-def test_training_input_is_the_judges_input(seed, shared_rows):
-    """encode_rows feeds exactly what `tract-eval run --judge tract` feeds before the CoT."""
+def test_training_input_is_the_judges_input(seed, shared_rows, data_dir):
+    """On a benchmark-format row, encode_rows feeds exactly what `tract-eval run --judge tract` feeds before the CoT."""
+    from tract_eval.benchmarks import load_benchmark
+
     _, tokenizer, _ = seed
     row = shared_rows[0]
     judge = build_judge("tract")
     _, features, _ = encode_rows([row], tokenizer, judge, "cot_raft", 8192)
-    chat = render_chat_with_tokenizer(tokenizer, judge.messages(row_sample(row)), judge.response_prefix)
+    chat = judge.build_input_with(tokenizer, load_benchmark("vicuna", data_dir).samples[0])
     chat_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
     assert features[0]["input_ids"][: len(chat_ids)] == chat_ids
     assert judge.grading_prompt(row_sample(row).fields) == row.prompt

@@ -1,12 +1,12 @@
 """The Python API: grade your own rows, or evaluate judges on benchmarks, as ``tract-eval run`` does.
 
-    >>> from tract_eval import grade
-    >>> g = grade("What is 2+2?", "4", "Is the answer correct?", judge="rail")
-    >>> g.score, g.probs, g.status
+    from tract_eval import grade
+    g = grade("What is 2+2?", "4", "Is the answer correct?", judge="rail")
+    g.score, g.probs, g.status
 
 Everything goes through the runner the command line uses (``runner.judge_pending`` is the one loop
-that judges; ``evaluate`` writes the same files), and a model is loaded once per process: later calls with the same judge settings
-reuse it.
+that judges; ``evaluate`` writes the same files). A model loads once per process: later calls on the same
+model, backend and options reuse it (``backends.create_backend`` keeps the last one), whatever the judge.
 """
 from __future__ import annotations
 
@@ -58,13 +58,20 @@ def bench_specs(spec: str | Sequence[str]) -> list[str]:
 
 
 def load_benches(spec: str | Sequence[str], data_dir: str | Path | None = None, *, columns=None, scale=None,
-                 no_reference: bool = False, on_skip: Callable[[str, str], None] | None = None) -> list:
+                 no_reference: bool = False, unparsed_pairs: str = "half",
+                 on_skip: Callable[[str, str], None] | None = None) -> list:
     """The benchmarks to run, loaded and checked before any model loads.
 
-    ``columns`` and ``scale`` apply to own data (files and ``hf:`` datasets). With ``all``, benchmarks whose
+    ``columns`` and ``scale`` apply to own data (files and ``hf:`` datasets). ``unparsed_pairs``: a
+    RewardBench pair with an unscored side counts 0.5 (``"half"``, as reward-bench) or is left out
+    (``"exclude"``). With ``all``, benchmarks whose
     data is unavailable are passed to ``on_skip(name, reason)``; named ones must load.
     """
     from .benchmarks import DataUnavailable, is_data_spec, load_benchmark
+    from .metrics import UNPARSED_PAIR_POLICIES
+
+    if unparsed_pairs not in UNPARSED_PAIR_POLICIES:
+        raise ConfigError(f"unparsed pairs: choose one of {', '.join(UNPARSED_PAIR_POLICIES)}, not {unparsed_pairs!r}")
 
     if data_dir is not None and not Path(data_dir).is_dir():
         raise InputNotFoundError(f"--data-dir {data_dir}: no such folder")
@@ -77,15 +84,14 @@ def load_benches(spec: str | Sequence[str], data_dir: str | Path | None = None, 
         own = is_data_spec(name)
         try:
             benches.append(load_benchmark(name, data_dir, columns=columns if own else None,
-                                          scale=scale if own else None, drop_reference=no_reference))
+                                          scale=scale if own else None, drop_reference=no_reference,
+                                          unparsed_pairs=unparsed_pairs))
         except DataUnavailable as exc:
             if spec != "all":
                 raise
             if on_skip:
                 on_skip(name, str(exc))
     if not benches:
-        from .benchmarks import DataUnavailable
-
         raise DataUnavailable("no benchmark data available (see the skipped reasons above)")
     return benches
 
@@ -97,12 +103,10 @@ def judge_names(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
-_judges: dict[tuple, Any] = {}  # built judges, so that score candidates are derived once per setting
-
-
 def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tuple[int, int] | None = None):
     """A judge with ``overrides`` (JudgeConfig fields; ``run_name`` renames its output folder) and the
-    scale of the data it grades (the score candidates follow it). Built once per settings per process."""
+    scale of the data it grades (the score candidates follow it). Building one is cheap: the model behind
+    it comes from ``create_backend``, which keeps the last one loaded, so equal settings load it once."""
     from .backends import check_backend_options
     from .judges import build_judge
     from .models import check_model_args
@@ -111,16 +115,13 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     run_name = settings.pop("run_name", None)
     if scale is not None:
         settings["scale"] = tuple(scale)
-    key = (name, run_name, json.dumps(settings, sort_keys=True, default=str))
-    if key not in _judges:
-        judge = build_judge(name, **settings)
-        check_backend_options(judge.config.backend, judge.config.backend_options)
-        if judge.config.backend == "transformers":
-            check_model_args(judge.config.backend_options.get("model_args"))
-        if run_name:
-            judge.config = judge.config.with_overrides(name=run_name)
-        _judges[key] = judge
-    return _judges[key]
+    judge = build_judge(name, **settings)
+    check_backend_options(judge.config.backend, judge.config.backend_options)
+    if judge.config.backend == "transformers":
+        check_model_args(judge.config.backend_options.get("model_args"))
+    if run_name:
+        judge.config = judge.config.with_overrides(name=run_name)
+    return judge
 
 
 def write_results(result, judge, bench, ci: bool = False, resamples: int = 1000, seed: int = 0) -> dict:
@@ -170,9 +171,9 @@ def _intervals(folder: Path, resamples: int, seed: int) -> dict:
 
 def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: int | None = None,
              out: str | Path | None = None, data_dir: str | Path | None = None, columns: str | dict | None = None,
-             scale: str | Sequence[int] | None = None, no_reference: bool = False, shard: str | None = None,
-             too_long: str = "mark", ci: bool = False, progress: Callable[[int], None] | None = None,
-             **overrides) -> dict:
+             scale: str | Sequence[int] | None = None, no_reference: bool = False, unparsed_pairs: str = "half",
+             shard: str | None = None, too_long: str = "mark", ci: bool = False,
+             progress: Callable[[int], None] | None = None, **overrides) -> dict:
     """Run judge(s) over benchmark(s) as ``tract-eval run`` does, writing the same files under ``out``
     (default ``runs/``): ``OUT/<judge>/<bench>/{predictions.jsonl, metrics.json, manifest.json, results.json}``.
 
@@ -190,7 +191,8 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
         raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")
     for name in names:  # settings are checked for every judge before any data or model loads
         judge_for(name, overrides)
-    benches = load_benches(bench, data_dir, columns=columns, scale=scale, no_reference=no_reference)
+    benches = load_benches(bench, data_dir, columns=columns, scale=scale, no_reference=no_reference,
+                           unparsed_pairs=unparsed_pairs)
     metrics: dict[str, dict] = {}
     for name in names:
         for b in benches:

@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_raw_command(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Subcommands marked ``raw_command`` (``train``: its flags are generated from TrainConfig, which imports
+    transformers, so only when it runs) get everything after their name unparsed."""
+    for index, token in enumerate(argv):
+        if token.startswith("-"):
+            continue
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.get(token)
+        if sub is not None and sub.get_default("raw_command"):
+            return argv[: index + 1], argv[index + 1:]
+        break
+    return argv, None
+
+
 def _log_level(verbose: int, quiet: int) -> int:
     if quiet:
         return logging.ERROR
@@ -70,7 +83,11 @@ def _log_level(verbose: int, quiet: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head, raw = _split_raw_command(parser, argv)
+    args = parser.parse_args(head)
+    if raw is not None:
+        args.raw_args = raw
     logging.basicConfig(level=_log_level(args.verbose, args.quiet), format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()
     try:

@@ -39,7 +39,11 @@ def register(subparsers) -> None:
                    help="folder with the benchmark files (else $TRACT_EVAL_DATA_DIR, else upstream)")
     p.add_argument("--limit", type=int, default=None, help="first N rows (RewardBench: N pairs)")
     p.add_argument("--shard", default=None, help="i/n: judge only the i-th of n disjoint parts")
-    p.add_argument("--no-reference", action="store_true", help="drop the reference answer from the prompt")
+    p.add_argument("--no-reference", action="store_true",
+                   help="cut the reference answer out of the model input as TRACT's --remove_reference does")
+    p.add_argument("--unparsed-pairs", choices=["half", "exclude"], default="half",
+                   help="RewardBench: a pair with an unscored side counts 0.5 like a tie (as reward-bench), "
+                        "or is left out of the accuracies")
     p.add_argument("--too-long", choices=["mark", "refuse"], default="mark",
                    help="a prompt + --max-new-tokens beyond the model's context: record the row as too_long "
                         "(excluded, counted) or stop the run")
@@ -138,7 +142,7 @@ def cmd_run(args) -> int:
         judge_for(name, overrides)
     skipped: list[tuple[str, str]] = []
     benches = load_benches(args.bench, args.data_dir, columns=args.columns, scale=args.scale,
-                           no_reference=args.no_reference, on_skip=lambda n, why: skipped.append((n, why)))
+                           no_reference=args.no_reference, unparsed_pairs=args.unparsed_pairs, on_skip=lambda n, why: skipped.append((n, why)))
     for name, reason in skipped:
         console.print(f"[yellow]skipped {name}[/]: {reason}")
 

@@ -64,6 +64,26 @@ SESSION_BACKEND_OPTIONS = frozenset({
 })
 
 
+# ``--model-args`` (backend option ``model_args``) that only say where or how memory-efficiently the
+# weights load; the others (revision, subfolder, variant, quantization, attention kernel,
+# trust_remote_code...) pick or change the weights and are part of the identity.
+SESSION_MODEL_ARGS = frozenset({"device_map", "max_memory", "offload_folder", "low_cpu_mem_usage", "cache_dir"})
+
+
+def score_backend_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The backend options that can change a score: not routing/session options, not credentials,
+    and of ``model_args`` only the ones that choose or change the weights (the revision is part of the
+    model identity)."""
+    kept = {k: v for k, v in options.items() if k not in SESSION_BACKEND_OPTIONS and not is_secret_name(k)}
+    if isinstance(kept.get("model_args"), dict):
+        model_args = {k: v for k, v in kept["model_args"].items()
+                      if k not in SESSION_MODEL_ARGS and k != "revision" and not is_secret_name(k)}
+        kept.pop("model_args")
+        if model_args:
+            kept["model_args"] = model_args
+    return kept
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     """Does ``value`` fit the annotation ``hint``? ints are floats, but bools are neither."""
     origin = typing.get_origin(hint)
@@ -210,8 +230,7 @@ class JudgeConfig:
             "template": self.template, "system_prompt": self.system_prompt, "feedback_label": self.feedback_label,
             "protocol": self.protocol, "scale": self.scale, "delimiter": self.delimiter,
             "parse_failure_policy": self.parse_failure_policy,
-            "backend_options": {k: v for k, v in self.backend_options.items()
-                                if k not in SESSION_BACKEND_OPTIONS and not is_secret_name(k)},
+            "backend_options": score_backend_options(self.backend_options),
         }
         if self.parse_failure_policy == "fallback":
             data["fallback_score"] = self.fallback_score

@@ -1,8 +1,10 @@
 """Agreement metrics: correlations with gold for absolute grading, accuracy for pairwise benchmarks."""
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
@@ -45,11 +47,29 @@ def absolute_metrics(rows: list[dict]) -> dict:
     return out
 
 
-def pair_outcomes(rows: list[dict]) -> dict[str, dict]:
-    """Group chosen/rejected prediction rows by pair: {pair_id: {"subset", "section", "outcome"}}.
+# A pair whose chosen or rejected side has no score: reward-bench scores it 0.5 like a tie
+# (scripts/run_generative.py); "exclude" leaves it out of the accuracies instead (a named departure).
+UNPARSED_PAIR_POLICIES = ("half", "exclude")
+REWARDBENCH_WEIGHTS = "rewardbench_sections.json"  # reward-bench constants: EXAMPLE_COUNTS, SUBSET_MAPPING
 
-    outcome = 1 (chosen scored higher), 0.5 (tie), 0 (rejected higher), None (a side failed to parse).
+
+@lru_cache(maxsize=None)
+def rewardbench_weights() -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
+    """reward-bench's fixed ``EXAMPLE_COUNTS`` and ``SUBSET_MAPPING`` (rewardbench/constants.py)."""
+    from .cards import card_dir
+
+    data = json.loads((card_dir("benchmarks") / REWARDBENCH_WEIGHTS).read_text(encoding="utf-8"))
+    return dict(data["EXAMPLE_COUNTS"]), {k: tuple(v) for k, v in data["SUBSET_MAPPING"].items()}
+
+
+def pair_outcomes(rows: list[dict], unparsed: str = "half") -> dict[str, dict]:
+    """Group chosen/rejected prediction rows by pair: {pair_id: {"subset", "section", "outcome", "parsed"}}.
+
+    outcome = 1 (chosen scored higher), 0.5 (tie), 0 (rejected higher); a pair with an unscored
+    side gets 0.5 (``unparsed="half"``, as reward-bench) or None (``"exclude"``).
     """
+    if unparsed not in UNPARSED_PAIR_POLICIES:
+        raise ValueError(f"unparsed pairs: choose one of {UNPARSED_PAIR_POLICIES}, not {unparsed!r}")
     sides: dict[str, dict] = defaultdict(dict)
     for row in rows:
         meta = row.get("meta", {})
@@ -60,47 +80,70 @@ def pair_outcomes(rows: list[dict]) -> dict[str, dict]:
             continue  # the other side is not judged yet (limit / shard / resume)
         chosen, rejected = both["chosen"]["prediction"], both["rejected"]["prediction"]
         meta = both["chosen"]["meta"]
-        if chosen is None or rejected is None:
-            outcome = None
-        else:
+        parsed = chosen is not None and rejected is not None
+        if parsed:
             outcome = 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
-        pairs[pair_id] = {"subset": meta["subset"], "section": meta["section"], "outcome": outcome}
+        else:
+            outcome = 0.5 if unparsed == "half" else None
+        pairs[pair_id] = {"subset": meta["subset"], "section": meta["section"], "outcome": outcome, "parsed": parsed}
     return pairs
 
 
-def pairwise_metrics(rows: list[dict], reasoning_code_prefix: str = "hep-", reasoning_math: str = "math-prm") -> dict:
-    """RewardBench-style accuracy per subset, per section and the leaderboard score.
+def rewardbench_section_scores(subset_accuracy: dict[str, float]) -> dict[str, float]:
+    """reward-bench ``calculate_scores_per_section``: a section is the mean of its subsets'
+    accuracies weighted by the fixed ``EXAMPLE_COUNTS`` (not by how many pairs were judged).
+    Sections none of whose subsets were judged are left out (reward-bench would score them 0)."""
+    counts, mapping = rewardbench_weights()
+    unknown = sorted(set(subset_accuracy) - set(counts))
+    if unknown:
+        raise ValueError(f"RewardBench subsets {unknown} are not in reward-bench's EXAMPLE_COUNTS")
+    scores = {}
+    for section, names in mapping.items():
+        present = [n for n in names if n in subset_accuracy]
+        if present:
+            scores[section] = sum(subset_accuracy[n] * counts[n] for n in present) / sum(counts[n] for n in present)
+    return scores
 
-    Sections average their subsets weighted by pair counts, except Reasoning, where
-    math-prm weighs as much as all hep-* subsets together (as the official leaderboard does).
-    """
-    pairs = pair_outcomes(rows)
+
+def rewardbench_leaderboard(section_scores: dict[str, float]) -> float | None:
+    """The leaderboard score: the mean of the section scores."""
+    return float(np.mean(list(section_scores.values()))) if section_scores else None
+
+
+def pairwise_metrics(rows: list[dict], unparsed: str = "half") -> dict:
+    """RewardBench as reward-bench scores it: accuracy per subset (ties and, by default, unscored
+    pairs count 0.5), sections weighted by ``EXAMPLE_COUNTS``, leaderboard = mean of the sections;
+    ``coverage`` says which subsets and sections a partial run judged."""
+    pairs = pair_outcomes(rows, unparsed)
     judged = [p for p in pairs.values() if p["outcome"] is not None]
     by_subset: dict[str, list[float]] = defaultdict(list)
-    section_of: dict[str, str] = {}
     for pair in judged:
         by_subset[pair["subset"]].append(pair["outcome"])
-        section_of[pair["subset"]] = pair["section"]
     subsets = {name: {"accuracy": float(np.mean(v)), "n": len(v)} for name, v in sorted(by_subset.items())}
-    sections: dict[str, dict] = {}
-    for section in sorted(set(section_of.values())):
-        names = [s for s in subsets if section_of[s] == section]
-        if section == "Reasoning" and reasoning_math in names and any(n.startswith(reasoning_code_prefix) for n in names):
-            code = [subsets[n] for n in names if n.startswith(reasoning_code_prefix)]
-            code_acc = sum(c["accuracy"] * c["n"] for c in code) / sum(c["n"] for c in code)
-            acc = 0.5 * subsets[reasoning_math]["accuracy"] + 0.5 * code_acc
-        else:
-            acc = sum(subsets[n]["accuracy"] * subsets[n]["n"] for n in names) / sum(subsets[n]["n"] for n in names)
-        sections[section] = {"accuracy": acc, "n": sum(subsets[n]["n"] for n in names)}
+    section_scores = rewardbench_section_scores({n: s["accuracy"] for n, s in subsets.items()})
+    counts, mapping = rewardbench_weights()
+    sections = {name: {"accuracy": score, "n": sum(subsets[n]["n"] for n in mapping[name] if n in subsets),
+                       "subsets": [n for n in mapping[name] if n in subsets]}
+                for name, score in section_scores.items()}
     outcomes = [p["outcome"] for p in judged]
+    missing_subsets = [n for n in counts if n not in subsets]
     return {
-        "score": float(np.mean([s["accuracy"] for s in sections.values()])) if sections else None,
+        "score": rewardbench_leaderboard(section_scores),
         "accuracy": float(np.mean(outcomes)) if outcomes else None,
         "sections": sections,
         "subsets": subsets,
         "n_pairs": len(pairs),
-        "ties": sum(o == 0.5 for o in outcomes),
-        "parse_failures": sum(p["outcome"] is None for p in pairs.values()),
+        "ties": sum(p["parsed"] and p["outcome"] == 0.5 for p in pairs.values()),
+        "parse_failures": sum(not p["parsed"] for p in pairs.values()),
+        "unparsed_pairs": unparsed,
+        "coverage": {
+            "complete": not missing_subsets,
+            "subsets": {n: subsets[n]["n"] for n in subsets},
+            "missing_subsets": missing_subsets,
+            "sections": sorted(section_scores),
+            "missing_sections": [s for s in mapping if s not in section_scores],
+            "incomplete_sections": [s for s in section_scores if any(n not in subsets for n in mapping[s])],
+        },
         "n_total": len(rows),
     }
 

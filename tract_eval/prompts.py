@@ -34,6 +34,8 @@ class GradingFields:
     # --no-reference: the prompt is rendered whole, then the reference section is cut out of the
     # model input as TRACT's --remove_reference does (remove_reference_section)
     remove_reference: bool = False
+    # a prompt used verbatim instead of rendering the fields (training rows: TRACT's own prompts)
+    prompt_text: str | None = None
 
     def as_template_vars(self) -> dict:
         return {

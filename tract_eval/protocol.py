@@ -23,7 +23,8 @@ def finish_cot(text: str, delimiter: str, cut_marker: str | None,
     """TRACT's rule for turning a sampled CoT into the readout context (inference.py ``cot_splitter``).
 
     The CoT ends before its first stop string (the sampler stopped there), is **always** cut at its
-    first ``cut_marker``, stripped on the right, and ``" " + delimiter`` is appended. Returns
+    first ``cut_marker`` (or, without one, its first delimiter), stripped on the right, and
+    ``" " + delimiter`` is appended. Returns
     ``(kept_text, forced_text, cut)``: ``kept_text`` is a prefix of ``text``; ``cut`` says it is
     shorter than ``text`` (whatever followed is dropped, i.e. masked by single-pass backends). When
     the model wrote exactly ``kept_text + " " + delimiter`` nothing is forced: ``(text, "", False)``.
@@ -33,8 +34,9 @@ def finish_cot(text: str, delimiter: str, cut_marker: str | None,
         return text, "", False
     end = min([text.index(stop) for stop in stops if stop and stop in text], default=len(text))
     kept = text[:end]
-    if cut_marker and cut_marker in kept:
-        kept = kept[: kept.index(cut_marker)]
+    marker = cut_marker or delimiter  # without a cut marker, a delimiter the model wrote still ends the CoT
+    if marker in kept:
+        kept = kept[: kept.index(marker)]
     kept = kept.rstrip()
     forced = " " + delimiter
     if text == kept + forced:

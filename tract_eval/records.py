@@ -74,10 +74,26 @@ class Prediction:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def _replace_atomically(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path``, fsync it, then rename it over ``path``: readers and a crash
+    see the old file or the new one, never a part."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    _replace_atomically(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: Path, records: list[Prediction | dict]) -> None:
+    """A whole JSONL file at once (``merge``); rows are appended with :class:`JsonlAppender` otherwise."""
+    _replace_atomically(path, "".join(
+        json.dumps(r.to_dict() if isinstance(r, Prediction) else r, ensure_ascii=False) + "\n" for r in records))
 
 
 def read_jsonl(path: Path, repair: bool = False) -> list[dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import re
 import subprocess
@@ -25,10 +24,9 @@ from .benchmarks import Benchmark, DataFormatError, Sample
 from .errors import ConfigError, InputNotFoundError, UserError
 from .judges import Judge
 from .metrics import generation_summary
-from .config import SESSION_BACKEND_OPTIONS
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
-                      write_json_atomic)
-from .redaction import is_secret_name, redact
+                      write_json_atomic, write_jsonl_atomic)
+from .redaction import redact
 from .settings import RunIdentity, bench_identity, run_identity
 
 log = logging.getLogger(__name__)
@@ -154,8 +152,7 @@ def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
         "limit": limit,
         "batch_size": batch_size or cfg.batch_size,
         "device": cfg.device,
-        "backend_options": redact({k: v for k, v in cfg.backend_options.items()
-                                   if k in SESSION_BACKEND_OPTIONS or is_secret_name(k)}),
+        "backend_options": redact(cfg.backend_options),  # all of them; the identity holds the ones that score
         "versions": _versions(),
         "git_revision": git_revision(),
     }
@@ -355,9 +352,7 @@ def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
             merged[row["id"]] = row
     order = {s.id: i for i, s in enumerate(bench.samples)}
     rows = sorted(merged.values(), key=lambda r: order.get(r["id"], len(order)))
-    tmp = main_path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, main_path)
+    write_jsonl_atomic(main_path, rows)
     manifest = dict(manifests[0], shard=None, merged_from=[str(d) for d in shard_dirs])
     manifest["sessions"] = [s for m in manifests for s in m.get("sessions", [])]
     write_json_atomic(bench_dir / MANIFEST, manifest)

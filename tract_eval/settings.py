@@ -41,8 +41,9 @@ def resolve_card_model(config: JudgeConfig) -> tuple[JudgeConfig, str | None]:
     """
     if config.model is None or config.backend not in LOCAL_BACKENDS:
         return config, None
+    model_args = config.backend_options.get("model_args") or {}
     try:
-        resolve_model(config.model)
+        resolve_model(config.model, revision=model_args.get("revision") if isinstance(model_args, dict) else None)
     except ModelUnavailable as exc:
         note = f"card model {config.model!r} unavailable ({exc}); running on {EMBEDDED_NAME}"
         log.warning("judge %s: %s", config.name, note)
@@ -81,7 +82,9 @@ def model_identity(config: JudgeConfig) -> dict:
     anything loads."""
     if config.backend not in LOCAL_BACKENDS:
         return {"served_model": config.model}
-    source = resolve_model(config.model)
+    model_args = config.backend_options.get("model_args") or {}
+    revision = model_args.get("revision") if isinstance(model_args, dict) else None
+    source = resolve_model(config.model, revision=revision)
     if source.spec == EMBEDDED_NAME:
         from importlib import metadata
 
@@ -93,8 +96,8 @@ def model_identity(config: JudgeConfig) -> dict:
     elif source.is_local:
         base = Path(source.path) / source.gguf_file if source.gguf_file else Path(source.path)
         identity = {"model": str(base.resolve())}
-    else:
-        identity = {"model": source.path, "revision": _hub_revision(source.path)}
+    else:  # the revision asked for (--model-args revision=...), else the one in the cache
+        identity = {"model": source.path, "revision": revision or _hub_revision(source.path)}
     if source.adapter:
         identity["adapter"] = str(Path(source.adapter).resolve())
         identity["adapter_sha256"] = _adapter_sha256(Path(source.adapter))

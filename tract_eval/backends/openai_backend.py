@@ -104,6 +104,8 @@ class OpenAIBackend(Backend):
             sync_client.close()
         self.server = server if server != "auto" else self._detect_server(served)
         self.api_model = api_model or self._pick_model(model, served)
+        # vLLM lists each model's context (max_model_len); others say nothing, and the tokenizer's is used
+        self._served_context = next((getattr(m, "max_model_len", None) for m in served if m.id == self.api_model), None)
         source = resolve_model(tokenizer or model)
         try:
             self._tokenizer = load_tokenizer(source)
@@ -156,6 +158,11 @@ class OpenAIBackend(Backend):
         if self.mode == "single":
             self._chats[text] = (messages, response_prefix)
         return text
+
+    def context_length(self) -> int | None:
+        if isinstance(self._served_context, int) and self._served_context > 0:
+            return self._served_context
+        return super().context_length()
 
     def describe(self) -> dict:
         usage = self.usage

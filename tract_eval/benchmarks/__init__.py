@@ -52,7 +52,7 @@ class Benchmark:
 
     def metrics(self, rows: list[dict]) -> dict:
         if self.kind == "pairwise":
-            return pairwise_metrics(rows)
+            return pairwise_metrics(rows, self.options.get("unparsed_pairs", "half"))
         if not self.has_gold:  # own data without a score column: predictions only
             scored = [r["prediction"] for r in rows if r.get("prediction") is not None]
             return {"n": 0, "n_total": len(rows), "predicted": len(scored),

@@ -65,6 +65,10 @@ class BenchmarkCard:
     order: int | None = None  # position in report tables (None: after the ordered ones, by name)
     options: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # the card file (None: built from --bench PATH)
+    # the data version the card's files/urls/git_blobs describe (the default), and other versions,
+    # chosen as ``--bench NAME@VERSION``: each overrides title, urls and git_blobs
+    version: str | None = None
+    versions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -86,7 +90,28 @@ class BenchmarkCard:
 
     def describe(self) -> dict:
         return {"title": self.title, "kind": self.kind, "scale": list(self.scale), "average": self.average,
-                "order": self.order}
+                "order": self.order, "version": self.version}
+
+    def with_version(self, version: str) -> "BenchmarkCard":
+        """The card for another data version (``NAME@VERSION``), in its own run folder."""
+        if version == self.version:
+            return self
+        if version not in self.versions:
+            known = ", ".join([v for v in [self.version, *self.versions] if v]) or "none"
+            raise UnknownNameError(f"benchmark {self.name!r} has no version {version!r}; known: {known}")
+        spec = self.versions[version]
+        unknown = set(spec) - {"title", "urls", "git_blobs"}
+        if unknown:
+            raise ConfigError(f"{self.path}: version {version!r}: unknown settings {sorted(unknown)}")
+        return dataclasses.replace(self, name=f"{self.name}@{version}", version=version,
+                                   title=spec.get("title", f"{self.title} ({version})"),
+                                   urls=list(spec.get("urls", [])), git_blobs=list(spec.get("git_blobs", [])))
+
+    def known_versions(self) -> dict[str, list[str]]:
+        """Every data version of this benchmark's card file and its git blob ids."""
+        base = BenchmarkCard.load(self.path) if self.path is not None else self
+        return {base.version or "default": list(base.git_blobs),
+                **{v: list(spec.get("git_blobs", [])) for v, spec in base.versions.items()}}
 
 
 def parse_scale(value, what: str = "--scale") -> tuple[int, int]:
@@ -155,9 +180,12 @@ def locate_data(card: BenchmarkCard, data_dir: Path | None) -> LocatedData:
             return LocatedData(card.urls[0], cached, _verify(card, cached))
     if card.hub_id:
         if not hub_reachable():
+            if not card.files:  # --bench hf:ORG/NAME: there is no local layout to point at
+                raise DataUnavailable(f"hub dataset {card.hub_id}: the Hugging Face hub is unreachable (or "
+                                      "HF_HUB_OFFLINE is set); export it to a .jsonl/.csv/.parquet file and pass that")
             raise DataUnavailable(
                 f"{card.title}: not found locally ({looked}) and the Hugging Face hub is unreachable "
-                f"(hub dataset {card.hub_id}); pass --data-dir with {', '.join(card.files) or 'the files'}"
+                f"(hub dataset {card.hub_id}); pass --data-dir with {', '.join(card.files)}"
             )
         import datasets
 
@@ -181,6 +209,14 @@ def _verify(card: BenchmarkCard, paths: list[Path]) -> dict[str, str]:
             result[path.name] = f"no known checksum ({blob})"
         elif blob in card.git_blobs:
             result[path.name] = "verified"
+        elif other := [v for v, blobs in card.known_versions().items() if blob in blobs]:
+            default = next(iter(card.known_versions()))
+            base = card.name.split("@")[0]
+            suggestion = base if other[0] == default else f"{base}@{other[0]}"
+            raise DataFormatError(str(path), None, None,
+                                  f"is the {other[0]!r} version of this benchmark (git blob {blob}), not the "
+                                  f"{card.version or 'default'!r} one this run asks for; run --bench {suggestion} "
+                                  "or supply that version's file")
         else:
             log.warning("%s: git blob %s matches none of the known versions %s", path, blob, card.git_blobs)
             result[path.name] = f"UNKNOWN VERSION ({blob})"
@@ -227,9 +263,11 @@ def read_json_rows(path: Path) -> list[dict]:
 
 def load_card(name: str) -> BenchmarkCard:
     """A benchmark card by name: user folders (``--cards``) first, then the built-in ones."""
+    name, _, version = name.partition("@")
     for folder in card_dirs("benchmarks"):
         if (folder / f"{name}.yaml").is_file():
-            return BenchmarkCard.load(folder / f"{name}.yaml")
+            card = BenchmarkCard.load(folder / f"{name}.yaml")
+            return card.with_version(version) if version else card
     raise UnknownNameError(f"unknown benchmark {name!r}; known: {', '.join(benchmark_names())} "
                            "(or a data file: .jsonl, .json, .csv, .parquet, or hf:ORG/NAME[:SPLIT])")
 

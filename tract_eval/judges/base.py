@@ -67,6 +67,8 @@ class Judge:
     # -- inputs --------------------------------------------------------------------
     def grading_prompt(self, fields: GradingFields) -> str:
         """The benchmark row's grading prompt rendered with the card's template (the row's own text)."""
+        if fields.prompt_text is not None:
+            return fields.prompt_text
         cfg = self.config
         label = cfg.feedback_label if cfg.feedback_label is not None else fields.feedback_label
         fields = dataclasses.replace(fields, scale=tuple(cfg.scale), feedback_label=label)
@@ -80,6 +82,11 @@ class Judge:
         """The same input built from a tokenizer alone (training: no backend is created)."""
         render = lambda messages: render_chat_with_tokenizer(tokenizer, messages)  # noqa: E731
         return self.variant.build_input(sample, render, self._chat_template(tokenizer))
+
+    def training_input_with(self, tokenizer, prompt: str) -> str:
+        """The model input of a training row whose user turn is ``prompt`` (training: no backend)."""
+        render = lambda messages: render_chat_with_tokenizer(tokenizer, messages)  # noqa: E731
+        return self.variant.training_input(prompt, render, self._chat_template(tokenizer))
 
     def candidates_with(self, tokenizer) -> ScoreCandidates:
         render = lambda messages: render_chat_with_tokenizer(tokenizer, messages)  # noqa: E731
@@ -142,8 +149,9 @@ class Judge:
                 if completion.candidate_logprobs is None:  # the server's answer could not be read
                     per_cot.append(None)
                     continue
-                weights = probs if cfg.renormalize else raw
-                # an incomplete distribution is no score unless the judge says to renormalise what is there
+                # raw probabilities of absent candidates are unknown: policy "renormalize" scores over the
+                # candidates present, renormalised; an incomplete distribution is otherwise no score
+                weights = probs if cfg.renormalize or completion.missing_candidates else raw
                 usable = mass > 0 and (not completion.missing_candidates or cfg.partial_candidates == "renormalize")
                 per_cot.append(sum(int(s) * p for s, p in weights.items()) if usable else None)
             else:

@@ -48,14 +48,29 @@ class JudgeVariant:
     def user_content(self, sample: "Sample") -> str:
         return reference_strip(self.judge.grading_prompt(sample.fields))
 
-    def messages(self, sample: "Sample", chat_template: str | None) -> list[dict]:
+    def messages_for(self, content: str, chat_template: str | None) -> list[dict]:
+        """The chat around a user turn (TRACT: a system turn only with a card ``system_prompt``)."""
         system = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
-        return system + [{"role": "user", "content": self.user_content(sample)}]
+        return system + [{"role": "user", "content": content}]
+
+    def messages(self, sample: "Sample", chat_template: str | None) -> list[dict]:
+        return self.messages_for(self.user_content(sample), chat_template)
+
+    def finish_input(self, text: str) -> str:
+        """The templated text as the model reads it (score-only: stripped, the bridge follows)."""
+        return text
 
     def build_input(self, sample: "Sample", render: Render, chat_template: str | None) -> str:
         """The exact model input: the chat template with the assistant turn opened."""
         text = render(self.messages(sample, chat_template))
-        return remove_reference_section(text) if sample.fields.remove_reference else text
+        if sample.fields.remove_reference:
+            text = remove_reference_section(text)
+        return self.finish_input(text)
+
+    def training_input(self, prompt: str, render: Render, chat_template: str | None) -> str:
+        """The model input of a training row whose user turn is ``prompt`` as prepared (TRACT trains on
+        its with_feedback / no_feedback prompts, not on the benchmark layout)."""
+        return self.finish_input(render(self.messages_for(reference_strip(prompt), chat_template)))
 
     def candidates(self, tokenizer, render: Render) -> ScoreCandidates:
         return derive_score_candidates(tokenizer, self.config.delimiter, self.config.scale)
@@ -147,17 +162,13 @@ class ScoreOnlyRail(JudgeVariant):
     def user_content(self, sample):
         return score_only_content(reference_strip(self.judge.grading_prompt(sample.fields)))
 
-    def build_input(self, sample, render, chat_template):
+    def finish_input(self, text):
         # the reference reads after ``text.strip() + " "``: the input is stripped, the bridge is the " "
-        return super().build_input(sample, render, chat_template).rstrip()
+        return text.rstrip()
 
     def candidates(self, tokenizer, render):
-        anchor = render(self.messages_for_anchor()).rstrip()
+        anchor = self.finish_input(render(self.messages_for("###Feedback:", None)))
         return derive_first_token_candidates(tokenizer, anchor, self.config.scale)
-
-    def messages_for_anchor(self) -> list[dict]:
-        system = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
-        return system + [{"role": "user", "content": "###Feedback:"}]
 
     def run(self, samples, inputs, first_cot, finish, batch_size=None):
         requests = [ScoreRequest(text, "", self.judge.candidates) for text in inputs]
@@ -195,8 +206,8 @@ class Prometheus(JudgeVariant):
     def user_content(self, sample):
         return self.judge.grading_prompt(sample.fields)  # the row's instruction unchanged
 
-    def messages(self, sample, chat_template):
-        system, user = self.config.system_prompt or "", self.user_content(sample)
+    def messages_for(self, content, chat_template):
+        system, user = self.config.system_prompt or "", content
         if chat_template is not None and "system" in chat_template:
             return [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return [{"role": "user", "content": system + user}]  # no separator, as prometheus-eval

@@ -88,13 +88,13 @@ def _compare_pairs(bench, run_a, run_b, resamples, seed, confidence) -> list[Dif
     if not keys:
         raise ConfigError(f"{bench}: the two runs share no scored pairs ({run_a.path}, {run_b.path})")
     pa, pb = data_a.subset(keys), data_b.subset(keys)
-    scores_a = rewardbench_scores(pa.subsets, pa.sections, pa.outcomes)
-    scores_b = rewardbench_scores(pb.subsets, pb.sections, pb.outcomes)
+    scores_a = rewardbench_scores(pa.subsets, pa.outcomes)
+    scores_b = rewardbench_scores(pb.subsets, pb.outcomes)
     names = list(scores_a)
 
     def difference(idx):
-        sa = rewardbench_scores(pa.subsets[idx], pa.sections[idx], pa.outcomes[idx])
-        sb = rewardbench_scores(pb.subsets[idx], pb.sections[idx], pb.outcomes[idx])
+        sa = rewardbench_scores(pa.subsets[idx], pa.outcomes[idx])
+        sb = rewardbench_scores(pb.subsets[idx], pb.outcomes[idx])
         return [sa[n] - sb[n] for n in names]
 
     reps = bootstrap.replicates(pa.strata(), difference, resamples, bootstrap.stream_seed(seed, bench, "paired"))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..metrics import rewardbench_leaderboard, rewardbench_section_scores
 from .runs import Run, sample_key
 
 
@@ -96,10 +97,10 @@ def absolute_measure(key: str, gold: np.ndarray, prediction: np.ndarray) -> floa
 
 @dataclass
 class PairData:
-    keys: list[str]  # subset/pair_id of the pairs with both sides scored, sorted
+    keys: list[str]  # subset/pair_id of the judged pairs, sorted
     subsets: np.ndarray
     sections: np.ndarray
-    outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie, 0 otherwise
+    outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie or an unscored side, 0 otherwise
     n_pairs: int  # pairs in the run, scored or not
     parse_failures: int
 
@@ -125,7 +126,8 @@ class PairData:
 
 
 def pair_data(run: Run) -> PairData:
-    """Chosen/rejected outcomes of the pairs with both sides scored (pairing by the package metrics)."""
+    """Chosen/rejected outcomes of the judged pairs (pairing and scoring by the package metrics: a tie or
+    an unscored side is 0.5, as reward-bench)."""
     from ..metrics import pair_outcomes
 
     for number, row in enumerate(run.rows, start=1):
@@ -145,24 +147,12 @@ def pair_data(run: Run) -> PairData:
     )
 
 
-def rewardbench_scores(subsets: np.ndarray, sections: np.ndarray, outcomes: np.ndarray) -> dict[str, float]:
-    """Section accuracies and the leaderboard score (mean of sections), from outcome arrays.
-
-    The same rule as ``metrics.pairwise_metrics`` (a test holds them equal), on arrays so that
-    thousands of bootstrap resamples stay fast: Reasoning weighs math-prm equally against the pooled
-    hep-* subsets; the other sections pool their pairs.
-    """
-    scores: dict[str, float] = {}
-    for section in REWARDBENCH_SECTIONS:
-        in_section = sections == section
-        if not in_section.any():
-            continue
-        if section == "Reasoning":
-            parts = [outcomes[in_section & (subsets == "math-prm")],
-                     outcomes[in_section & (subsets != "math-prm")]]
-            scores[section] = float(np.mean([p.mean() for p in parts if len(p)]))
-        else:
-            scores[section] = float(outcomes[in_section].mean())
+def rewardbench_scores(subsets: np.ndarray, outcomes: np.ndarray) -> dict[str, float]:
+    """Section scores and the leaderboard score (``REWARDBENCH_SCORE``) from outcome arrays, by the
+    one RewardBench rule (``metrics.rewardbench_section_scores``: sections weight their subsets'
+    accuracies by reward-bench's EXAMPLE_COUNTS); the arrays keep bootstrap resamples fast."""
+    accuracy = {str(name): float(outcomes[subsets == name].mean()) for name in np.unique(subsets)}
+    scores = rewardbench_section_scores(accuracy)
     if scores:
-        scores[REWARDBENCH_SCORE] = float(np.mean(list(scores.values())))
+        scores[REWARDBENCH_SCORE] = rewardbench_leaderboard(scores)
     return scores

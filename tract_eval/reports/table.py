@@ -179,13 +179,13 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
                 continue
             data = pair_data(run)
             counts[judge, bench] = Counts(data.n, data.n_pairs, data.parse_failures, pairwise=True)
-            scores = rewardbench_scores(data.subsets, data.sections, data.outcomes)
+            scores = rewardbench_scores(data.subsets, data.outcomes)
             names = [s for s in (*REWARDBENCH_SECTIONS, REWARDBENCH_SCORE) if s in scores]
             reps = None
             if ci and data.n:
                 reps = bootstrap.replicates(
                     data.strata(),
-                    lambda idx: [rewardbench_scores(data.subsets[idx], data.sections[idx], data.outcomes[idx])[s]
+                    lambda idx: [rewardbench_scores(data.subsets[idx], data.outcomes[idx])[s]
                                  for s in names],
                     resamples, bootstrap.stream_seed(seed, bench))
             for i, name in enumerate(names):

@@ -16,7 +16,7 @@ from transformers import TrainingArguments
 from ..cards import find_card
 from ..config import read_yaml_mapping
 from ..errors import ConfigError
-from .objectives import OBJECTIVES, SCORE_PROBS
+from .objectives import OBJECTIVES, SCORE_PROBS, SCORE_REDUCTIONS
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,16 @@ class TrainConfig(TrainingArguments):
     objective: str = field(default="cot_raft", metadata={"help": f"one of {OBJECTIVES}"})
     score_weight: float = field(default=1.0, metadata={"help": "lambda: weight of the squared score error"})
     score_probs: str = field(default="raw", metadata={"help": f"one of {SCORE_PROBS}"})
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of the CE term (0 with cot_raft: RAFT loss on "
+                                                            "CoT data without CE, paper §6.3)"})
+    score_reduction: str = field(default="reference", metadata={
+        "help": f"one of {SCORE_REDUCTIONS}: 'reference' sums TRACT's per-micro-batch score term over the "
+                "accumulation steps (as the released models were trained); 'mean' averages it per sequence"})
+    validation_ratio: float = field(default=0.0, metadata={
+        "help": "hold out this share of the rows (TRACT: 0.05) and evaluate the loss on it during training"})
     two_stage: bool = field(default=False, metadata={"help": "TRACT: stage 1, self-generated CoTs, stage 2"})
+    save_merged: bool = field(default=False, metadata={"help": "one-stage runs: also write OUT/merged, the adapter "
+                                                               "merged into the seed (a --model to train further)"})
     limit: int | None = field(default=None, metadata={"help": "train on the first N rows"})
     max_length: int = field(default=4096, metadata={"help": "longer rows are left out and reported"})
     lora_rank: int = 8
@@ -55,7 +64,7 @@ class TrainConfig(TrainingArguments):
     save_strategy: str = "steps"
     save_steps: float = 500
     save_total_limit: int | None = 2
-    report_to: str | list[str] | None = "none"
+    report_to: None | str | list[str] = "none"  # the order TrainingArguments uses (HfArgumentParser reads it)
     remove_unused_columns: bool = False
 
     def __post_init__(self):
@@ -65,6 +74,16 @@ class TrainConfig(TrainingArguments):
             raise ConfigError(f"score_probs must be one of {SCORE_PROBS}, not {self.score_probs!r}")
         if self.score_weight < 0:
             raise ConfigError("score_weight (lambda) must be >= 0")
+        if self.ce_weight < 0:
+            raise ConfigError("ce_weight must be >= 0")
+        if self.score_reduction not in SCORE_REDUCTIONS:
+            raise ConfigError(f"score_reduction must be one of {SCORE_REDUCTIONS}, not {self.score_reduction!r}")
+        if not 0 <= self.validation_ratio < 1:
+            raise ConfigError(f"validation_ratio must be in [0, 1), not {self.validation_ratio}")
+        if self.validation_ratio and self.eval_strategy in ("no", None):
+            self.eval_strategy = "steps"  # the held-out loss is logged as eval_loss every eval_steps
+        if self.validation_ratio:
+            self.prediction_loss_only = True
         if self.bf16:
             self._choose_bf16_device()
         super().__post_init__()

@@ -9,33 +9,50 @@ closed with the same rule the backends apply to a generated CoT
 Two sources are understood:
 
 * Feedback Collection (``prometheus-eval/Feedback-Collection`` on the hub, or a
-  local JSON/JSONL export): the prompt is rendered from the ``orig_*`` columns
-  with the judges' Prometheus template, the CoT and score come from ``output``.
+  local JSON/JSONL export), as TRACT's ``finetuning_utils/prepare_dataset.py`` prepares it: the
+  prompt is ``training/prompts/with_feedback.prompt`` (paper Table 4) filled with the ``orig_*``
+  columns; the CoT is ``output`` up to its first "So the overall", stripped, then the delimiter, and
+  rows whose output never says "So the overall" are left out and counted. Score-only rows
+  (``mode="score-only"``, for the B.1 CE and B.4 RAFT models) use ``no_feedback.prompt`` and the
+  bare score as the target.
 * Any Prometheus-format file with a pre-formatted prompt in ``instruction`` and
   annotation lists ``gpt4_feedback`` / ``gpt4_score`` (the Vicuna and MT Bench
-  files): one row per feedback, paired with the score at the same index.
+  files): one row per feedback, paired with the score at the same index. These feedbacks never
+  say "So the overall"; ``force_delimiter=True`` (a named departure from the reference) appends the
+  delimiter to such feedback instead of leaving the row out.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..candidates import DEFAULT_DELIMITER
+from ..cards import card_dir
 from ..errors import UserError
 from ..parsing import parse_score
-from ..prompts import GradingFields, format_rubric, parse_prometheus_prompt, render_prompt
+from ..prompts import parse_prometheus_prompt
 from ..protocol import finish_cot
 
 log = logging.getLogger(__name__)
 
 FEEDBACK_COLLECTION = "prometheus-eval/Feedback-Collection"
-PROMETHEUS_TEMPLATE = "prometheus_absolute"
 _RESULT = re.compile(r"\s*\[RESULT\]")
 _ORIG_COLUMNS = ("orig_instruction", "orig_response", "orig_criteria")
+CUT_MARKER = "So the overall"
+MODES = ("cot", "score-only")
+# TRACT's training prompts (finetuning_utils/prompts/feedback_collection/), filled with str.format
+TRAINING_PROMPTS = {"cot": "with_feedback.prompt", "score-only": "no_feedback.prompt"}
+
+
+def training_prompt_template(mode: str) -> str:
+    if mode not in MODES:
+        raise TrainingDataError(f"training data mode must be one of {MODES}, not {mode!r}")
+    return (card_dir("training") / "prompts" / TRAINING_PROMPTS[mode]).read_text(encoding="utf-8")
 
 
 class TrainingDataError(UserError, ValueError):
@@ -89,37 +106,34 @@ def split_feedback(output: str, scale: tuple[int, int]) -> tuple[str, int]:
     return output[: match.start()], score
 
 
-def _feedback_collection_prompt(record: dict) -> str:
-    missing = [c for c in _ORIG_COLUMNS if not isinstance(record.get(c), str)]
+def _feedback_collection_prompt(record: dict, mode: str) -> str:
+    """The row's prompt as TRACT writes it: ``template.format(**row)`` over the template's columns."""
+    template = training_prompt_template(mode)
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    missing = [name for name in names if not isinstance(record.get(name), str)]
     if missing:
         raise TrainingDataError(f"missing column(s) {missing}")
-    descriptions = []
-    for k in range(1, 6):
-        value = record.get(f"orig_score{k}_description")
-        if not isinstance(value, str):
-            raise TrainingDataError(f"missing column orig_score{k}_description")
-        descriptions.append(value)
-    reference = record.get("orig_reference_answer")
-    fields = GradingFields(
-        instruction=record["orig_instruction"].strip(),
-        response=record["orig_response"].strip(),
-        rubric=format_rubric(record["orig_criteria"], descriptions),
-        reference_answer=reference.strip() if isinstance(reference, str) and reference.strip() else None,
-        # Feedback Collection's prompts are Prometheus-1's, which say "Feedback: (write a feedback ...)"
-        feedback_label="Feedback: ",
-    )
-    return render_prompt(PROMETHEUS_TEMPLATE, fields)
+    return template.format(**{name: record[name] for name in names})
 
 
 def rows_from_feedback_collection(records: Iterable[dict], source: str, delimiter: str,
-                                  scale: tuple[int, int]) -> PreparedData:
+                                  scale: tuple[int, int], mode: str = "cot",
+                                  force_delimiter: bool = False) -> PreparedData:
     rows, rejected = [], []
     for index, record in enumerate(records):
         row_id = f"{Path(source).stem}:{index}"
         try:
-            prompt = _feedback_collection_prompt(record)
-            feedback, score = split_feedback(record.get("output"), scale)
-            cot = annotation_cot(feedback, delimiter)
+            prompt = _feedback_collection_prompt(record, mode)
+            output = record.get("output")
+            feedback, score = split_feedback(output, scale)
+            if mode == "score-only":
+                cot = ""
+            elif CUT_MARKER in output:  # prepare_dataset.py --cot_no_result
+                cot = output.split(CUT_MARKER)[0].strip() + " " + delimiter
+            elif force_delimiter:
+                cot = annotation_cot(feedback, delimiter)
+            else:
+                raise TrainingDataError(f"no {CUT_MARKER!r} in the output (TRACT leaves such rows out)")
         except TrainingDataError as exc:
             rejected.append(Rejected(source, str(index), str(exc)))
             continue
@@ -128,7 +142,7 @@ def rows_from_feedback_collection(records: Iterable[dict], source: str, delimite
 
 
 def rows_from_annotated_prompts(records: Iterable[dict], source: str, delimiter: str,
-                                scale: tuple[int, int]) -> PreparedData:
+                                scale: tuple[int, int], force_delimiter: bool = False) -> PreparedData:
     """Pre-formatted prompts with ``gpt4_feedback`` / ``gpt4_score`` lists: one row per feedback."""
     rows, rejected = [], []
     for index, record in enumerate(records):
@@ -158,7 +172,13 @@ def rows_from_annotated_prompts(records: Iterable[dict], source: str, delimiter:
                     if written != score:
                         raise TrainingDataError(f"feedback says [RESULT] {written} but the score is {score}")
                     feedback = feedback[: marker.start()]
-                cot = annotation_cot(feedback, delimiter)
+                if CUT_MARKER in feedback:
+                    cot = feedback.split(CUT_MARKER)[0].strip() + " " + delimiter
+                elif force_delimiter:
+                    cot = annotation_cot(feedback, delimiter)
+                else:
+                    raise TrainingDataError(f"no {CUT_MARKER!r} in the feedback (TRACT leaves such rows out; "
+                                            "--force-delimiter appends the delimiter instead)")
             except TrainingDataError as exc:
                 rejected.append(Rejected(source, where, str(exc)))
                 continue
@@ -197,8 +217,11 @@ def _read_records(source: str) -> list[dict]:
 
 
 def prepare(sources: list[str], delimiter: str = DEFAULT_DELIMITER, scale: tuple[int, int] = (1, 5),
-            limit: int | None = None) -> PreparedData:
-    """Rows from every source, in order; the format of each is recognised from its columns."""
+            limit: int | None = None, mode: str = "cot", force_delimiter: bool = False) -> PreparedData:
+    """Rows from every source, in order; the format of each is recognised from its columns.
+
+    ``mode``: "cot" rows (prompt, CoT, score) or "score-only" rows (no_feedback prompt, score)."""
+    training_prompt_template(mode)  # a bad mode fails before any file is read
     rows, rejected = [], []
     for source in sources:
         records = _read_records(source)
@@ -206,9 +229,12 @@ def prepare(sources: list[str], delimiter: str = DEFAULT_DELIMITER, scale: tuple
             raise TrainingDataError(f"{source}: no rows")
         first = records[0]
         if "gpt4_feedback" in first and "instruction" in first:
-            part = rows_from_annotated_prompts(records, source, delimiter, scale)
+            if mode == "score-only":
+                raise TrainingDataError(f"{source}: score-only rows are TRACT's no_feedback prompt filled from "
+                                        "Feedback Collection's orig_* columns; this file has none")
+            part = rows_from_annotated_prompts(records, source, delimiter, scale, force_delimiter)
         elif "output" in first and any(c in first for c in _ORIG_COLUMNS):
-            part = rows_from_feedback_collection(records, source, delimiter, scale)
+            part = rows_from_feedback_collection(records, source, delimiter, scale, mode, force_delimiter)
         else:
             raise TrainingDataError(
                 f"{source}: unknown format; expected Feedback Collection columns (orig_*, output) or "

@@ -1,15 +1,16 @@
 """Training objectives: CE over CoT + score, RAFT (no CoT) and CoT-RAFT, on one token layout.
 
 Every training sequence is ``chat input + CoT + bridge + score token + EOS``,
-where ``CoT`` ends with the delimiter (for RAFT the CoT is the bare delimiter,
-which is what a no-CoT RAIL readout feeds) and the score token is the
-tokenizer-derived candidate of the gold score. The objectives differ only in
-which tokens the cross-entropy sees and in the weight of the score term:
+where ``CoT`` ends with the delimiter for judges that write one (a score-only judge's rows have
+no CoT: its chat input is stripped and the bridge and score follow at the first assistant token,
+as its readout reads them) and the score token is the tokenizer-derived candidate of the gold
+score. The objectives differ only in which tokens the cross-entropy sees and in the weights:
 
-* ``ce``        CE over CoT, bridge, score token and EOS (baseline B.2).
+* ``ce``        ce_weight * CE over CoT, bridge, score token and EOS (baselines B.1, B.2).
 * ``raft``      the squared error of the expected score only (baseline B.4).
-* ``cot_raft``  CE over CoT, bridge and EOS (the score token masked out, as in
-  the reference) + lambda * (sum_y p(y | x, CoT) * y - y*)^2.
+* ``cot_raft``  ce_weight * CE over CoT, bridge and EOS (the score token masked out, as in
+  the reference) + lambda * (sum_y p(y | x, CoT) * y - y*)^2; ce_weight 0 is the RAFT loss on
+  CoT data without CE (paper §6.3).
 
 The expected score reads the candidate logits at the single position that
 predicts the score token. ``score_probs="raw"`` takes p(y) from a softmax over
@@ -30,6 +31,11 @@ from ..candidates import ScoreCandidates
 
 OBJECTIVES = ("ce", "raft", "cot_raft")
 SCORE_PROBS = ("raw", "renormalized")
+# How the squared-error term is normalised. "mean": over the sequences of the effective (accumulated)
+# batch, like the CE term over its tokens. "reference": as TRACT's compute_raft_loss, mse(mean over the
+# micro-batch) / micro-batch size per micro-batch, summed over the accumulation steps (with batch 1 and
+# 8 steps: the sum of the 8 sequences' squared errors) while CE stays a token mean.
+SCORE_REDUCTIONS = ("mean", "reference")
 IGNORE = -100
 SCORE_COLUMN = -2  # the score token's column after left padding: right before EOS
 
@@ -45,14 +51,15 @@ class LossTerms:
     expected: torch.Tensor  # expected score per sequence (for logging)
 
 
-def objective_weights(objective: str, score_weight: float) -> tuple[float, float]:
-    """(CE weight, score-term weight) of an objective."""
+def objective_weights(objective: str, score_weight: float, ce_weight: float = 1.0) -> tuple[float, float]:
+    """(CE weight, score-term weight) of an objective; ``ce_weight`` 0 with ``cot_raft`` is the
+    RAFT loss on CoT data without CE (paper §6.3)."""
     if objective == "ce":
-        return 1.0, 0.0
+        return ce_weight, 0.0
     if objective == "raft":
         return 0.0, score_weight
     if objective == "cot_raft":
-        return 1.0, score_weight
+        return ce_weight, score_weight
     raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
 
 
@@ -120,7 +127,7 @@ def encode_row(tokenizer, chat_text: str, cot: str, score: int, candidates: Scor
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    kept, forced, _ = finish_cot("" if objective == "raft" else cot, candidates.delimiter, cut_marker)
+    kept, forced, _ = finish_cot(cot, candidates.delimiter, cut_marker)
     prompt_ids = encode(chat_text)
     cot_ids = encode(kept + forced) + list(candidates.bridge_ids)
     score_id = candidates.sequences[candidates.scores.index(score)][0]

@@ -16,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
 from ..benchmarks import Sample
-from ..config import load_judge_card
+from ..config import COT_PROTOCOLS, load_judge_card
 from ..judges import Judge, build_judge
 from ..prompts import parse_prometheus_prompt
 from ..records import JsonlAppender, Prediction, read_jsonl
@@ -39,27 +40,30 @@ def stage_complete(out_dir: str | Path) -> bool:
 
 
 def row_sample(row: TrainingRow) -> Sample:
-    """A training row as the benchmark sample a judge grades (its prompt split back into fields)."""
+    """A training row as the sample a judge grades: its prompt is used verbatim (TRACT generates
+    stage-2 CoTs from its training prompts), its sections parsed only to check it."""
     try:
         fields = parse_prometheus_prompt(row.prompt)
     except ValueError as exc:
         raise TrainingDataError(f"training row {row.id}: field 'prompt' is not a Prometheus grading prompt: {exc}")
-    return Sample(row.id, fields, float(row.score), dict(row.meta))
+    return Sample(row.id, dataclasses.replace(fields, prompt_text=row.prompt), float(row.score), dict(row.meta))
 
 
 def encode_rows(rows: list[TrainingRow], tokenizer, judge: Judge, objective: str, max_length: int):
     """Token features for the rows that fit in ``max_length``; the ids of the others.
 
-    The model input is the judge's own (``Judge.build_input_with``), so training sees exactly
-    what ``tract-eval run`` feeds.
+    The row's prompt is the user turn, in the judge's chat layout (``Judge.training_input_with``:
+    the same template, system turn and stripping as ``tract-eval run``); a score-only judge's rows
+    carry no CoT, the score follows the bridge at the first assistant token.
     """
     cfg = judge.config
     candidates = judge.candidates_with(tokenizer)
     features, too_long = [], []
     for row in rows:
-        chat = judge.build_input_with(tokenizer, row_sample(row))
+        chat = judge.training_input_with(tokenizer, row.prompt)
+        cot = row.cot if judge.variant.writes_cot else ""
         try:
-            feature = encode_row(tokenizer, chat, row.cot, row.score, candidates, objective, cfg.cut_marker)
+            feature = encode_row(tokenizer, chat, cot, row.score, candidates, objective, cfg.cut_marker)
         except ValueError as exc:
             raise ValueError(f"training row {row.id}: {exc}") from exc
         if len(feature["input_ids"]) > max_length:
@@ -67,6 +71,18 @@ def encode_rows(rows: list[TrainingRow], tokenizer, judge: Judge, objective: str
             continue
         features.append(feature)
     return candidates, features, too_long
+
+
+def split_validation(rows: list[TrainingRow], ratio: float, seed: int) -> tuple[list[TrainingRow], list[TrainingRow]]:
+    """(training rows, held-out rows): ``int(len * ratio)`` rows after a seeded shuffle, as TRACT
+    holds out 5% (``--validation-ratio 0.05``)."""
+    count = int(len(rows) * ratio)
+    if not count:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[-count:])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
 def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir: str | Path | None = None) -> dict:
@@ -81,7 +97,12 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
     started = time.perf_counter()
     source, tokenizer, model = load_seed(config.model)
     load_seconds = time.perf_counter() - started
+    rows, validation = split_validation(rows, config.validation_ratio, config.seed)
     candidates, features, too_long = encode_rows(rows, tokenizer, judge, config.objective, config.max_length)
+    _, eval_features, _ = encode_rows(validation, tokenizer, judge, config.objective, config.max_length)
+    if config.validation_ratio and not eval_features:
+        log.warning("validation_ratio %s holds out no row of %d; training without a held-out set",
+                    config.validation_ratio, len(rows))
     if too_long:
         log.warning("%d of %d rows are longer than max_length=%d tokens and are left out: %s",
                     len(too_long), len(rows), config.max_length, ", ".join(too_long[:10]))
@@ -89,13 +110,14 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
         raise ValueError(f"no training row fits in max_length={config.max_length} tokens")
     model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target)
     checkpoints = out / "checkpoints"
-    args = dataclasses.replace(config, output_dir=str(checkpoints))
+    args = dataclasses.replace(config, output_dir=str(checkpoints), **(
+        {} if eval_features else {"validation_ratio": 0.0, "eval_strategy": "no"}))
     trainer = ScoreTrainer(
-        model=model, args=args, train_dataset=features,
+        model=model, args=args, train_dataset=features, eval_dataset=eval_features or None,
         data_collator=LeftPadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                       else tokenizer.eos_token_id),
         candidates=candidates, objective=config.objective, score_weight=config.score_weight,
-        score_probs=config.score_probs,
+        score_probs=config.score_probs, ce_weight=config.ce_weight, score_reduction=config.score_reduction,
     )
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if resume:
@@ -116,7 +138,10 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
         "objective": config.objective,
         "score_weight": config.score_weight,
         "score_probs": config.score_probs,
+        "ce_weight": config.ce_weight,
+        "score_reduction": config.score_reduction,
         "rows": len(rows),
+        "validation_rows": len(validation),
         "rows_used": len(features),
         "rows_too_long": too_long,
         "candidates": candidates.to_dict(),
@@ -181,9 +206,10 @@ def run_recipe(config, data: str | Path, out_dir: str | Path) -> dict:
     """One stage, or TRACT's two stages when ``config.two_stage``; returns {step: summary}."""
     out = Path(out_dir)
     judge = load_judge_card(config.judge)
-    rows = load_training_rows(data, judge.delimiter, judge.scale, config.limit)
+    rows = load_training_rows(data, judge.delimiter, judge.scale, config.limit,
+                              need_cot=judge.protocol in COT_PROTOCOLS)
     if not config.two_stage:
-        return {"model": run_stage(config, rows, out)}
+        return {"model": run_stage(config, rows, out, merged_dir=out / "merged" if config.save_merged else None)}
     stage1 = out / "stage1"
     summaries = {"stage1": run_stage(config, rows, stage1, merged_dir=stage1 / "merged")}
     merged = stage1 / "merged"

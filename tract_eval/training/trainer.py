@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from ..candidates import ScoreCandidates
 from ..models import EMBEDDED_NAME, ModelSource, resolve_model
-from .objectives import SCORE_COLUMN, loss_terms, objective_weights
+from .objectives import SCORE_COLUMN, SCORE_REDUCTIONS, loss_terms, objective_weights
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +20,25 @@ log = logging.getLogger(__name__)
 class ScoreTrainer(Trainer):
     """Trainer whose loss is ``ce_weight * CE + score_weight * (E[score] - y*)^2``.
 
-    Both terms are normalised over the whole accumulated batch (CE per target
-    token, the score term per sequence), so gradient accumulation gives the
-    same update as one big batch; the two terms are logged separately as
-    ``ce_loss`` and ``score_loss`` (plus ``expected_score_mae``).
+    CE is normalised over the whole accumulated batch (per target token). The score term is too
+    (per sequence) with ``score_reduction="mean"``, so gradient accumulation gives the same update
+    as one big batch; ``"reference"`` reproduces TRACT's compute_raft_loss instead (per micro-batch
+    ``sum of squared errors / micro-batch size**2``, summed over the accumulation steps). The terms
+    are logged separately as ``ce_loss`` and ``score_loss`` (plus ``expected_score_mae``).
     """
 
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, candidates: ScoreCandidates, objective: str, score_weight: float = 1.0,
-                 score_probs: str = "raw", **kwargs):
+                 score_probs: str = "raw", ce_weight: float = 1.0, score_reduction: str = "mean", **kwargs):
         super().__init__(*args, **kwargs)
+        if score_reduction not in SCORE_REDUCTIONS:
+            raise ValueError(f"score_reduction must be one of {SCORE_REDUCTIONS}, not {score_reduction!r}")
         self.candidates = candidates
         self.objective = objective
-        self.ce_weight, self.score_weight = objective_weights(objective, score_weight)
+        self.ce_weight, self.score_weight = objective_weights(objective, score_weight, ce_weight)
         self.score_probs = score_probs
+        self.score_reduction = score_reduction
         self._window: tuple[int, int] | None = None  # (CE tokens, sequences) of the accumulated batch
         self._reset_term_log()
 
@@ -69,9 +73,13 @@ class ScoreTrainer(Trainer):
         loss = logits.new_zeros((), dtype=torch.float32)
         if self.ce_weight:
             loss = loss + self.ce_weight * terms.ce_sum / max(ce_norm, 1)
-        if self.score_weight:
+        if self.score_weight and self.score_reduction == "mean":
             loss = loss + self.score_weight * terms.se_sum / max(seq_norm, 1)
         loss = loss * scale
+        if self.score_weight and self.score_reduction == "reference":
+            # mse_loss(reduction="mean") over the micro-batch, divided by its size: per micro-batch,
+            # not normalised by the accumulation window (each process sums its own, as the reference)
+            loss = loss + self.score_weight * terms.se_sum / terms.sequences ** 2
         if model.training:
             self._term_log["ce_sum"] += float(terms.ce_sum.detach())
             self._term_log["ce_tokens"] += terms.ce_tokens
