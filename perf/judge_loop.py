@@ -206,8 +206,9 @@ def main() -> None:
         assert out.shape[1] - enc["input_ids"].shape[1] == n_new
         return seconds, clock
 
-    # warm-up: allocator, kernels, lazy imports
-    ours([GenerationRequest("warm", prompts[0])], sampling_=replace(sampling, max_new_tokens=4))
+    # warm-up: allocator, kernels, lazy imports, the token tables of the delimiter and stop strings
+    ours([GenerationRequest("warm", prompts[0], candidates=candidates, cut_marker=CUT_MARKER)],
+         sampling_=replace(sampling, max_new_tokens=4))
     theirs(prompts[:1])
 
     if "generate" in sections:
