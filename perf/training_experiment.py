@@ -20,7 +20,6 @@ test of the pipeline, not a reproduction of the paper's table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time

@@ -6,7 +6,6 @@ built offline (tests/local_tokenizers.py) and, marked slow, on the embedded mode
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
