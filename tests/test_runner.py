@@ -216,3 +216,15 @@ def test_scaling_cache_fills_through_the_runner_loop(tmp_path, vicuna):
     again = LengthBackend()
     run_scaling(["tract"], [vicuna], [1, 2], [0], {}, tmp_path, limit=3, log_line=lambda _: None, backend=again)
     assert again.judged == 0
+
+
+def test_protocols_without_streaming_save_each_batch_before_the_next(vicuna):
+    """Score-only and decode protocols finish rows only when a backend call ends; the judge hands them
+    a batch of samples at a time, so a crash keeps every batch finished before it."""
+    from tract_eval.runner import judge_pending
+
+    backend, rows = LengthBackend(crash_after=3), []
+    judge = build_judge("rail", backend=backend)  # score-only RAIL: one score() call per batch
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        judge_pending(judge, vicuna.select(6), rows.append, batch_size=2)
+    assert [r.id for r in rows] == [s.id for s in vicuna.select(2)]  # the first batch was saved

@@ -19,6 +19,8 @@ from .variants import VARIANTS, JudgeVariant
 log = logging.getLogger(__name__)
 
 OnRow = Callable[[Prediction], None]
+# Sequences per call for protocols that finish rows only when a call ends, under --batch-size auto.
+UNSTREAMED_BATCH = 32
 
 
 class Judge:
@@ -111,7 +113,16 @@ class Judge:
             if on_row:
                 on_row(rows[index])
 
-        self.variant.run(samples, inputs, first_cot, finish, batch_size or self.config.batch_size)
+        size = batch_size or self.config.batch_size
+        if self.variant.streams_rows:
+            self.variant.run(samples, inputs, first_cot, finish, size)
+        else:
+            sequences = size if isinstance(size, int) else UNSTREAMED_BATCH  # "auto": the backend sizes slots
+            step = max(1, sequences // (self.config.n_cot if self.variant.writes_cot else 1))
+            for start in range(0, len(samples), step):
+                self.variant.run(samples[start:start + step], inputs[start:start + step], first_cot,
+                                 lambda index, completions, retries, _start=start:
+                                 finish(_start + index, completions, retries), size)
         return rows  # type: ignore[return-value]
 
     def score_given_cots(self, samples: list[Sample], cots: list[list[str]], on_row: OnRow | None = None) -> list[Prediction]:

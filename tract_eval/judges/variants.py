@@ -39,6 +39,10 @@ class JudgeVariant:
     writes_cot: ClassVar[bool]  # samples a CoT (n_cot continuations per sample)
     reads_distribution: ClassVar[bool]  # the score is an expectation over the candidates (RAIL)
     uses_candidates: ClassVar[bool] = True  # the readout follows the derived delimiter + bridge
+    # ``run`` finishes each sample as soon as it is done (the backend's on_done). Variants with a step
+    # after sampling (a decode token, regeneration) finish rows only when a call ends, so the judge
+    # hands them a batch of samples at a time and a kill loses at most that batch.
+    streams_rows: ClassVar[bool] = False
 
     def __init__(self, judge: "Judge"):
         self.judge = judge
@@ -99,6 +103,7 @@ class CotRail(JudgeVariant):
     protocol = "cot-rail"
     writes_cot = True
     reads_distribution = True
+    streams_rows = True
 
     def run(self, samples, inputs, first_cot, finish, batch_size=None):
         cfg = self.config
