@@ -117,9 +117,11 @@ def test_vllm_serve_with_openai_backend_equals_offline_engine(offline_run, vllm_
     assert proc.returncode == 0, proc.stderr[-4000:]
     manifest = json.loads((tmp / "served" / "tract" / "vicuna" / "manifest.json").read_text())
     assert manifest["backend"]["server"] == "vllm" and manifest["backend"]["api_model"] == "smollm2"
-    served_rows = _rows(tmp / "served")
+    served_rows = {row["id"]: row for row in _rows(tmp / "served")}  # rows are written as samples finish
+    assert sorted(served_rows) == sorted(row["id"] for row in offline_rows)
     worst = 0.0
-    for offline, served in zip(offline_rows, served_rows):
+    for offline in offline_rows:
+        served = served_rows[offline["id"]]
         assert served["input"] == offline["input"]
         assert served["cots"] == offline["cots"]  # same seeds: the same samples
         for a, b in zip(offline["raw_probs"], served["raw_probs"]):
