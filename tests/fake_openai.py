@@ -38,8 +38,30 @@ def score_logprobs(prompt: str) -> dict[str, float]:
     return {str(s): -abs(s - target) - 1.0 for s in range(1, 6)}
 
 
+TOP_LOGPROB = -0.5  # the 'model's most likely token at every prompt position has this log-probability
+TOP_TOKEN = "\x00"  # and is this token (never in a test's text), unless the prompt's own token is as likely
+
+
+def prompt_token_logprob(token: str) -> float:
+    """The 'model's log-probability of a prompt token (echo): a function of its text alone; the
+    tokens whose code points sum to a multiple of 7 are the most likely ones (greedy)."""
+    return TOP_LOGPROB - (sum(map(ord, token)) % 7) / 4
+
+
+def echo_tokens(prompt, tokens: str) -> list[str]:
+    """How the fake server tokenizes an echoed prompt: token ids as vLLM's ``token_id:N`` strings;
+    text in single characters (``tokens="chars"``) or character pairs (``"pairs"``)."""
+    if isinstance(prompt, list):
+        return [f"token_id:{i}" for i in prompt]
+    size = 2 if tokens == "pairs" else 1
+    return [prompt[i:i + size] for i in range(0, len(prompt), size)]
+
+
 class FaultyOpenAIServer:
-    def __init__(self, faults=None, stall_seconds: float = 1.5, max_model_len: int | None = None):
+    def __init__(self, faults=None, stall_seconds: float = 1.5, max_model_len: int | None = None,
+                 owned_by: str = "tract-eval-tests", echo: str = "chars"):
+        self.owned_by = owned_by  # "vllm" makes the backend take it for vLLM (token-id prompts)
+        self.echo = echo  # prompt tokens of an echo request: "chars", "pairs", or "ignore" (no prompt logprobs)
         self.faults = faults if callable(faults) else list(faults or [])
         self.stall_seconds = stall_seconds
         self.max_model_len = max_model_len  # listed in /models as vLLM does, when given
@@ -65,7 +87,7 @@ class FaultyOpenAIServer:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "tract-eval-tests"}
+                    model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": server.owned_by}
                     if server.max_model_len:
                         model["max_model_len"] = server.max_model_len
                     data = {"object": "list", "data": [model]}
@@ -106,7 +128,15 @@ class FaultyOpenAIServer:
                     self._send(200, b"<html><body>502 Bad Gateway</body></html>")
                     return
                 choice = {"index": 0, "finish_reason": "stop", "logprobs": None}
-                if logprob_request:
+                if body.get("echo"):
+                    choice.update(server._echo(body))
+                elif logprob_request and body.get("logprob_token_ids"):  # vLLM's exact readout, ids as keys
+                    target = 1 + len(str(body["prompt"])) % 5
+                    top = {f"token_id:{i}": -abs(i - target) - 1.0 for i in body["logprob_token_ids"]}
+                    choice.update(text="", finish_reason="length",
+                                  logprobs={"tokens": [], "token_logprobs": [], "top_logprobs": [top],
+                                            "text_offset": [0]})
+                elif logprob_request:
                     top = score_logprobs(body["prompt"])
                     if fault == "partial":
                         top = {k: v for k, v in top.items() if k not in ("1", "5")}
@@ -126,6 +156,27 @@ class FaultyOpenAIServer:
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _echo(self, body: dict) -> dict:
+        """A completion that echoes the prompt (plus one generated token unless ``max_tokens`` is 0)."""
+        import itertools
+
+        prompt = body["prompt"]
+        generated = [] if body.get("max_tokens") == 0 else ["!"]
+        if self.echo == "ignore":  # a server that does not echo: log-probabilities of what it generated only
+            return {"text": "!", "finish_reason": "length", "logprobs": {
+                "tokens": ["!"], "token_logprobs": [TOP_LOGPROB], "top_logprobs": [{"!": TOP_LOGPROB}],
+                "text_offset": [0]}}
+        tokens = echo_tokens(prompt, self.echo)
+        values = [None] + [prompt_token_logprob(t) for t in tokens[1:]]
+        tops = [None] + [{t: v, **({} if v == TOP_LOGPROB else {TOP_TOKEN: TOP_LOGPROB})}
+                         for t, v in zip(tokens[1:], values[1:])]
+        text = "" if isinstance(prompt, list) else prompt
+        lengths = [len(t) if text else 0 for t in tokens + generated]
+        return {"text": text + "".join(generated), "finish_reason": "length", "logprobs": {
+            "tokens": tokens + generated, "token_logprobs": values + [TOP_LOGPROB] * len(generated),
+            "top_logprobs": tops + [{g: TOP_LOGPROB} for g in generated],
+            "text_offset": [0, *itertools.accumulate(lengths)][:len(lengths)]}}
 
     def __enter__(self) -> "FaultyOpenAIServer":
         self._thread.start()

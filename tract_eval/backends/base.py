@@ -135,6 +135,15 @@ class Backend(ABC):
         return limit if isinstance(limit, int) and 0 < limit < 10 ** 8 else None
 
 
+def loglikelihood_ids(encode: Callable[[str], list[int]], context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """The ids every backend scores for ``loglikelihood``: context and continuation encoded apart (as
+    score readouts do), so all backends score the same tokens."""
+    context_ids, ids = encode(context), encode(continuation)
+    if not context_ids or not ids:
+        raise ValueError("loglikelihood needs a non-empty context and continuation")
+    return context_ids, ids
+
+
 def stream_seed(seed: int, key: str, index: int) -> int:
     """The seed of continuation ``index`` of the request ``key``: batching and order never change it."""
     digest = hashlib.sha256(f"{seed}\0{key}\0{index}".encode()).digest()

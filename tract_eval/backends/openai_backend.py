@@ -28,7 +28,8 @@ from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
 from ..models import load_tokenizer, resolve_model
 from ..redaction import redact_text
-from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, render_chat_with_tokenizer, request_seed
+from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
+                   render_chat_with_tokenizer, request_seed)
 from ..protocol import exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,76 @@ class OpenAIBackend(Backend):
                               candidate_logprobs=logprobs, missing_candidates=missing)
 
         return self._run([lambda r=r: one(r) for r in requests])
+
+    def candidate_logprobs(self, contexts: list[str], candidates: ScoreCandidates) -> list[dict[int, float]]:
+        self._need_completions("reading candidate log-probabilities after a given text")
+
+        async def one(context: str) -> dict[int, float]:
+            async with self._samples:
+                # vLLM takes token ids: the context's ids exactly as the other backends encode it
+                logprobs, missing = await self._candidate_logprobs(
+                    self._encode(context) if self.server == "vllm" else context, candidates)
+            if missing:  # no silent renormalisation: the caller asked for every candidate
+                raise RuntimeError(f"openai backend: {self._shown_url} returned no log-probability for the "
+                                   f"candidates {missing} after {context[-60:]!r} (top-{self.top_logprobs})")
+            return logprobs
+
+        return self._run([lambda c=c: one(c) for c in contexts])
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int, bool]]:
+        """The prompt's own log-probabilities (``/completions`` with ``echo`` and ``logprobs``). vLLM gets
+        the context's and continuation's ids encoded apart, as the other backends score them; other
+        servers get the joined text, and the continuation is the tokens from the context's end on
+        (their count is the server's). A server that returns no prompt log-probabilities is refused."""
+        self._need_completions("log-likelihoods")
+
+        async def one(context: str, continuation: str) -> tuple[float, int, bool]:
+            async with self._samples:
+                return await self._prompt_loglikelihood(context, continuation)
+
+        return self._run([lambda c=c, t=t: one(c, t) for c, t in pairs])
+
+    def _need_completions(self, what: str) -> None:
+        if self.mode != "continue":
+            raise ValueError(f"openai backend: {what} needs mode 'continue' (/completions on a raw prompt); "
+                             "a chat API cannot score a given text")
+
+    async def _prompt_loglikelihood(self, context: str, continuation: str) -> tuple[float, int, bool]:
+        if self.server == "vllm":
+            context_ids, ids = loglikelihood_ids(self._encode, context, continuation)
+            prompt: str | list[int] = context_ids + ids
+            # max_tokens 0 with echo: vLLM returns the prompt alone, nothing is sampled
+            body = {"max_tokens": 0, "extra_body": {**self._raw_prompt_extra(), "return_tokens_as_token_ids": True}}
+        else:
+            if not context or not continuation:
+                raise ValueError("loglikelihood needs a non-empty context and continuation")
+            prompt = context + continuation
+            body = {"max_tokens": 1}  # llama.cpp reads max_tokens 0 as "up to the context size"
+        choice = (await self._call("completions", prompt=prompt, echo=True, logprobs=1, temperature=0.0,
+                                   **body)).choices[0]
+        logprobs = choice.logprobs
+        tokens, values = list(logprobs.tokens or []), list(logprobs.token_logprobs or [])
+        tops, offsets = list(logprobs.top_logprobs or []), list(logprobs.text_offset or [])
+        refused = (f"openai backend: {self._shown_url} returned no log-probabilities of the prompt's tokens "
+                   "(completions with echo=True and logprobs); this server cannot score a given text")
+        if isinstance(prompt, list):
+            if len(tokens) < len(prompt) or len(values) < len(prompt):
+                raise RuntimeError(refused)
+            if tokens[:len(prompt)] != [f"token_id:{i}" for i in prompt]:
+                raise RuntimeError(f"openai backend: {self._shown_url} echoed other tokens than the prompt ids it was sent")
+            positions = list(range(len(context_ids), len(prompt)))
+        else:
+            if not choice.text.startswith(prompt) or len(offsets) != len(tokens) or len(values) != len(tokens):
+                raise RuntimeError(refused)  # echo ignored, or no per-token offsets to find the continuation by
+            if len(context) not in offsets:
+                raise RuntimeError(f"openai backend: the server's tokens of the joined text cross the boundary between "
+                                   f"context and continuation (at character {len(context)}): no token sequence of "
+                                   "the continuation alone to score")
+            positions = [i for i, offset in enumerate(offsets) if len(context) <= offset < len(prompt)]
+        if not positions or any(values[i] is None or i >= len(tops) or not tops[i] for i in positions):
+            raise RuntimeError(refused)
+        greedy = all(values[i] >= max(tops[i].values()) for i in positions)
+        return float(sum(values[i] for i in positions)), len(positions), greedy
 
     # -- async plumbing --------------------------------------------------------------
     def _run(self, jobs):
@@ -486,10 +557,12 @@ def _malformed(endpoint: str, response, body: dict) -> str:
             if body.get("logprobs") is not None:
                 logprobs = getattr(choice, "logprobs", None)
                 top = getattr(logprobs, "top_logprobs", None)
-                if not isinstance(top, list) or not top or not isinstance(top[0], dict):
+                # with echo the prompt's first token has none (nothing precedes it): look at the last
+                step = (top[-1] if body.get("echo") else top[0]) if isinstance(top, list) and top else None
+                if not isinstance(step, dict):
                     return "logprobs asked for but null or empty"
                 if not all(isinstance(v, (int, float)) and math.isfinite(v) or v == -math.inf
-                           for v in top[0].values()):
+                           for v in step.values()):
                     return "non-numeric log-probabilities"
         else:
             message = getattr(choice, "message", None)

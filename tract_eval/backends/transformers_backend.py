@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
 from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer, resolve_model
-from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, render_chat_with_tokenizer, stream_seed
+from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
+                   render_chat_with_tokenizer, stream_seed)
 from ..protocol import exclusive_sequence_logprobs, finish_cot, kept_prefix_length
 
 log = logging.getLogger(__name__)
@@ -160,9 +161,7 @@ class TransformersBackend(Backend):
         out = []
         with torch.inference_mode():
             for context, continuation in pairs:
-                context_ids, ids = self.encode(context), self.encode(continuation)
-                if not context_ids or not ids:
-                    raise ValueError("loglikelihood needs a non-empty context and continuation")
+                context_ids, ids = loglikelihood_ids(self.encode, context, continuation)
                 inputs = torch.tensor([context_ids + ids], device=self.device)
                 logits = self.model(input_ids=inputs).logits[0, len(context_ids) - 1: -1].float()
                 target = torch.tensor(ids, device=self.device)

@@ -20,7 +20,8 @@ from ..candidates import ScoreCandidates
 from ..config import SamplingConfig
 from ..conversion import safetensors_from_gguf
 from ..models import load_tokenizer, resolve_model
-from .base import Backend, Completion, GenerationRequest, OnDone, ScoreRequest, render_chat_with_tokenizer, request_seed
+from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
+                   render_chat_with_tokenizer, request_seed)
 from ..protocol import exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class VLLMBackend(Backend):
         self.max_logprobs = self.llm.llm_engine.model_config.max_logprobs
         # engine token counters per phase: prompt tokens, those served from the prefix cache, generated
         self.stats = {phase: {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0}
-                      for phase in ("cot", "readout")}
+                      for phase in ("cot", "readout", "loglikelihood")}
 
     # -- interface -----------------------------------------------------------------
     def tokenizer(self):
@@ -133,6 +134,33 @@ class VLLMBackend(Backend):
         for completion, (logprobs, missing) in zip(completions, self._readout(contexts)):
             completion.candidate_logprobs, completion.missing_candidates = logprobs, missing
         return completions
+
+    def candidate_logprobs(self, contexts: list[str], candidates: ScoreCandidates) -> list[dict[int, float]]:
+        results = []
+        for context, (logprobs, missing) in zip(contexts, self._readout([(self.encode(c), candidates)
+                                                                        for c in contexts])):
+            if missing:  # only without logprob_token_ids (an older vLLM): the top-k left them out
+                raise RuntimeError(f"vllm backend: candidates {missing} are outside the top-{self.max_logprobs} "
+                                   f"log-probabilities after {context[-60:]!r}; raise max_logprobs in engine_options")
+            results.append(logprobs)
+        return results
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int, bool]]:
+        """One engine call: each pair's context + continuation ids as a prompt with ``prompt_logprobs=1``
+        (the prompt token's own log-probability and rank at every position; rank 1 is greedy)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        encoded = [loglikelihood_ids(self.encode, context, continuation) for context, continuation in pairs]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+        outputs = self._run([TokensPrompt(prompt_token_ids=c + t) for c, t in encoded], params, "loglikelihood")
+        results = []
+        for (context_ids, ids), output in zip(encoded, outputs):
+            positions = output.prompt_logprobs[len(context_ids):]
+            if len(positions) != len(ids) or any(p is None or t not in p for p, t in zip(positions, ids)):
+                raise RuntimeError("vllm backend: the engine returned no prompt log-probabilities for the continuation")
+            steps = [p[t] for p, t in zip(positions, ids)]
+            results.append((sum(s.logprob for s in steps), len(ids), all(s.rank == 1 for s in steps)))
+        return results
 
     # -- internals -----------------------------------------------------------------
     def _counters(self) -> dict[str, float]:
