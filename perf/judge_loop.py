@@ -18,15 +18,28 @@ from this one run:
 * continuous vs static batching when CoT lengths vary (a random set of token ids is made to end
   a CoT, so lengths are geometric; random weights never write the delimiter).
 
+``--backend vllm`` adds vLLM to the first comparison, from the same run: the random-weight model
+(save_pretrained, with the tokenizer) in a temporary folder, served by ``--vllm-dp`` independent
+vLLM replicas (vLLM's data parallelism for dense models) of ``--vllm-tp`` tensor-parallel ranks each,
+started with the vLLM environment's python (``perf/vllm_worker.py``); each batch size runs on
+tract-eval, ``generate`` and vLLM one after the other, on the same prompt ids with the same sampling
+and exactly ``--new-tokens`` new tokens. vLLM's ms per decode step is each request's time from its
+first to its last token over N - 1 (vLLM's per-request timestamps), averaged over the batch.
+
 ``--out PATH`` writes PATH.json (every number) and PATH.md (the table).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -119,6 +132,95 @@ class StepClock:
         return (self.end - self.starts[1]) / steps * 1000 if steps > 0 else float("nan")
 
 
+def default_vllm_python() -> str:
+    """The vLLM environment built by ``.ci/backends.sh vllm``, else this interpreter if it has vLLM."""
+    venvs = Path(os.environ.get("TRACT_EVAL_VENVS", "~/.cache/tract-eval/venvs")).expanduser()
+    python = venvs / "vllm" / "bin" / "python"
+    if python.is_file():
+        return str(python)
+    try:
+        import vllm  # noqa: F401
+
+        return sys.executable
+    except ImportError:
+        sys.exit(f"--backend vllm: no vLLM environment at {venvs / 'vllm'} (bash .ci/backends.sh vllm) and this "
+                 "python has no vllm; give --vllm-python")
+
+
+class VLLMReplicas:
+    """``dp`` vLLM processes (perf/vllm_worker.py) on the saved model, stepped batch by batch through
+    barrier files so that they run only while nothing else is timed."""
+
+    def __init__(self, python: str, model_dir: Path, prompts: list[list[int]], batches: list[int], new_tokens: int,
+                 sampling: SamplingConfig, seed: int, dtype: torch.dtype, dp: int, tp: int, engine_options: dict,
+                 device: torch.device):
+        self.folder = Path(tempfile.mkdtemp(prefix="vllm-perf-"))
+        self.dp, self.batches, self.step = dp, batches, 0
+        self.procs = []
+        cores = sorted(os.sched_getaffinity(0))
+        per_rank = max(1, len(cores) // (dp * tp))
+        for rank in range(dp):
+            spec = {"model": str(model_dir), "dtype": str(dtype).replace("torch.", ""), "tp": tp, "seed": seed,
+                    "rank": rank, "dp": dp, "barrier": str(self.folder), "prompts": prompts, "batches": batches,
+                    "new_tokens": new_tokens, "engine_options": engine_options,
+                    "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                                 "repetition_penalty": sampling.repetition_penalty}}
+            (self.folder / f"spec-{rank}.json").write_text(json.dumps(spec))
+            env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+            if device.type == "cpu":
+                env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+                env.setdefault("OMP_NUM_THREADS", str(per_rank))
+                if dp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:  # replicas on disjoint cores
+                    mine = cores[rank * per_rank * tp: (rank + 1) * per_rank * tp]
+                    env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+                        f"{c[0]}-{c[-1]}" for c in (mine[t * per_rank:(t + 1) * per_rank] for t in range(tp)))
+            elif device.type == "cuda" and dp > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(rank * tp + t) for t in range(tp))
+            log = open(self.folder / f"worker-{rank}.log", "wb")
+            self.procs.append(subprocess.Popen(
+                [python, str(Path(__file__).with_name("vllm_worker.py")), str(self.folder / f"spec-{rank}.json")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True))
+
+    def _wait(self, names: list[str]) -> None:
+        while not all((self.folder / n).exists() for n in names):
+            for rank, proc in enumerate(self.procs):
+                if proc.poll() is not None and not (self.folder / names[rank]).exists():
+                    tail = (self.folder / f"worker-{rank}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"vLLM replica {rank} exited with {proc.returncode}:\n{tail}")
+            time.sleep(0.05)
+
+    def ready(self) -> list[float]:
+        """Waits for every engine; their load times."""
+        names = [f"ready-{rank}" for rank in range(self.dp)]
+        self._wait(names)
+        return [json.loads((self.folder / n).read_text())["load_seconds"] for n in names]
+
+    def run_next(self) -> dict:
+        """Runs the next batch size on every replica at once; vLLM's numbers for it."""
+        step = self.step
+        self.step += 1
+        (self.folder / f"go-{step}").write_text("")
+        names = [f"done-{step}-{rank}.json" for rank in range(self.dp)]
+        self._wait(names)
+        done = [json.loads((self.folder / n).read_text()) for n in names]
+        seconds = max(d["seconds"] for d in done)  # the replicas run at once: the slowest one ends the batch
+        tokens = sum(d["generated_tokens"] for d in done)
+        return {"vllm_seconds": seconds, "vllm_generated_tokens": tokens, "vllm_tokens_per_s": tokens / seconds,
+                "vllm_ms_per_step": max(d["ms_per_step"] for d in done if d["sequences"])}
+
+    def close(self) -> None:
+        """Waits for the replicas (each exits after its last step; stopped if it lingers) and removes
+        the barrier folder."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def timed(device, fn):
     sync(device)
     started = time.perf_counter()
@@ -139,7 +241,16 @@ def main() -> None:
     parser.add_argument("--sections", default="generate,rail,shared,continuous")
     parser.add_argument("--section-batch", type=int, default=8,
                         help="sequences per batch for the rail/shared/continuous sections")
-    parser.add_argument("--backend", choices=["transformers"], default="transformers")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                        help="vllm: also run the tract-eval vs generate comparison's batches on vLLM")
+    parser.add_argument("--vllm-dp", type=int, default=1, help="vLLM data-parallel size (independent replicas)")
+    parser.add_argument("--vllm-tp", type=int, default=1, help="vLLM tensor-parallel size of each replica")
+    parser.add_argument("--vllm-python", default=None,
+                        help="python of the vLLM environment (default: $TRACT_EVAL_VENVS/vllm, built by "
+                             ".ci/backends.sh vllm)")
+    parser.add_argument("--vllm-engine-options", default=None,
+                        help='JSON of more vllm.LLM arguments (default on cpu: {"enforce_eager": true}, '
+                             "no compile step)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     parser.add_argument("--data-dir", default=None,
@@ -153,6 +264,13 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     batches = [int(b) for b in args.batch.split(",")]
     sections = set(args.sections.split(","))
+    if args.backend == "vllm" and "generate" not in sections:
+        parser.error("--backend vllm runs in the generate section: add it to --sections")
+    if args.vllm_dp < 1 or args.vllm_tp < 1:
+        parser.error("--vllm-dp and --vllm-tp must be >= 1")
+    vllm_python = (args.vllm_python or default_vllm_python()) if args.backend == "vllm" else None
+    engine_options = json.loads(args.vllm_engine_options) if args.vllm_engine_options else \
+        ({"enforce_eager": True} if device.type == "cpu" else {})
     if args.tokenizer:
         from transformers import AutoTokenizer
 
@@ -191,6 +309,17 @@ def main() -> None:
     print(f"memory-bandwidth floor: {weight_bytes / 1e9:.3f} GB of weights / {bandwidth:.0f} GB/s "
           f"= {floor_ms:.3f} ms per step")
 
+    replicas = None
+    if args.backend == "vllm":
+        model_dir = Path(tempfile.mkdtemp(prefix="random-llama-"))
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        started = time.perf_counter()
+        replicas = VLLMReplicas(vllm_python, model_dir, [backend.encode(p) for p in prompts], batches, n_new, sampling,
+                                args.seed, dtype, args.vllm_dp, args.vllm_tp, engine_options, device)
+        report["vllm"] = {"python": vllm_python, "dp": args.vllm_dp, "tp": args.vllm_tp,
+                          "engine_options": engine_options, "model_dir": str(model_dir)}
+
     def ours(requests, batch_size=None, sampling_=sampling):
         kwargs = {"batch_size": batch_size} if batch_size else {}
         with StepClock(model) as clock:
@@ -211,9 +340,16 @@ def main() -> None:
          sampling_=replace(sampling, max_new_tokens=4))
     theirs(prompts[:1])
 
+    if replicas is not None:
+        loads = replicas.ready()
+        report["vllm"]["load_seconds"] = loads
+        print(f"vLLM: {args.vllm_dp} replica(s) x tensor parallel {args.vllm_tp}, engine options {engine_options}; "
+              f"loaded in {max(loads):.0f} s ({time.perf_counter() - started:.0f} s since start)")
+
+    vllm_head = f" | {'vLLM ms/step':>12} | {'vLLM tok/s':>10} | {'ours/vLLM':>9}" if replicas else ""
     if "generate" in sections:
         print(f"\n{'batch':>5} | {'tract-eval ms/step':>18} | {'generate ms/step':>16} | {'ratio':>5} | "
-              f"{'tract-eval tok/s':>16} | {'generate tok/s':>14} | {'floor ms':>8}")
+              f"{'tract-eval tok/s':>16} | {'generate tok/s':>14} | {'floor ms':>8}{vllm_head}")
         for batch in batches:
             batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
             requests = [GenerationRequest(f"g{i}", p) for i, p in enumerate(batch_prompts)]
@@ -229,10 +365,19 @@ def main() -> None:
             }
             row["ratio_ms_per_step"] = row["tract_eval_ms_per_step"] / row["generate_ms_per_step"]
             row["ratio_seconds"] = ours_s / theirs_s
+            vllm_cells = ""
+            if replicas is not None:
+                row.update(replicas.run_next())
+                row["ratio_ms_per_step_vs_vllm"] = row["tract_eval_ms_per_step"] / row["vllm_ms_per_step"]
+                vllm_cells = (f" | {row['vllm_ms_per_step']:>12.2f} | {row['vllm_tokens_per_s']:>10.1f} | "
+                              f"{row['ratio_ms_per_step_vs_vllm']:>9.2f}")
             report["rows"].append(row)
             print(f"{batch:>5} | {row['tract_eval_ms_per_step']:>18.2f} | {row['generate_ms_per_step']:>16.2f} | "
                   f"{row['ratio_ms_per_step']:>5.2f} | {row['tract_eval_tokens_per_s']:>16.1f} | "
-                  f"{row['generate_tokens_per_s']:>14.1f} | {floor_ms:>8.3f}")
+                  f"{row['generate_tokens_per_s']:>14.1f} | {floor_ms:>8.3f}{vllm_cells}", flush=True)
+        if replicas is not None:
+            replicas.close()
+            shutil.rmtree(report["vllm"].pop("model_dir"), ignore_errors=True)
 
     b = args.section_batch
     if "rail" in sections:
@@ -307,10 +452,18 @@ def markdown(report: dict) -> str:
         "",
     ]
     if report["rows"]:
-        lines += ["| batch | tract-eval ms/step | generate ms/step | ratio | tract-eval tok/s | generate tok/s |",
-                  "|---|---|---|---|---|---|"]
+        vllm = "vllm" in report
+        if vllm:
+            v = report["vllm"]
+            lines += [f"vLLM: {v['dp']} replica(s) x tensor parallel {v['tp']}, engine options {v['engine_options']}; "
+                      "vLLM ms/step: each request's first-to-last-token time / (N - 1), mean over the batch.", ""]
+        lines += ["| batch | tract-eval ms/step | generate ms/step | ratio | tract-eval tok/s | generate tok/s |"
+                  + (" vLLM ms/step | vLLM tok/s | tract-eval ÷ vLLM |" if vllm else ""),
+                  "|---|---|---|---|---|---|" + ("---|---|---|" if vllm else "")]
         lines += [f"| {r['batch']} | {r['tract_eval_ms_per_step']:.2f} | {r['generate_ms_per_step']:.2f} | "
-                  f"{r['ratio_ms_per_step']:.2f} | {r['tract_eval_tokens_per_s']:.0f} | {r['generate_tokens_per_s']:.0f} |"
+                  f"{r['ratio_ms_per_step']:.2f} | {r['tract_eval_tokens_per_s']:.1f} | {r['generate_tokens_per_s']:.1f} |"
+                  + (f" {r['vllm_ms_per_step']:.2f} | {r['vllm_tokens_per_s']:.1f} | {r['ratio_ms_per_step_vs_vllm']:.2f} |"
+                     if vllm else "")
                   for r in report["rows"]]
         lines.append("")
     s = report["sections"]
