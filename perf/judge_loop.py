@@ -31,6 +31,7 @@ first to its last token over N - 1 (vLLM's per-request timestamps), averaged ove
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -180,6 +181,16 @@ class VLLMReplicas:
             self.procs.append(subprocess.Popen(
                 [python, str(Path(__file__).with_name("vllm_worker.py")), str(self.folder / f"spec-{rank}.json")],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True))
+        atexit.register(self._stop)  # this run failed before close(): no replica is left waiting
+
+    def _stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     def _wait(self, names: list[str]) -> None:
         while not all((self.folder / n).exists() for n in names):
@@ -212,12 +223,11 @@ class VLLMReplicas:
         """Waits for the replicas (each exits after its last step; stopped if it lingers) and removes
         the barrier folder."""
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        self._stop()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
