@@ -42,7 +42,14 @@ def sample_top_p(scores, uniforms, top_p: float):
 
     The top-p set is transformers' (``TopPLogitsWarper``): the most probable tokens, in order, while
     the mass before a token is below ``top_p`` (the top token always stays). Tokens are ordered by
-    score, ties by id (a stable sort), so a row's draw never depends on the other rows.
+    score, ties by id, so a row's draw never depends on the other rows. :func:`sample_top_p_sorted`
+    is the definition (a full stable sort, float64 cumulative masses of ``exp(score - max)``).
+
+    Here without a full-vocabulary sort: tokens are bucketed by the high bits of their order key
+    (16384 buckets in score order), bucket masses are summed and searched, and only the buckets that
+    hold the top-p boundary and the drawn position are sorted. Equal to the definition up to the
+    order of float64 additions (relative 1e-16); a row where that order makes the two searches
+    disagree is drawn by the definition itself.
     """
     import torch
 
@@ -51,10 +58,85 @@ def sample_top_p(scores, uniforms, top_p: float):
         cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
         index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
         return index.clamp(max=scores.shape[-1] - 1).squeeze(-1)
-    ordered, order = torch.sort(scores, dim=-1, descending=True, stable=True)
-    probs = torch.softmax(ordered, dim=-1)
-    cdf = probs.cumsum(dim=-1)
-    kept = ((cdf - probs) < top_p).sum(dim=-1, keepdim=True).clamp(min=1)
-    index = torch.searchsorted(cdf, u * cdf.gather(-1, kept - 1), right=True)
-    index = torch.minimum(index, kept - 1)
-    return order.gather(-1, index).squeeze(-1)
+    keys, weights = _order_keys(scores), _weights(scores)
+    buckets = ((_BUCKETS // 2 - 1) - (keys >> _SHIFT)).long()  # bucket 0 holds the highest scores
+    through = torch.zeros((scores.shape[0], _BUCKETS), dtype=torch.float64, device=scores.device)
+    through = through.scatter_add_(1, buckets, weights).cumsum_(dim=-1)  # mass of buckets 0..b
+    bound = top_p * through[:, -1:]
+    # the bucket where the mass reaches top_p: its tokens in order, and the last kept one
+    edge = torch.searchsorted(through, bound).clamp(max=_BUCKETS - 1)
+    edge_ids, edge_cdf, edge_count = _bucket_members(buckets, keys, weights, through, edge)
+    last_kept = torch.searchsorted(edge_cdf, bound)
+    kept_mass = edge_cdf.gather(-1, last_kept.clamp(max=edge_cdf.shape[-1] - 1))
+    target = u.double() * kept_mass
+    # the bucket and the token where the cumulative mass passes the target
+    bucket = torch.searchsorted(through, target, right=True)
+    ids, cdf, count = _bucket_members(buckets, keys, weights, through, bucket)
+    limit = torch.where(bucket == edge, last_kept + 1, count)
+    position = torch.searchsorted(cdf, target, right=True)
+    chosen = ids.gather(-1, position.clamp(max=ids.shape[-1] - 1)).squeeze(-1)
+    # float64 sums in another order than the definition's can leave a row undecided: draw it by definition
+    undecided = ((last_kept >= edge_count) | (bucket > edge) | (position >= limit)).squeeze(-1)
+    if bool(undecided.any()):
+        rows = torch.nonzero(undecided).flatten()
+        chosen[rows] = sample_top_p_sorted(scores[rows], uniforms[rows], top_p)
+    return chosen
+
+
+# buckets of the high 14 bits of the keys (sign, exponent, 5 mantissa bits: scores within ~3% of each
+# other share one): few enough to sum and search per step at batch 128, fine enough that the buckets
+# sorted hold hundreds of tokens even on a near-uniform row
+_SHIFT = 18
+_BUCKETS = 1 << (32 - _SHIFT)
+_LAST = -(1 << 31)  # an int32 key below every score's (only NaN patterns reach it)
+
+
+def _bucket_members(buckets, keys, weights, through, bucket):
+    """Per row, the ids of the bucket ``bucket[row]`` in order (score descending, id ascending), padded
+    to the largest such bucket of the batch; their cumulative masses (+inf on padding); their count."""
+    import torch
+
+    inside = buckets == bucket
+    count = inside.sum(dim=-1, keepdim=True)
+    width = max(1, int(count.max()))
+    ids = torch.topk(torch.where(inside, keys, _LAST), width, dim=-1).indices
+    valid = torch.arange(width, device=ids.device) < count
+    vocab = keys.shape[-1]
+    ids = torch.sort(torch.where(valid, ids, vocab), dim=-1).values  # ascending ids, padding last
+    ids = ids.clamp(max=vocab - 1)
+    ordered = torch.sort(torch.where(valid, keys.gather(-1, ids), _LAST), dim=-1, descending=True, stable=True)
+    ids = ids.gather(-1, ordered.indices)
+    start = torch.where(bucket > 0, through.gather(-1, (bucket - 1).clamp(min=0)), 0.0)
+    cdf = start + (weights.gather(-1, ids) * valid).cumsum(dim=-1)
+    return ids, torch.where(valid, cdf, float("inf")), count
+
+
+def _order_keys(scores):
+    """int32 keys in the scores' order (float32 bit patterns made monotone; -0.0 counts as +0.0)."""
+    import torch
+
+    bits = (scores.float() + 0.0).view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _weights(scores):
+    """Unnormalised probabilities exp(score - row max) (float32, as softmax computes them), in float64
+    so that their sums barely depend on the order of addition."""
+    import torch
+
+    scores = scores.float()
+    return torch.exp(scores - scores.max(dim=-1, keepdim=True).values).double()
+
+
+def sample_top_p_sorted(scores, uniforms, top_p: float):
+    """What :func:`sample_top_p` draws, by definition: a full stable sort (score descending, id
+    ascending), float64 cumulative masses of ``exp(score - max)``, the top-p set (the tokens whose
+    preceding mass is below ``top_p``; at least one) and the inverse CDF over it."""
+    import torch
+
+    keys = _order_keys(scores)
+    order = torch.sort(keys, dim=-1, descending=True, stable=True).indices
+    cdf = _weights(scores).gather(-1, order).cumsum(dim=-1)
+    last_kept = torch.searchsorted(cdf, top_p * cdf[:, -1:]).clamp(max=scores.shape[-1] - 1)
+    index = torch.searchsorted(cdf, uniforms.double().unsqueeze(-1) * cdf.gather(-1, last_kept), right=True)
+    return order.gather(-1, torch.minimum(index, last_kept)).squeeze(-1)
