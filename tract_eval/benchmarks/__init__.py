@@ -1,6 +1,7 @@
 """Benchmarks: cards in ``benchmarks/*.yaml``, rows from local files, upstream URLs or the hub."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .loaders import LOADERS
 from .own_data import TABLE_LOADER, data_card, is_data_spec, load_table
 
 LOADERS.register(TABLE_LOADER)(load_table)
+PAIR_META = {"subset", "section", "pair_id", "side"}  # what pairwise metrics and reports read from a sample
 
 
 @dataclass
@@ -50,9 +52,16 @@ class Benchmark:
     def has_gold(self) -> bool:
         return self.kind == "pairwise" or any(s.gold is not None for s in self.samples)
 
+    def section_scheme(self):
+        """Pairwise: how subset accuracies roll up into sections and the leaderboard score (from the card;
+        weights default to the pairs each subset has in the loaded data)."""
+        found = {s.meta["subset"]: s.meta["section"] for s in self.samples}
+        pairs = Counter(s.meta["subset"] for s in self.samples if s.meta.get("side") == "chosen")
+        return self.card.section_scheme(found, pairs)
+
     def metrics(self, rows: list[dict]) -> dict:
         if self.kind == "pairwise":
-            return pairwise_metrics(rows, self.options.get("unparsed_pairs", "half"))
+            return pairwise_metrics(rows, self.section_scheme(), self.options.get("unparsed_pairs", "half"))
         if not self.has_gold:  # own data without a score column: predictions only
             scored = [r["prediction"] for r in rows if r.get("prediction") is not None]
             return {"n": 0, "n_total": len(rows), "predicted": len(scored),
@@ -62,7 +71,9 @@ class Benchmark:
         return absolute_metrics(rows)
 
     def describe(self) -> dict:
-        return {"name": self.name, **self.card.describe(), "samples": len(self.samples),
+        # pairwise: the sections and weights the metrics used, so reports need no card to read the run
+        scheme = self.section_scheme().to_dict() if self.kind == "pairwise" else {}
+        return {"name": self.name, **self.card.describe(), **scheme, "samples": len(self.samples),
                 "options": self.options, **self.located.describe()}
 
 
@@ -81,7 +92,15 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, *, columns: st
     samples = LOADERS.get(card.loader)(card, located, options)
     if not samples:
         raise DataFormatError(located.source, None, None, f"{card.title}: no rows")
-    return Benchmark(card, samples, located, options)
+    bench = Benchmark(card, samples, located, options)
+    if card.kind == "pairwise":
+        lacking = next((s for s in samples if not PAIR_META <= set(s.meta)), None)
+        if lacking is not None:
+            raise ConfigError(f"{card.path or card.name}: a pairwise benchmark's loader gives every sample the "
+                              f"meta {', '.join(sorted(PAIR_META))}; loader {card.loader!r} gave "
+                              f"{sorted(lacking.meta)} for {lacking.id}")
+        bench.section_scheme()  # every subset weighted: checked before any model loads
+    return bench
 
 
 __all__ = [

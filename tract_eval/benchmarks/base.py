@@ -63,6 +63,11 @@ class BenchmarkCard:
     scale: tuple[int, int] = (1, 5)  # the judges' score candidates follow it
     average: bool = False  # one of the benchmarks the reports' Average runs over
     order: int | None = None  # position in report tables (None: after the ordered ones, by name)
+    # pairwise: each subset's weight in its section (RewardBench: reward-bench's EXAMPLE_COUNTS); the
+    # sections themselves, in report order, are ``options.sections`` (subset -> section)
+    subset_weights: dict[str, float] = field(default_factory=dict)
+    # [feedback field, score field]: rows carry annotators' CoTs and their scores (``analyze cot-shift``)
+    annotation_cots: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # the card file (None: built from --bench PATH)
     # the data version the card's files/urls/git_blobs describe (the default), and other versions,
@@ -74,6 +79,48 @@ class BenchmarkCard:
         if self.kind not in KINDS:
             raise ConfigError(f"{self.path or self.name}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         self.scale = parse_scale(self.scale, f"{self.path or self.name}: scale")
+        self._check_sections()
+        if self.annotation_cots and (len(self.annotation_cots) != 2
+                                     or not all(isinstance(f, str) for f in self.annotation_cots)):
+            raise ConfigError(f"{self.path or self.name}: annotation_cots names two fields: [feedback, score]")
+
+    def _check_sections(self) -> None:
+        where = self.path or self.name
+        sections = self.options.get("sections", {})
+        if not isinstance(sections, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in sections.items()):
+            raise ConfigError(f"{where}: options.sections maps each subset to its section name (subset: section)")
+        weights = self.subset_weights
+        if not isinstance(weights, dict) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights.values()):
+            raise ConfigError(f"{where}: subset_weights maps each subset to a positive number")
+        if weights and sections and set(weights) != set(sections):
+            raise ConfigError(f"{where}: subset_weights and options.sections name other subsets "
+                              f"(weights only: {sorted(set(weights) - set(sections))}; "
+                              f"sections only: {sorted(set(sections) - set(weights))})")
+
+    def section_scheme(self, found: dict[str, str] | None = None, pairs: dict[str, int] | None = None):
+        """The pairwise roll-up (``metrics.SectionScheme``): the card's sections in their order, then sections
+        only the data names (``found``: subset -> section, as loaded); weights from ``subset_weights``, else
+        the pairs each subset has in the data (``pairs``)."""
+        from ..metrics import SectionScheme
+
+        section_of = dict(self.options.get("sections", {}))
+        for subset, section in (found or {}).items():
+            section_of.setdefault(subset, section)
+        sections: dict[str, list[str]] = {}
+        for subset, section in section_of.items():
+            sections.setdefault(section, []).append(subset)
+        if self.subset_weights:
+            unweighted = sorted(set(section_of) - set(self.subset_weights))
+            if unweighted:
+                raise ConfigError(f"{self.path or self.name}: subset(s) {unweighted} have no subset_weights entry")
+            weights = {n: float(self.subset_weights[n]) for n in section_of}
+        elif pairs is not None:
+            weights = {n: float(pairs.get(n, 0)) for n in section_of}
+        else:
+            raise ConfigError(f"{self.path or self.name}: no subset_weights, and no data to count pairs in")
+        return SectionScheme({name: tuple(subsets) for name, subsets in sections.items()}, weights)
 
     @classmethod
     def load(cls, path: Path) -> "BenchmarkCard":

@@ -19,13 +19,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _load_benches(spec: str, data_dir, kinds=("absolute",)) -> list:
-    """Benchmarks by name; with 'all', those whose data is here and whose kind fits (others are named)."""
+def _load_benches(spec: str, data_dir, kinds=("absolute",), annotated: bool = False) -> list:
+    """Benchmarks by name; with 'all', those whose data is here and whose kind fits (others are named);
+    ``annotated``: with 'all', only those whose card names annotation CoT fields."""
     from ..benchmarks import DataUnavailable, builtin_benchmark_names, load_benchmark, load_card
 
     names = builtin_benchmark_names() if spec == "all" else [b.strip() for b in spec.split(",") if b.strip()]
     benches = []
     for name in names:
+        if annotated and spec == "all" and not load_card(name).annotation_cots:
+            continue
         if load_card(name).kind not in kinds:
             if spec != "all":
                 raise ConfigError(f"{name} is a {load_card(name).kind} benchmark; this command needs "
@@ -95,7 +98,7 @@ def _cmd_cot_shift(args) -> int:
 
     judge = build_judge_with(args.judge, judge_overrides(args))
     results, details = {}, {}
-    for bench in _load_benches(args.bench, args.data_dir):
+    for bench in _load_benches(args.bench, args.data_dir, annotated=not args.cots):
         samples = bench.select(args.limit)
         annotations = read_annotation_file(args.cots) if args.cots else annotation_cots(bench)
         summary, rows = cot_shift(judge, samples, annotations)
@@ -177,7 +180,9 @@ def register(subparsers) -> None:
                     "each against the annotation's score. Annotation CoTs: the benchmark's gpt4_feedback / "
                     "gpt4_score pairs, or --cots FILE.")
     shift.add_argument("--judge", default="tract")
-    shift.add_argument("--bench", default="vicuna,mt-bench")
+    shift.add_argument("--bench", default="all",
+                       help="benchmark name(s); default all: those whose card names annotation_cots and whose "
+                            "data is here (any absolute benchmark with --cots)")
     shift.add_argument("--cots", help="JSONL of {id, cot, gold} instead of the benchmark's annotations")
     shift.add_argument("--data-dir", type=Path, default=None)
     shift.add_argument("--limit", type=int, default=None)

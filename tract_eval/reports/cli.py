@@ -79,9 +79,10 @@ def register(subparsers) -> None:
     sweep.set_defaults(func=_cmd_lambda_sweep)
     report = subparsers.add_parser(
         "report", help="paper-style table (Table 2) from stored runs",
-        description="One row per judge, benchmark x metric columns, an Average over the absolute benchmarks "
-                    "(Feedback Bench, FLASK, Vicuna, MT Bench: those present) and RewardBench accuracy. "
-                    "Metrics are recomputed from predictions.jsonl; no model is loaded.")
+        description="One row per judge, benchmark x metric columns, an Average over the benchmarks whose card "
+                    "says average: true (those present) and pairwise accuracy per section. Titles, order and "
+                    "sections come from the benchmark cards. Metrics are recomputed from predictions.jsonl; "
+                    "no model is loaded.")
     report.add_argument("runs", nargs="+", help="run folders: OUT, OUT/<judge> or OUT/<judge>/<bench>")
     report.add_argument("--format", choices=("markdown", "latex", "csv", "long-csv", "json"), default="markdown",
                         help="long-csv: one row per judge, model, bench, metric (value, ci_low, ci_high, n)")

@@ -1,0 +1,89 @@
+"""A user's own pairwise benchmark card: its sections, their order and weights reach the metrics and reports."""
+import json
+
+import pytest
+
+from test_runner import LengthBackend
+from tract_eval.benchmarks import load_benchmark, load_card
+from tract_eval.cards import _user_dirs, add_card_dir
+from tract_eval.errors import ConfigError
+from tract_eval.judges import build_judge
+from tract_eval.metrics import LEADERBOARD
+from tract_eval.reports.runs import collect_runs
+from tract_eval.reports.table import Column, build_table
+from tract_eval.runner import run_benchmark
+
+# sections named so that their card order (Zeta first) is not their alphabetical order
+CARD = """title: My Pairs
+kind: pairwise
+loader: rewardbench
+files: [pairs.jsonl]
+options:
+  rubric: "[Is the response better?]"
+  sections: {z1: Zeta, a1: Alpha, a2: Alpha}
+"""
+PAIRS = [  # a1 has three pairs, a2 one: without subset_weights a section weighs subsets by their pairs
+    {"id": 1, "subset": "z1", "prompt": "p1", "chosen": "a", "rejected": "bb"},
+    {"id": 2, "subset": "a1", "prompt": "p2", "chosen": "ccc", "rejected": "d"},
+    {"id": 3, "subset": "a1", "prompt": "p3", "chosen": "e", "rejected": "ffff"},
+    {"id": 4, "subset": "a1", "prompt": "p4", "chosen": "gg", "rejected": "hhhhh"},
+    {"id": 5, "subset": "a2", "prompt": "p5", "chosen": "ii", "rejected": "j"},
+]
+
+
+@pytest.fixture
+def cards(tmp_path):
+    folder = tmp_path / "cards"
+    folder.mkdir()
+    (folder / "my-pairs.yaml").write_text(CARD)
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    add_card_dir(folder)
+    yield folder
+    _user_dirs.clear()
+
+
+def test_a_user_pairwise_card_scores_and_reports_by_its_own_sections(tmp_path, cards):
+    bench = load_benchmark("my-pairs")
+    scheme = bench.section_scheme()
+    assert list(scheme.sections) == ["Zeta", "Alpha"] and scheme.weights == {"z1": 1, "a1": 3, "a2": 1}
+    result = run_benchmark(build_judge("tract", backend=LengthBackend()), bench, tmp_path / "runs")
+    metrics = result.metrics
+    subsets = {name: s["accuracy"] for name, s in metrics["subsets"].items()}
+    alpha = (3 * subsets["a1"] + 1 * subsets["a2"]) / 4
+    assert metrics["sections"]["Alpha"]["accuracy"] == pytest.approx(alpha)
+    assert metrics["score"] == pytest.approx((subsets["z1"] + alpha) / 2)
+
+    _user_dirs.clear()  # the report reads the sections from the run's manifest, not from the card folder
+    table = build_table(collect_runs([tmp_path / "runs"]), ["r"])
+    assert [c.measure for c in table.columns] == ["Zeta", "Alpha", LEADERBOARD]
+    cell = lambda m: table.cells["tract", Column("my-pairs", m, accuracy=True)].estimate.value  # noqa: E731
+    assert cell("Alpha") == pytest.approx(alpha) and cell(LEADERBOARD) == pytest.approx(metrics["score"])
+
+
+def test_pairwise_card_mistakes_are_named_before_any_model_loads(cards):
+    (cards / "bad-weights.yaml").write_text(CARD + "subset_weights: {z1: 1, a1: 2}\n")
+    with pytest.raises(ConfigError, match=r"bad-weights.yaml: subset_weights and options.sections name other "
+                                          r"subsets \(weights only: \[\]; sections only: \['a2'\]\)"):
+        load_card("bad-weights")
+    (cards / "no-rubric.yaml").write_text(CARD.replace('  rubric: "[Is the response better?]"\n', ""))
+    with pytest.raises(ConfigError, match=r"no-rubric.yaml: options.rubric: a pairwise card needs the rubric"):
+        load_benchmark("no-rubric")
+    (cards / "table-pairs.yaml").write_text("title: T\nkind: pairwise\nloader: table\nfiles: [t.jsonl]\n")
+    (cards / "t.jsonl").write_text('{"instruction": "i", "response": "r", "rubric": "c"}\n')
+    with pytest.raises(ConfigError, match=r"table-pairs.yaml: a pairwise benchmark's loader gives every sample "
+                                          r"the meta pair_id, section, side, subset; loader 'table' gave \['row'\]"):
+        load_benchmark("table-pairs")
+
+
+def test_annotation_cots_come_from_the_fields_the_card_names(data_dir, capsys):
+    from tract_eval.experiments.analysis import annotation_cots
+    from tract_eval.experiments.cli import _load_benches
+
+    vicuna = load_benchmark("vicuna", data_dir)
+    assert load_card("vicuna").annotation_cots == ["gpt4_feedback", "gpt4_score"]
+    assert len(annotation_cots(vicuna)) == 3 * len(vicuna.samples)
+    # cot-shift's default: the benchmarks whose card names annotation CoTs (and whose data is here)
+    assert sorted(b.name for b in _load_benches("all", data_dir, annotated=True)) == ["mt-bench", "vicuna"]
+    rewardbench = load_benchmark("rewardbench", data_dir)
+    with pytest.raises(ConfigError, match="rewardbench: its card names no annotation_cots fields"):
+        annotation_cots(rewardbench)
