@@ -87,3 +87,36 @@ def test_annotation_cots_come_from_the_fields_the_card_names(data_dir, capsys):
     rewardbench = load_benchmark("rewardbench", data_dir)
     with pytest.raises(ConfigError, match="rewardbench: its card names no annotation_cots fields"):
         annotation_cots(rewardbench)
+
+
+def _shard_and_merge(bench, out, capsys):
+    """Judge ``bench`` in two shards, merge them with ``tract-eval merge`` (which reloads the benchmark from
+    the shards' manifest) and return the merged metrics and those of one unsharded run."""
+    from tract_eval.cli import main
+
+    for i in range(2):
+        run_benchmark(build_judge("tract", backend=LengthBackend()), bench, out / "sharded", shard=(i, 2))
+    capsys.readouterr()
+    assert main(["merge", str(out / "sharded" / "tract" / bench.name)]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    whole = run_benchmark(build_judge("tract", backend=LengthBackend()), bench, out / "whole").metrics
+    return merged, whole
+
+
+def test_merge_reloads_own_data_from_the_shards_manifest(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data" / "answers.csv"
+    data.parent.mkdir()
+    data.write_text("question,answer,criteria,label\nQ1,a,C,4\nQ2,bbb,C,2\nQ3,cc,C,5\nQ4,dddd,C,1\n")
+    bench = load_benchmark(str(data), columns="instruction=question,response=answer,rubric=criteria,score=label",
+                           scale="1-5", drop_reference=True)
+    monkeypatch.chdir(tmp_path)  # merge runs elsewhere: nothing is found by the folder name "answers"
+    merged, whole = _shard_and_merge(bench, tmp_path / "runs", capsys)
+    assert merged["n"] == 4 and merged["pearson"] == pytest.approx(whole["pearson"])
+
+
+def test_merge_reloads_a_cards_folder_benchmark_without_the_folder(tmp_path, cards, capsys):
+    bench = load_benchmark("my-pairs")
+    _user_dirs.clear()  # `tract-eval merge` is given no --cards: the manifest holds the card's path
+    merged, whole = _shard_and_merge(bench, tmp_path / "runs", capsys)
+    assert merged["n_pairs"] == 5 and merged["score"] == pytest.approx(whole["score"])
+    assert list(merged["sections"]) == ["Zeta", "Alpha"]

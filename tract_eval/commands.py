@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
 from .cards import add_card_dir
-from .errors import ConfigError
+from .errors import ConfigError, InputNotFoundError
 from .progress import progress_reporter
 
 
@@ -213,11 +213,19 @@ def print_summary(results, skipped) -> None:
 
 
 def cmd_merge(args) -> int:
-    from .benchmarks import load_benchmark
+    from .benchmarks import reload_benchmark
+    from .records import MANIFEST, SHARDS
     from .runner import merge_shards
 
-    bench_name = args.run_dir.name
-    bench = load_benchmark(bench_name, args.data_dir)
+    # the shards' manifest says what ran (a card, a data file or hf: dataset, columns, scale, options)
+    manifests = sorted((args.run_dir / SHARDS).glob(f"*-of-*/{MANIFEST}"))
+    if not manifests:
+        raise InputNotFoundError(f"{args.run_dir}/{SHARDS} holds no shard folders with a {MANIFEST}")
+    try:
+        described = json.loads(manifests[0].read_text(encoding="utf-8"))["bench"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{manifests[0]}: no readable benchmark description ({exc}); rerun that shard") from exc
+    bench = reload_benchmark(described, args.data_dir)
     json.dump(merge_shards(args.run_dir, bench), sys.stdout, indent=2)
     print()
     return 0

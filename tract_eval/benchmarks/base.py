@@ -13,7 +13,7 @@ from typing import Any
 
 from ..cards import card_dir, card_dirs, card_names
 from ..config import read_yaml_mapping
-from ..errors import ConfigError, UnknownNameError, UserError
+from ..errors import ConfigError, InputNotFoundError, UnknownNameError, UserError
 from ..hub import hub_reachable, url_reachable
 from ..prompts import GradingFields
 
@@ -309,8 +309,15 @@ def read_json_rows(path: Path) -> list[dict]:
 
 
 def load_card(name: str) -> BenchmarkCard:
-    """A benchmark card by name: user folders (``--cards``) first, then the built-in ones."""
+    """A benchmark card by name: user folders (``--cards``) first, then the built-in ones; or a card file
+    (``path/to/card.yaml``, ``@VERSION`` allowed after it)."""
     name, _, version = name.partition("@")
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise InputNotFoundError(f"benchmark card {name}: no such file")
+        card = BenchmarkCard.load(path)
+        return card.with_version(version) if version else card
     for folder in card_dirs("benchmarks"):
         if (folder / f"{name}.yaml").is_file():
             card = BenchmarkCard.load(folder / f"{name}.yaml")
