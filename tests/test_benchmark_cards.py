@@ -120,3 +120,42 @@ def test_merge_reloads_a_cards_folder_benchmark_without_the_folder(tmp_path, car
     merged, whole = _shard_and_merge(bench, tmp_path / "runs", capsys)
     assert merged["n_pairs"] == 5 and merged["score"] == pytest.approx(whole["score"])
     assert list(merged["sections"]) == ["Zeta", "Alpha"]
+
+
+JUDGE_CARD = "judge_class: tract\nprotocol: cot-rail\ntemplate: {template}\n"
+
+
+def test_a_judge_card_in_a_cards_folder_finds_the_template_next_to_it(tmp_path):
+    from tract_eval.config import load_judge_card
+    from tract_eval.prompts import GradingFields, render_prompt
+
+    folder = tmp_path / "cards"
+    (folder / "judges").mkdir(parents=True)
+    (folder / "judges" / "terse.yaml").write_text(JUDGE_CARD.format(template="terse"))
+    (folder / "judges" / "terse.j2").write_text("Grade {{ response }} for {{ instruction }} ({{ low }}-{{ high }})")
+    (folder / "judges" / "gone.yaml").write_text(JUDGE_CARD.format(template="missing_one"))
+    add_card_dir(folder)
+    try:
+        config = load_judge_card("terse")
+        assert config.template == str((folder / "judges" / "terse.j2").resolve())
+        fields = GradingFields("Say hi.", "hi", "[Polite?]")
+        assert render_prompt(config.template, fields) == "Grade hi for Say hi. (1-5)"
+        _user_dirs.clear()  # resolved when the card was read: rendering needs no --cards folder any more
+        assert render_prompt(config.template, fields) == "Grade hi for Say hi. (1-5)"
+        add_card_dir(folder)
+        with pytest.raises(ConfigError, match=r"gone.yaml: template 'missing_one' not found \(looked for "
+                                              r"missing_one.j2 in .*judges/templates\)"):
+            load_judge_card("gone")
+        assert load_judge_card("tract").template == "prometheus_absolute"  # built-in cards keep the name
+    finally:
+        _user_dirs.clear()
+
+
+def test_a_missing_judge_template_is_a_one_line_cli_error(tmp_path, capsys):
+    from tract_eval.cli import main
+
+    card = tmp_path / "mine.yaml"
+    card.write_text(JUDGE_CARD.format(template="nowhere"))
+    assert main(["run", "--judge", str(card), "--bench", "vicuna", "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tract-eval run: error: {card}: template 'nowhere' not found") and "\n" not in err

@@ -290,9 +290,12 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
     if unknown:
         raise ConfigError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
     try:
-        return JudgeConfig(**data)
+        config = JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    from .prompts import resolve_template  # checked here, so a missing template stops before any model loads
+
+    return dataclasses.replace(config, template=resolve_template(config.template, path))
 
 
 def builtin_judge_cards() -> list[str]:
