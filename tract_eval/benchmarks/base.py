@@ -1,6 +1,7 @@
 """Benchmark cards, samples and the data-location rules shared by every benchmark."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -226,19 +227,45 @@ def locate_data(card: BenchmarkCard, data_dir: Path | None) -> LocatedData:
                 tmp.replace(target)
             return LocatedData(card.urls[0], cached, _verify(card, cached))
     if card.hub_id:
-        if not hub_reachable():
-            if not card.files:  # --bench hf:ORG/NAME: there is no local layout to point at
-                raise DataUnavailable(f"hub dataset {card.hub_id}: the Hugging Face hub is unreachable (or "
-                                      "HF_HUB_OFFLINE is set); export it to a .jsonl/.csv/.parquet file and pass that")
-            raise DataUnavailable(
-                f"{card.title}: not found locally ({looked}) and the Hugging Face hub is unreachable "
-                f"(hub dataset {card.hub_id}); pass --data-dir with {', '.join(card.files)}"
-            )
-        import datasets
-
-        rows = [dict(r) for r in datasets.load_dataset(card.hub_id, split=card.hub_split or "train")]
-        return LocatedData(f"hub:{card.hub_id}:{card.hub_split}", hub_rows=rows)
+        return LocatedData(f"hub:{card.hub_id}:{card.hub_split}", hub_rows=_hub_rows(card, looked))
     raise DataUnavailable(f"{card.title}: not found locally ({looked}) and its upstream is unreachable")
+
+
+@contextlib.contextmanager
+def _datasets_offline(offline: bool):
+    """``datasets`` reads HF_HUB_OFFLINE once, at import; an unreachable hub (or the variable set later) must
+    still send it straight to its cache instead of through its network retries."""
+    import datasets.config
+
+    saved = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _hub_rows(card: BenchmarkCard, looked: str) -> list[dict]:
+    """A hub dataset's rows through ``datasets``: from the hub when it answers; offline (HF_HUB_OFFLINE, or the
+    hub unreachable) from the copy an earlier online load left in the datasets cache ($HF_HOME/datasets)."""
+    import datasets
+
+    split = card.hub_split or "train"
+    offline = not hub_reachable()
+    try:
+        with _datasets_offline(offline):
+            table = datasets.load_dataset(card.hub_id, split=split)
+    except Exception as exc:  # datasets raises many types (ConnectionError, ValueError, FileNotFoundError...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not offline:
+            raise DataUnavailable(f"hub dataset {card.hub_id} (split {split!r}): {reason}") from exc
+        cache = f"the datasets cache {datasets.config.HF_DATASETS_CACHE} has no copy of split {split!r} ({reason})"
+        if not card.files:  # --bench hf:ORG/NAME: there is no local layout to point at
+            raise DataUnavailable(f"hub dataset {card.hub_id}: the Hugging Face hub is unreachable (or HF_HUB_OFFLINE "
+                                  f"is set) and {cache}; export it to a .jsonl/.csv/.parquet file and pass that") from exc
+        raise DataUnavailable(f"{card.title}: not found locally ({looked}), the Hugging Face hub is unreachable and "
+                              f"{cache}; pass --data-dir with {', '.join(card.files)}") from exc
+    return [dict(row) for row in table]
 
 
 def _beside_card(card: BenchmarkCard, file: str) -> Path | None:
