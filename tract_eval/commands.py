@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
 from .cards import add_card_dir
+from .cliargs import add_command, add_data_options
 from .errors import ConfigError, InputNotFoundError
 from .progress import progress_reporter
 
@@ -35,9 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--run-name", default=None,
                    help="name of the judge folder under --out (default: the judge's name)")
     p.add_argument("--ci", action="store_true", help="bootstrap 95%% intervals of the metrics in results.json")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the benchmark files (else $TRACT_EVAL_DATA_DIR, else upstream)")
-    p.add_argument("--limit", type=int, default=None, help="first N rows (RewardBench: N pairs)")
+    add_data_options(p, "first N rows (pairwise benchmarks: N pairs)")
     p.add_argument("--shard", default=None, help="i/n: judge only the i-th of n disjoint parts")
     p.add_argument("--no-reference", action="store_true",
                    help="cut the reference answer out of the model input as TRACT's --remove_reference does")
@@ -50,10 +49,9 @@ def register(subparsers) -> None:
     add_judge_overrides(p)
     p.set_defaults(func=cmd_run)
 
-    p = subparsers.add_parser("merge", help="combine shard runs into one run")
+    p = add_command(subparsers, "merge", cmd_merge, help="combine shard runs into one run")
     p.add_argument("run_dir", type=Path, help="OUT/<judge>/<bench> holding shards/")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.set_defaults(func=cmd_merge)
+    add_data_options(p, limit_help="")
 
 
 def add_judge_overrides(p: argparse.ArgumentParser) -> None:
