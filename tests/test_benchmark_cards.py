@@ -159,3 +159,16 @@ def test_a_missing_judge_template_is_a_one_line_cli_error(tmp_path, capsys):
     assert main(["run", "--judge", str(card), "--bench", "vicuna", "--limit", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"tract-eval run: error: {card}: template 'nowhere' not found") and "\n" not in err
+
+
+def test_report_takes_titles_and_order_from_a_cards_folder(tmp_path, cards, capsys):
+    from tract_eval.cli import main
+
+    run_benchmark(build_judge("tract", backend=LengthBackend()), load_benchmark("my-pairs"), tmp_path / "runs")
+    _user_dirs.clear()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs"), "--format", "markdown"]) == 0
+    plain = capsys.readouterr().out.splitlines()[0]
+    assert main(["report", str(tmp_path / "runs"), "--cards", str(cards)]) == 0
+    titled = capsys.readouterr().out.splitlines()[0]
+    assert "my-pairs Zeta" in plain and "My Pairs Zeta" in titled and titled.index("Zeta") < titled.index("Alpha")

@@ -109,3 +109,16 @@ def test_quiet_turns_off_the_model_and_data_loading_progress_bars(flags):
         assert bars == []
     else:  # -v and the default keep them, one per library
         assert {line.split(":")[0] for line in bars} == {"BAR-gguf", "BAR-weights", "BAR-hub"}
+
+
+@pytest.mark.slow
+def test_quiet_run_on_the_embedded_model_leaves_stderr_empty(tmp_path):
+    """The real thing: loading the GGUF model shows transformers' conversion and weight bars unless -q."""
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"instruction": "2+2?", "response": "4", "rubric": "Correct?", "score": 5}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "HF_HUB_DISABLE", "HF_DATASETS_DISABLE"))}
+    done = subprocess.run([sys.executable, "-m", "tract_eval", "run", "--judge", "rail", "--bench", str(data),
+                           "--out", str(tmp_path / "runs"), "-q"], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and "one" in done.stdout

@@ -24,3 +24,16 @@ def add_data_options(parser: argparse.ArgumentParser, limit_help: str = "first N
 
 def add_output_file(parser: argparse.ArgumentParser, help: str = "write here instead of stdout") -> None:
     parser.add_argument("--out", help=help)
+
+
+def add_cards_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cards", action="append", default=[], metavar="DIR",
+                        help="a folder of your own judge/benchmark cards, searched before the built-in ones (repeatable)")
+
+
+def use_cards(args) -> None:
+    """Search the ``--cards`` folders (before the built-in cards) from here on."""
+    from .cards import add_card_dir
+
+    for folder in getattr(args, "cards", None) or []:
+        add_card_dir(folder)

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
-from .cards import add_card_dir
-from .cliargs import add_command, add_data_options
+from .cliargs import add_cards_option, add_command, add_data_options, use_cards
 from .errors import ConfigError, InputNotFoundError
 from .progress import progress_reporter
 
@@ -16,7 +15,7 @@ from .progress import progress_reporter
 def register(subparsers) -> None:
     p = subparsers.add_parser("list", help="list judges, benchmarks or backends")
     p.add_argument("what", choices=["judges", "benches", "backends"])
-    p.add_argument("--cards", action="append", default=[], metavar="DIR", help="also list the cards in this folder")
+    add_cards_option(p)
     p.set_defaults(func=cmd_list)
 
     p = subparsers.add_parser("run", help="run judges over benchmarks",
@@ -30,8 +29,7 @@ def register(subparsers) -> None:
                    help="own data: map roles to your column names, e.g. rubric=criteria,score=label")
     p.add_argument("--scale", default=None, metavar="LOW-HIGH",
                    help="own data: the score scale, e.g. 1-10 (default 1-5); the judge's score candidates follow it")
-    p.add_argument("--cards", action="append", default=[], metavar="DIR",
-                   help="a folder of your own judge/benchmark cards, searched before the built-in ones (repeatable)")
+    add_cards_option(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="output folder")
     p.add_argument("--run-name", default=None,
                    help="name of the judge folder under --out (default: the judge's name)")
@@ -98,8 +96,7 @@ def judge_overrides(args) -> dict:
 
 
 def cmd_list(args) -> int:
-    for folder in args.cards:
-        add_card_dir(folder)
+    use_cards(args)
     if args.what == "judges":
         from .judges import judge_names, load_judge_config
 
@@ -130,8 +127,7 @@ def cmd_run(args) -> int:
     shard = parse_shard(args.shard)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, not {args.limit}")
-    for folder in args.cards or []:
-        add_card_dir(folder)
+    use_cards(args)
     names = judge_names(args.judge)
     if args.run_name and len(names) > 1:
         raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cliargs import add_command, add_output_file
+from ..cliargs import add_cards_option, add_command, add_output_file, use_cards
 
 DEFAULT_RESAMPLES = 1000  # mirrors bootstrap.DEFAULT_RESAMPLES without importing numpy at CLI start
 
@@ -36,6 +36,7 @@ def _cmd_report(args) -> int:
     from .stats import parse_measures
     from .table import build_table
 
+    use_cards(args)
     table = build_table(collect_runs(args.runs), parse_measures(args.metrics), ci=args.ci,
                         resamples=args.resamples, seed=args.seed, confidence=args.confidence)
     write_output(render(table, args.format, caption_prefix=args.caption, standalone=args.standalone), args.out)
@@ -49,6 +50,7 @@ def _cmd_compare(args) -> int:
     from .runs import collect_runs
     from .stats import parse_measures
 
+    use_cards(args)
     runs_a, runs_b = collect_runs([args.a]), collect_runs([args.b])
     diffs = compare(runs_a, runs_b, parse_measures(args.metrics), resamples=args.resamples, seed=args.seed,
                     confidence=args.confidence)
@@ -99,6 +101,7 @@ def register(subparsers) -> None:
     report.add_argument("--caption", default="", help="text put before the generated caption notes")
     report.add_argument("--standalone", action="store_true", help="LaTeX: a full document (compiles alone)")
     add_output_file(report)
+    add_cards_option(report)  # titles, order and Average membership of benchmarks from your own cards
 
     comp = add_command(
         subparsers, "compare", _cmd_compare, help="paired bootstrap of the difference between two judges",
@@ -110,3 +113,4 @@ def register(subparsers) -> None:
     _add_bootstrap_options(comp)
     comp.add_argument("--format", choices=("markdown", "json"), default="markdown")
     add_output_file(comp)
+    add_cards_option(comp)
