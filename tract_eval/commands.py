@@ -8,7 +8,9 @@ from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
 from .cliargs import add_cards_option, add_command, add_data_options, use_cards
+from .config import SCORE_ONLY_ANCHORS, VERDICT_PARSERS
 from .errors import ConfigError, InputNotFoundError
+from .protocol import READOUTS
 from .progress import progress_reporter
 
 
@@ -70,6 +72,15 @@ def add_judge_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--renormalize", action="store_true",
                    help="RAIL over the candidates' probabilities renormalised to sum to 1 "
                         "(default: raw full-vocabulary probabilities, as the reference)")
+    g.add_argument("--readout", choices=READOUTS, default=None,
+                   help="CoT judges: read the score after the reference's retokenized text (prompt + CoT stripped "
+                        "on both sides + delimiter; default) or after the sampled ids themselves ('sampled')")
+    g.add_argument("--score-only-anchor", choices=SCORE_ONLY_ANCHORS, default=None,
+                   help="score-only judges: read after the empty assistant turn as the reference code rendered "
+                        "it (default) or after the opened assistant turn ('generation-prompt')")
+    g.add_argument("--verdict-parser", choices=VERDICT_PARSERS, default=None,
+                   help="prometheus judges: prometheus-eval's strict '[RESULT] n' rule (default) or "
+                        "tract_eval.parse_score's wider shapes ('lenient')")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
     add_backend_flags(p)
@@ -91,6 +102,7 @@ def judge_overrides(args) -> dict:
         "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "renormalize": True if args.renormalize else None,
         "parse_failure_policy": args.parse_failure_policy, "fallback_score": args.fallback_score,
+        "readout": args.readout, "score_only_anchor": args.score_only_anchor, "verdict_parser": args.verdict_parser,
         "backend_options": backend_options_from_args(args),
     }
 
