@@ -28,7 +28,11 @@ class Run:
     @property
     def pairwise(self) -> bool:
         """RewardBench-style runs score chosen/rejected sides; accuracy replaces correlations.
-        The benchmark card says so; runs of own data without a card are told by their rows."""
+        The run's manifest says so (as its benchmark card did), else the card of that name; runs of neither
+        are told by their rows."""
+        kind = (self.manifest.get("bench") or {}).get("kind")
+        if kind is not None:
+            return kind == "pairwise"
         card = find_card_or_none(self.bench)
         if card is not None:
             return card.kind == "pairwise"
