@@ -89,17 +89,21 @@ def test_annotation_cots_come_from_the_fields_the_card_names(data_dir, capsys):
         annotation_cots(rewardbench)
 
 
-def _shard_and_merge(bench, out, capsys):
+def _shard_and_merge(bench, out, capsys, *merge_flags, limit=None, edit_manifest=None):
     """Judge ``bench`` in two shards, merge them with ``tract-eval merge`` (which reloads the benchmark from
     the shards' manifest) and return the merged metrics and those of one unsharded run."""
     from tract_eval.cli import main
 
     for i in range(2):
-        run_benchmark(build_judge("tract", backend=LengthBackend()), bench, out / "sharded", shard=(i, 2))
+        run_benchmark(build_judge("tract", backend=LengthBackend()), bench, out / "sharded", shard=(i, 2),
+                      limit=limit)
+    for path in (out / "sharded" / "tract" / bench.name / "shards").glob("*/manifest.json"):
+        if edit_manifest:
+            path.write_text(json.dumps(edit_manifest(json.loads(path.read_text()))))
     capsys.readouterr()
-    assert main(["merge", str(out / "sharded" / "tract" / bench.name)]) == 0
+    assert main(["merge", str(out / "sharded" / "tract" / bench.name), *merge_flags]) == 0
     merged = json.loads(capsys.readouterr().out)
-    whole = run_benchmark(build_judge("tract", backend=LengthBackend()), bench, out / "whole").metrics
+    whole = run_benchmark(build_judge("tract", backend=LengthBackend()), bench, out / "whole", limit=limit).metrics
     return merged, whole
 
 
@@ -172,3 +176,17 @@ def test_report_takes_titles_and_order_from_a_cards_folder(tmp_path, cards, caps
     assert main(["report", str(tmp_path / "runs"), "--cards", str(cards)]) == 0
     titled = capsys.readouterr().out.splitlines()[0]
     assert "my-pairs Zeta" in plain and "My Pairs Zeta" in titled and titled.index("Zeta") < titled.index("Alpha")
+
+
+def test_merge_of_a_builtin_benchmark_also_from_manifests_that_predate_the_load_entry(tmp_path, data_dir, capsys):
+    bench = load_benchmark("vicuna", data_dir)
+    merged, whole = _shard_and_merge(bench, tmp_path / "new", capsys, "--data-dir", str(data_dir), limit=6)
+    assert merged["n"] == 6 and merged["pearson"] == pytest.approx(whole["pearson"])
+
+    def without_load(manifest):  # an older manifest: the benchmark is found by the run folder's name
+        del manifest["bench"]["load"]
+        return manifest
+
+    merged, _ = _shard_and_merge(bench, tmp_path / "old", capsys, "--data-dir", str(data_dir), limit=6,
+                                 edit_manifest=without_load)
+    assert merged["n"] == 6
