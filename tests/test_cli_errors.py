@@ -1,6 +1,7 @@
 """User errors: exit status 2, one line naming what and where, no traceback (``-v`` shows it), no model load."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -81,3 +82,43 @@ def test_run_refusals_exit_2_naming_why(capsys, tmp_path, data_dir, monkeypatch)
     run_benchmark(build_judge("tract", backend=LengthBackend()), load_benchmark("vicuna", data_dir), tmp_path, limit=1)
     err = _error(capsys, ["run", "--judge", "tract", "--seed", "3", *common])
     assert "holds a run of another identity" in err and "judge.seed: 0 -> 3" in err
+
+
+BARS_SCRIPT = """
+import sys
+from tract_eval.cli import main
+main(sys.argv[1:])
+from tqdm.auto import tqdm                                   # transformers' GGUF conversion bar
+from transformers.utils import logging as transformers_logging  # its weight-loading bars
+from huggingface_hub.utils import tqdm as hub_tqdm           # downloads
+for label, bar in (("gguf", tqdm), ("weights", transformers_logging.tqdm), ("hub", hub_tqdm)):
+    for _ in bar(range(2), desc=f"BAR-{label}"):
+        pass
+"""
+
+
+@pytest.mark.parametrize("flags", [["-q", "list", "backends"], ["list", "backends", "-q"], ["-v", "list", "backends"],
+                                   ["list", "backends"]])
+def test_quiet_turns_off_the_model_and_data_loading_progress_bars(flags):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "HF_HUB_DISABLE", "HF_DATASETS_DISABLE"))}
+    done = subprocess.run([sys.executable, "-c", BARS_SCRIPT, *flags], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    bars = [line for line in done.stderr.replace("\r", "\n").splitlines() if "BAR-" in line]
+    if "-q" in flags:
+        assert bars == []
+    else:  # -v and the default keep them, one per library
+        assert {line.split(":")[0] for line in bars} == {"BAR-gguf", "BAR-weights", "BAR-hub"}
+
+
+@pytest.mark.slow
+def test_quiet_run_on_the_embedded_model_leaves_stderr_empty(tmp_path):
+    """The real thing: loading the GGUF model shows transformers' conversion and weight bars unless -q."""
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"instruction": "2+2?", "response": "4", "rubric": "Correct?", "score": 5}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "HF_HUB_DISABLE", "HF_DATASETS_DISABLE"))}
+    done = subprocess.run([sys.executable, "-m", "tract_eval", "run", "--judge", "rail", "--bench", str(data),
+                           "--out", str(tmp_path / "runs"), "-q"], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and "one" in done.stdout

@@ -20,6 +20,7 @@ from tract_eval.backends.sampling import logits_processors, sample_top_p, stream
 from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
+from tract_eval.protocol import finish_cot
 
 TOLERANCE = 1e-4  # float32, max abs difference of candidate log-probabilities
 SAMPLING = SamplingConfig(temperature=1.0, top_p=0.9, repetition_penalty=1.03, max_new_tokens=7)
@@ -183,7 +184,8 @@ def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
-def test_delimiter_and_eos_finish_cots_of_varying_length(backend64, prompts, monkeypatch):
+@pytest.mark.parametrize("readout", ["reference", "sampled"])
+def test_delimiter_and_eos_finish_cots_of_varying_length(backend64, prompts, monkeypatch, readout):
     """A one-letter delimiter ("e") ends many CoTs early, and extra end-of-sequence ids end others:
     slots are refilled at different steps, and every CoT still matches the reference and the readout."""
     backend = backend64
@@ -191,17 +193,44 @@ def test_delimiter_and_eos_finish_cots_of_varying_length(backend64, prompts, mon
     candidates = derive_score_candidates(tok, delimiter="e", scale=(1, 10))
     eos = set(tok(" the, and. to of", add_special_tokens=False)["input_ids"])
     monkeypatch.setattr(backend, "_eos_ids", backend._eos_ids | eos)
-    requests = [GenerationRequest(f"d{i}", p, n=3, candidates=candidates) for i, p in enumerate(prompts)]
+    requests = [GenerationRequest(f"d{i}", p, n=3, candidates=candidates, readout=readout)
+                for i, p in enumerate(prompts)]
     out = backend.generate(requests, SAMPLING, seed=11, batch_size=2)
     reasons = {c.finish_reason for group in out for c in group}
     assert "delimiter" in reasons
     for request, completions in zip(requests, out):
         for index, completion in enumerate(completions):
-            if not completion.cut:  # (a cut, e.g. of trailing whitespace, drops sampled ids from token_ids)
-                sampled = completion.token_ids[: completion.generated_tokens]
-                assert sampled == reference_cot(backend, request, index, SAMPLING, seed=11)
+            drawn = reference_cot(backend, request, index, SAMPLING, seed=11)
+            if readout == "sampled" and not completion.cut:  # (a cut drops sampled ids from token_ids)
+                assert completion.token_ids[: completion.generated_tokens] == drawn
+            if readout == "reference":  # the drawn CoT, stripped on both sides, retokenized with the prompt
+                kept, forced, _ = finish_cot(backend.decode(drawn), candidates.delimiter, None)
+                expected = backend.encode(request.prompt + kept.strip() + forced) + list(candidates.bridge_ids)
+                assert backend.encode(request.prompt) + completion.token_ids == expected
             assert not eos & set(completion.token_ids)
             check_readout(backend, request, completion, candidates)
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_reference_readout_retokenizes_what_the_sampled_ids_spell_differently(backend, prompts):
+    """The reference reads after the prompt + the CoT stripped on both sides, tokenized as one text;
+    the single pass reuses its cache up to the first differing id. On this random model many CoTs
+    start with whitespace or spell a text in non-canonical ids, so both readouts are exercised."""
+    candidates = derive_score_candidates(backend.tokenizer())
+    by_mode = {}
+    for readout in ("reference", "sampled"):
+        requests = [GenerationRequest(f"w{i}", p, n=4, candidates=candidates, readout=readout)
+                    for i, p in enumerate(prompts)]
+        by_mode[readout] = (requests, backend.generate(requests, SAMPLING, seed=5, batch_size=3))
+    differing = 0
+    for (request, ref_group), sampled_group in zip(zip(*by_mode["reference"]), by_mode["sampled"][1]):
+        for ref, sampled in zip(ref_group, sampled_group):
+            kept_sampled = sampled.text[: -len(" " + candidates.delimiter + candidates.bridge_text)]
+            assert ref.text == kept_sampled.lstrip() + " " + candidates.delimiter + candidates.bridge_text
+            assert backend.encode(request.prompt) + ref.token_ids == backend.encode(request.prompt + ref.text)
+            check_readout(backend, request, ref, candidates)
+            differing += ref.token_ids != sampled.token_ids
+    assert differing > 0, "no CoT exercised the retokenized readout"
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer

@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tract_eval.metrics import (
-    absolute_metrics,
-    correlation_metrics,
-    pair_outcomes,
-    pairwise_metrics,
-    rewardbench_weights,
-)
-from tract_eval.reports.stats import REWARDBENCH_SCORE, rewardbench_scores
+from tract_eval.benchmarks import load_card
+from tract_eval.metrics import LEADERBOARD, absolute_metrics, correlation_metrics, pair_outcomes
+from tract_eval.metrics import pairwise_metrics as _pairwise_metrics
+from tract_eval.reports.stats import pairwise_scores
+
+RB = load_card("rewardbench").section_scheme()  # the card's sections and reward-bench's weights
+
+
+def pairwise_metrics(rows, unparsed="half"):
+    return _pairwise_metrics(rows, RB, unparsed)
 
 
 def test_correlations_match_scipy():
@@ -74,10 +76,11 @@ def reward_bench_sections(accuracy: dict) -> dict:
     return out
 
 
-def test_package_weights_are_reward_benchs():
+def test_card_weights_and_sections_are_reward_benchs():
     counts, mapping = reference_weights()
-    ours_counts, ours_mapping = rewardbench_weights()
-    assert ours_counts == counts and {k: list(v) for k, v in ours_mapping.items()} == mapping
+    assert RB.weights == counts
+    assert {k: sorted(v) for k, v in RB.sections.items()} == {k: sorted(v) for k, v in mapping.items()}
+    assert list(RB.sections) == list(mapping)  # report order: reward-bench's section order
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -106,9 +109,9 @@ def test_rewardbench_rule_on_synthetic_outcomes(seed, unparsed):
     assert m["score"] == pytest.approx(sum(sections.values()) / len(sections) if sections else None)
     # the report/bootstrap path computes the same numbers through the same rule
     keys = [p for p in pair_outcomes(rows, unparsed).values() if p["outcome"] is not None]
-    arrays = rewardbench_scores(np.array([p["subset"] for p in keys], dtype=object),
-                                np.array([p["outcome"] for p in keys], dtype=float))
-    assert {k: v for k, v in arrays.items() if k != REWARDBENCH_SCORE} == pytest.approx(sections)
+    arrays = pairwise_scores(np.array([p["subset"] for p in keys], dtype=object),
+                             np.array([p["outcome"] for p in keys], dtype=float), RB)
+    assert {k: v for k, v in arrays.items() if k != LEADERBOARD} == pytest.approx(sections)
     coverage = m["coverage"]
     assert set(coverage["subsets"]) == set(accuracy) and coverage["complete"] == (len(accuracy) == len(counts))
     assert set(coverage["sections"]) | set(coverage["missing_sections"]) == set(mapping)

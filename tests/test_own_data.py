@@ -133,3 +133,67 @@ def test_user_cards_define_benchmarks_and_their_report_place(tmp_path):
             load_card("typo")
     finally:
         _user_dirs.clear()
+
+
+HUB_OFFLINE_SCRIPT = r'''
+import json, shutil, sys
+from pathlib import Path
+
+import datasets
+from datasets.packaged_modules.json.json import Json
+
+from tract_eval.benchmarks import DataUnavailable, load_benchmark
+from tract_eval.cli import main
+
+# What an earlier online `load_dataset("acme/graded")` leaves in $HF_HOME/datasets: the prepared split
+# (acme___graded/<config>/<version>/<commit>/graded-train.arrow + dataset_info.json), built here by datasets'
+# own json builder from a local file, since nothing may be downloaded
+source, home = Path(sys.argv[1]), Path(sys.argv[2])
+builder = Json(cache_dir=str(home / "build"), dataset_name="graded", data_files={"train": str(source)},
+               hash="0123abcd")
+builder.download_and_prepare()
+shutil.copytree(builder.cache_dir, home / "datasets" / "acme___graded" / "default" / "0.0.0" / "0123abcd")
+assert Path(datasets.config.HF_DATASETS_CACHE) == home / "datasets", datasets.config.HF_DATASETS_CACHE
+
+bench = load_benchmark("hf:acme/graded", columns="instruction=question,response=answer,rubric=criteria,score=label",
+                       scale="1-10")
+out = {"source": bench.located.source, "name": bench.name, "load": bench.spec,
+       "rows": [[s.id, s.fields.instruction, s.fields.response, s.fields.rubric, s.gold] for s in bench.samples]}
+for spec in ("hf:acme/graded:test", "hf:acme/elsewhere"):
+    try:
+        load_benchmark(spec)
+    except DataUnavailable as exc:
+        out[spec] = str(exc)
+out["cli"] = main(["run", "--judge", "tract", "--bench", "hf:acme/graded", "--out", str(home / "runs")])
+print(json.dumps(out))
+'''
+
+
+def test_hub_dataset_loads_offline_from_the_datasets_cache(tmp_path):
+    """``--bench hf:ORG/NAME`` with no network: datasets' real offline path (HF_HUB_OFFLINE=1, a fresh HF_HOME
+    holding what an earlier online load cached), then our validation and rows."""
+    import os
+    import subprocess
+    import sys
+
+    source = _write(tmp_path / "graded.jsonl", [
+        {"question": "What is 2+2?", "answer": "4", "criteria": "Is it right?", "label": 9},
+        {"question": "Capital of France?", "answer": "Lyon", "criteria": "Is it right?", "label": 2}])
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_DATASETS_CACHE", None)
+    done = subprocess.run([sys.executable, "-c", HUB_OFFLINE_SCRIPT, str(source), str(tmp_path / "hf")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["source"] == "hub:acme/graded:train" and out["name"] == "graded"
+    assert out["load"]["bench"] == "hf:acme/graded" and out["load"]["scale"] == [1, 10]
+    assert out["rows"] == [["1", "What is 2+2?", "4", "[Is it right?]", 9.0],
+                           ["2", "Capital of France?", "Lyon", "[Is it right?]", 2.0]]
+    assert out["hf:acme/graded:test"].startswith("hub dataset acme/graded: the Hugging Face hub is unreachable "
+                                                 "(or HF_HUB_OFFLINE is set) and the datasets cache")
+    assert "split 'test'" in out["hf:acme/graded:test"]
+    assert "hub dataset acme/elsewhere" in out["hf:acme/elsewhere"]
+    # validation on the cached rows, before any model loads: the default column names are not in this table
+    assert out["cli"] == 2
+    assert ("tract-eval run: error: hub:acme/graded:train: field 'instruction': no such column (map yours with "
+            "--columns instruction=NAME); the table has: answer, criteria, label, question") in done.stderr

@@ -1,6 +1,7 @@
 import pytest
 
 from tract_eval import parse_score
+from tract_eval.parsing import parse_reference_verdict
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -78,3 +79,23 @@ def test_reads_prometheus_eval_verdict_shapes(text, expected):
 ])
 def test_refuses_numbers_that_are_not_a_verdict(text):
     assert parse_score(text) is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Good answer. [RESULT] 4", 4),
+    ("Good answer.\n[RESULT]   5 \n", 5),
+    ("[RESULT] 1", 1),
+    ("Good answer. [RESULT] Score: 4", None),  # a label after the marker
+    ("Good answer. [RESULT] 4/5", None),
+    ("Good answer. [RESULT] 4.", None),
+    ("[RESULT] 3 [RESULT] 4", None),  # not exactly one marker
+    ("Good answer, 4", None),
+    ("[RESULT] 6", None),
+    ("", None),
+])
+def test_reference_verdict_is_prometheus_evals_eval_rule(text, expected):
+    """eval/run_evaluate.py:parse_output (absolute): split on [RESULT] into exactly two parts, and the
+    stripped rest is one of the scale's scores."""
+    parts = text.split("[RESULT]")
+    oracle = int(parts[1].strip()) if len(parts) == 2 and parts[1].strip() in ["1", "2", "3", "4", "5"] else None
+    assert parse_reference_verdict(text) == oracle == expected

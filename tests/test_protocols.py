@@ -129,24 +129,35 @@ def test_score_only_instruction_is_the_reference_bytes():
     assert score_only_instruction() == reference_text("tract/inference_score_only_instruction.txt")
 
 
+def tract_continue_final_message(tokenizer, messages: list[dict]) -> str:
+    """TRACT inference.py's ``apply_chat_template(add_generation_prompt=False, continue_final_message=True)``
+    under its pinned transformers 4.47 (envs/inference_requirements.txt): the chat rendered closed,
+    cut after the last occurrence of the final content (retried stripped), so an empty content keeps
+    the closed turn. (transformers 5 opens an empty final turn instead.)"""
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    final = messages[-1]["content"]
+    try:
+        return rendered[: rendered.rindex(final) + len(final)]
+    except ValueError:
+        final = final.strip()
+        return rendered[: rendered.rindex(final) + len(final)]
+
+
+@pytest.mark.parametrize("anchor", ["reference", "generation-prompt"])
 @pytest.mark.parametrize("judge_name", ["rail", "raft", "ce-decode"])
-def test_score_only_readout_context_is_tracts_byte_for_byte(tokenizer, bench_rows, judge_name):
+def test_score_only_readout_context_is_tracts_byte_for_byte(tokenizer, bench_rows, judge_name, anchor):
     bench, rows = bench_rows
-    judge = build_judge(judge_name)
+    judge = build_judge(judge_name, score_only_anchor=anchor)
     assert judge.variant.writes_cot is False
     candidates = judge.candidates_with(tokenizer)
     instruction = reference_text("tract/inference_score_only_instruction.txt")
     for sample, row in zip(bench.samples, rows):
         content = instruction + tract_row_instruction(row).split("###The instruction to evaluate:")[-1]
         messages = [{"role": "user", "content": content}]
-        if "system" in (tokenizer.chat_template or ""):
-            # TRACT renders [user, assistant ""] with continue_final_message; with a template that
-            # closes the empty turn (ChatML) that is not the first assistant token, so the oracle is
-            # its other form (inference.py's TODO): the generation prompt.
+        if anchor == "reference":  # TRACT: [user, assistant ""] continued (a closed turn on ChatML)
+            lm_input = tract_continue_final_message(tokenizer, messages + [{"role": "assistant", "content": ""}])
+        else:  # the named option: the opened assistant turn (inference.py's TODO, behaviour 2)
             lm_input = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            lm_input = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": ""}], tokenize=False,
-                                                     add_generation_prompt=False, continue_final_message=True)
         expected = lm_input.replace("</s>", "").strip() + " "
         text = judge.build_input_with(tokenizer, sample)
         assert text + candidates.bridge_text == expected
@@ -155,6 +166,16 @@ def test_score_only_readout_context_is_tracts_byte_for_byte(tokenizer, bench_row
         for score, sequence in zip(candidates.scores, candidates.sequences):
             with_score = tokenizer(expected + str(score), add_special_tokens=False)["input_ids"]
             assert with_score == ids + list(sequence)
+
+
+def test_a_chat_ending_with_an_assistant_turn_is_continued_as_transformers_does(tokenizer):
+    from transformers import AutoTokenizer  # noqa: F401  (the installed version is the oracle here)
+
+    messages = [{"role": "user", "content": "Rate it."}, {"role": "assistant", "content": "The answer is fine."}]
+    assert render_chat_with_tokenizer(tokenizer, messages) == tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=False, continue_final_message=True)
+    empty = [messages[0], {"role": "assistant", "content": ""}]
+    assert render_chat_with_tokenizer(tokenizer, empty) == tract_continue_final_message(tokenizer, empty)
 
 
 def test_score_only_rail_reads_at_the_first_assistant_token(data_dir):
@@ -273,6 +294,18 @@ def test_prometheus_regenerates_unparsable_outputs_from_fresh_streams(data_dir, 
         assert row.per_cot == [4.0] and row.status == "ok"
 
 
+@pytest.mark.parametrize("parser, retries", [("reference", 5), ("lenient", 0)])
+def test_prometheus_regenerates_on_prometheus_evals_strict_rule_by_default(data_dir, parser, retries):
+    """prometheus-eval's eval/run_evaluate.py:parse_output wants exactly "[RESULT] n"; "[RESULT] Score: 4"
+    is regenerated there (and under the default), while the lenient parser reads it."""
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)),
+                              lambda r, i: Completion("Fine. [RESULT] Score: 4", "eos", 6))
+    judge = build_judge("prometheus-2", backend=backend, verdict_parser=parser)
+    row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
+    assert row.retries == [retries]
+    assert row.per_cot == ([None] if parser == "reference" else [4.0])
+
+
 def test_regeneration_count_is_a_card_setting(data_dir):
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), lambda r, i: Completion("no score", "eos", 2))
     judge = build_judge("prometheus-2", backend=backend, max_retries=1)
@@ -299,13 +332,16 @@ def test_transformers_backend_stops_at_stop_strings_and_reads_after_the_cut(embe
     assert rail[0].finish_reason == "stop" and rail[0].cut
     kept = rail[0].text[: -len(" " + DELIMITER + candidates.bridge_text)]
     assert rail[0].text.endswith(" " + DELIMITER + candidates.bridge_text) and "e" not in kept
-    assert kept == plain[0].text[: plain[0].text.index("e")].rstrip()
+    assert kept == plain[0].text[: plain[0].text.index("e")].strip()  # the reference readout strips the CoT
 
 
 # -- training rows in the judge's layout (points 1 and 5) ----------------------------------------
 
 @pytest.mark.parametrize("judge_name, objective", [("raft", "raft"), ("ce-decode", "ce")])
-def test_score_only_training_rows_end_where_the_score_only_readout_reads(tokenizer, judge_name, objective):
+def test_score_only_training_rows_put_the_score_at_the_opened_assistant_turn(tokenizer, judge_name, objective):
+    """Chat fine-tuning renders [user, assistant: score]: the score follows the opened turn. That is
+    where the ``generation-prompt`` anchor reads; the reference anchor reads there too on templates
+    that render an empty final turn open (Mistral), not on ChatML (README "Judges")."""
     from tract_eval.training.objectives import IGNORE
     from tract_eval.training.pipeline import encode_rows
     from tract_eval.training.data import TrainingRow
@@ -313,17 +349,20 @@ def test_score_only_training_rows_end_where_the_score_only_readout_reads(tokeniz
     prompt = reference_text("tract/no_feedback.prompt").format(
         orig_instruction="Name a prime.", orig_response="7", orig_reference_answer="2", orig_criteria="Correct?",
         **{f"orig_score{k}_description": f"level {k}" for k in range(1, 6)})
-    judge = build_judge(judge_name)
-    row = TrainingRow("r", prompt, "", 4)
-    candidates, features, _ = encode_rows([row], tokenizer, judge, objective, 100000)
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True).rstrip()
-    chat_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
-    ids, labels = features[0]["input_ids"], features[0]["labels"]
-    score_id = candidates.sequences[candidates.scores.index(4)][0]
-    assert ids == chat_ids + list(candidates.bridge_ids) + [score_id, tokenizer.eos_token_id]
-    assert tokenizer.decode(ids[:-1]) == tokenizer.decode(chat_ids) + " 4"  # right after "[/INST] " / "assistant "
-    assert (labels[-2] == IGNORE) == (objective == "raft")
+    for anchor in ("reference", "generation-prompt"):
+        judge = build_judge(judge_name, score_only_anchor=anchor)
+        row = TrainingRow("r", prompt, "", 4)
+        candidates, features, _ = encode_rows([row], tokenizer, judge, objective, 100000)
+        chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True).rstrip()
+        chat_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
+        ids, labels = features[0]["input_ids"], features[0]["labels"]
+        score_id = candidates.sequences[candidates.scores.index(4)][0]
+        assert ids == chat_ids + list(candidates.bridge_ids) + [score_id, tokenizer.eos_token_id]
+        assert tokenizer.decode(ids[:-1]) == tokenizer.decode(chat_ids) + " 4"  # right after "[/INST] " / "assistant "
+        assert (labels[-2] == IGNORE) == (objective == "raft")
+    readout = build_judge(judge_name, score_only_anchor="generation-prompt").training_input_with(tokenizer, prompt)
+    assert readout == chat
 
 
 def test_without_a_cut_marker_a_written_delimiter_still_ends_the_cot():

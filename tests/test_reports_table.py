@@ -61,7 +61,7 @@ def test_rewardbench_columns_agree_with_package_metrics(runs):
 
     table = build_table(runs, ["r"])
     for run in (r for r in runs if r.bench == "rewardbench"):
-        expected = pairwise_metrics(run.rows)
+        expected = pairwise_metrics(run.rows, run.section_scheme())
         cell = lambda m: table.cells[run.judge, Column("rewardbench", m, accuracy=True)].estimate.value  # noqa: E731
         assert cell("Score") == pytest.approx(expected["score"])
         for section, values in expected["sections"].items():

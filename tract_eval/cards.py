@@ -44,6 +44,11 @@ def add_card_dir(path: str | Path) -> None:
         _user_dirs.insert(0, folder)
 
 
+def user_card_dirs() -> list[Path]:
+    """The ``--cards`` folders, most recently added first."""
+    return list(_user_dirs)
+
+
 def card_dirs(kind: str) -> list[Path]:
     """Where cards of one kind live, user folders first (a user card shadows a built-in one of the same name)."""
     user = [d / kind if (d / kind).is_dir() else d for d in _user_dirs]

@@ -22,6 +22,10 @@ COMMAND_MODULES = [
 ]
 
 USER_ERROR_STATUS = 2  # argparse's status for usage errors: every mistake a user can fix exits with it
+# -q turns off the progress bars of the libraries that fetch and load models and data: transformers converts
+# GGUF under plain tqdm (TQDM_DISABLE, read when tqdm is imported), loads weights and downloads under the
+# hub's bars (HF_HUB_DISABLE_PROGRESS_BARS, which transformers follows), datasets has its own switch
+QUIET_ENVIRONMENT = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -81,6 +85,24 @@ def _log_level(verbose: int, quiet: int) -> int:
     return {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
 
 
+def _silence_progress_bars() -> None:
+    """Before the command imports them (the command line imports no heavy library before this), the
+    environment switches suffice; libraries already imported in this process are switched off directly."""
+    os.environ.update(QUIET_ENVIRONMENT)
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -89,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if raw is not None:
         args.raw_args = raw
     logging.basicConfig(level=_log_level(args.verbose, args.quiet), format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet:
+        _silence_progress_bars()
     install_log_redaction()
     try:
         return int(args.func(args) or 0)

@@ -7,15 +7,17 @@ import sys
 from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
-from .cards import add_card_dir
-from .errors import ConfigError
+from .cliargs import add_cards_option, add_command, add_data_options, use_cards
+from .config import SCORE_ONLY_ANCHORS, VERDICT_PARSERS
+from .errors import ConfigError, InputNotFoundError
+from .protocol import READOUTS
 from .progress import progress_reporter
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("list", help="list judges, benchmarks or backends")
     p.add_argument("what", choices=["judges", "benches", "backends"])
-    p.add_argument("--cards", action="append", default=[], metavar="DIR", help="also list the cards in this folder")
+    add_cards_option(p)
     p.set_defaults(func=cmd_list)
 
     p = subparsers.add_parser("run", help="run judges over benchmarks",
@@ -29,15 +31,12 @@ def register(subparsers) -> None:
                    help="own data: map roles to your column names, e.g. rubric=criteria,score=label")
     p.add_argument("--scale", default=None, metavar="LOW-HIGH",
                    help="own data: the score scale, e.g. 1-10 (default 1-5); the judge's score candidates follow it")
-    p.add_argument("--cards", action="append", default=[], metavar="DIR",
-                   help="a folder of your own judge/benchmark cards, searched before the built-in ones (repeatable)")
+    add_cards_option(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="output folder")
     p.add_argument("--run-name", default=None,
                    help="name of the judge folder under --out (default: the judge's name)")
     p.add_argument("--ci", action="store_true", help="bootstrap 95%% intervals of the metrics in results.json")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the benchmark files (else $TRACT_EVAL_DATA_DIR, else upstream)")
-    p.add_argument("--limit", type=int, default=None, help="first N rows (RewardBench: N pairs)")
+    add_data_options(p, "first N rows (pairwise benchmarks: N pairs)")
     p.add_argument("--shard", default=None, help="i/n: judge only the i-th of n disjoint parts")
     p.add_argument("--no-reference", action="store_true",
                    help="cut the reference answer out of the model input as TRACT's --remove_reference does")
@@ -50,10 +49,9 @@ def register(subparsers) -> None:
     add_judge_overrides(p)
     p.set_defaults(func=cmd_run)
 
-    p = subparsers.add_parser("merge", help="combine shard runs into one run")
+    p = add_command(subparsers, "merge", cmd_merge, help="combine shard runs into one run")
     p.add_argument("run_dir", type=Path, help="OUT/<judge>/<bench> holding shards/")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.set_defaults(func=cmd_merge)
+    add_data_options(p, limit_help="")
 
 
 def add_judge_overrides(p: argparse.ArgumentParser) -> None:
@@ -74,6 +72,15 @@ def add_judge_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--renormalize", action="store_true",
                    help="RAIL over the candidates' probabilities renormalised to sum to 1 "
                         "(default: raw full-vocabulary probabilities, as the reference)")
+    g.add_argument("--readout", choices=READOUTS, default=None,
+                   help="CoT judges: read the score after the reference's retokenized text (prompt + CoT stripped "
+                        "on both sides + delimiter; default) or after the sampled ids themselves ('sampled')")
+    g.add_argument("--score-only-anchor", choices=SCORE_ONLY_ANCHORS, default=None,
+                   help="score-only judges: read after the empty assistant turn as the reference code rendered "
+                        "it (default) or after the opened assistant turn ('generation-prompt')")
+    g.add_argument("--verdict-parser", choices=VERDICT_PARSERS, default=None,
+                   help="prometheus judges: prometheus-eval's strict '[RESULT] n' rule (default) or "
+                        "tract_eval.parse_score's wider shapes ('lenient')")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
     add_backend_flags(p)
@@ -95,13 +102,13 @@ def judge_overrides(args) -> dict:
         "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "renormalize": True if args.renormalize else None,
         "parse_failure_policy": args.parse_failure_policy, "fallback_score": args.fallback_score,
+        "readout": args.readout, "score_only_anchor": args.score_only_anchor, "verdict_parser": args.verdict_parser,
         "backend_options": backend_options_from_args(args),
     }
 
 
 def cmd_list(args) -> int:
-    for folder in args.cards:
-        add_card_dir(folder)
+    use_cards(args)
     if args.what == "judges":
         from .judges import judge_names, load_judge_config
 
@@ -132,8 +139,7 @@ def cmd_run(args) -> int:
     shard = parse_shard(args.shard)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, not {args.limit}")
-    for folder in args.cards or []:
-        add_card_dir(folder)
+    use_cards(args)
     names = judge_names(args.judge)
     if args.run_name and len(names) > 1:
         raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")
@@ -213,11 +219,19 @@ def print_summary(results, skipped) -> None:
 
 
 def cmd_merge(args) -> int:
-    from .benchmarks import load_benchmark
+    from .benchmarks import reload_benchmark
+    from .records import MANIFEST, SHARDS
     from .runner import merge_shards
 
-    bench_name = args.run_dir.name
-    bench = load_benchmark(bench_name, args.data_dir)
+    # the shards' manifest says what ran (a card, a data file or hf: dataset, columns, scale, options)
+    manifests = sorted((args.run_dir / SHARDS).glob(f"*-of-*/{MANIFEST}"))
+    if not manifests:
+        raise InputNotFoundError(f"{args.run_dir}/{SHARDS} holds no shard folders with a {MANIFEST}")
+    try:
+        described = json.loads(manifests[0].read_text(encoding="utf-8"))["bench"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{manifests[0]}: no readable benchmark description ({exc}); rerun that shard") from exc
+    bench = reload_benchmark(described, args.data_dir)
     json.dump(merge_shards(args.run_dir, bench), sys.stdout, indent=2)
     print()
     return 0

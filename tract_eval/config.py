@@ -20,13 +20,21 @@ import yaml
 from .candidates import DEFAULT_DELIMITER
 from .cards import card_names, find_card
 from .errors import ConfigError, UnknownNameError
-from .protocol import REFERENCE_STOP_STRINGS
+from .protocol import READOUTS, REFERENCE_STOP_STRINGS
 from .redaction import is_secret_name
 
 # How a judge reads a score; one type each in tract_eval.judges.variants (README "Judges").
 PROTOCOLS = ("cot-rail", "cot-decode", "score-only-rail", "score-only-decode", "prometheus")
 RAIL_PROTOCOLS = ("cot-rail", "score-only-rail")  # the score is the expectation over the candidates
 COT_PROTOCOLS = ("cot-rail", "cot-decode")  # a CoT finished by TRACT's cut rule
+SCORE_ONLY_PROTOCOLS = ("score-only-rail", "score-only-decode")  # the score at the first assistant token
+# Where score-only judges read: "reference" renders the user turn and an empty assistant turn as the
+# reference code did (transformers 4.47 keeps that turn closed on ChatML / Llama-3 templates), strips
+# it and reads after " "; "generation-prompt" reads after the opened assistant turn instead.
+SCORE_ONLY_ANCHORS = ("reference", "generation-prompt")
+# How prometheus judges parse (and regenerate) verdicts: "reference" as prometheus-eval's eval/
+# code (exactly one [RESULT], then only the score); "lenient" with tract_eval.parse_score's shapes.
+VERDICT_PARSERS = ("reference", "lenient")
 
 
 @dataclass
@@ -151,8 +159,12 @@ class JudgeConfig:
     cut_marker: str = "So the overall"
     # CoTs stop at these strings (TRACT: [RESULT] and " [RESULT]") besides the delimiter
     stop: tuple[str, ...] = REFERENCE_STOP_STRINGS
+    # cot protocols: how the finished CoT is tokenized for the readout (protocol.READOUTS)
+    readout: str = "reference"
+    score_only_anchor: str = "reference"  # score-only protocols: SCORE_ONLY_ANCHORS
     # prometheus: unparsable outputs are regenerated up to this many times (prometheus-eval: 5)
     max_retries: int = 5
+    verdict_parser: str = "reference"  # prometheus: VERDICT_PARSERS
     # RAIL over the raw full-vocabulary probabilities of the candidates, as the reference (default),
     # or renormalised over the candidates (a named departure: --renormalize)
     renormalize: bool = False
@@ -194,6 +206,11 @@ class JudgeConfig:
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"judge {self.name!r}: protocol must be one of {', '.join(PROTOCOLS)}, "
                               f"not {self.protocol!r}")
+        for name, allowed in (("readout", READOUTS), ("score_only_anchor", SCORE_ONLY_ANCHORS),
+                              ("verdict_parser", VERDICT_PARSERS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"judge {self.name!r}: {name} must be one of {', '.join(allowed)}, "
+                                  f"not {getattr(self, name)!r}")
         if self.max_retries < 0:
             raise ConfigError(f"judge {self.name!r}: max_retries must be >= 0, not {self.max_retries}")
         if self.parse_failure_policy not in ("exclude", "fallback"):
@@ -236,6 +253,10 @@ class JudgeConfig:
             data["fallback_score"] = self.fallback_score
         if self.protocol in RAIL_PROTOCOLS:
             data.update(renormalize=self.renormalize, partial_candidates=self.partial_candidates)
+        if self.protocol in COT_PROTOCOLS:
+            data["readout"] = self.readout
+        if self.protocol in SCORE_ONLY_PROTOCOLS:
+            data["score_only_anchor"] = self.score_only_anchor
         if self.samples_text:
             sampling = dataclasses.asdict(self.sampling)
             if self.sampling.greedy:  # greedy decoding uses neither the nucleus nor the random stream
@@ -248,7 +269,7 @@ class JudgeConfig:
             if self.protocol in COT_PROTOCOLS:
                 data.update(cut_marker=self.cut_marker, stop=self.stop)
             if self.protocol == "prometheus":
-                data["max_retries"] = self.max_retries
+                data.update(max_retries=self.max_retries, verdict_parser=self.verdict_parser)
         return json.loads(json.dumps(data, sort_keys=True))
 
     def with_overrides(self, **overrides) -> "JudgeConfig":
@@ -290,9 +311,12 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
     if unknown:
         raise ConfigError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
     try:
-        return JudgeConfig(**data)
+        config = JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    from .prompts import resolve_template  # checked here, so a missing template stops before any model loads
+
+    return dataclasses.replace(config, template=resolve_template(config.template, path))
 
 
 def builtin_judge_cards() -> list[str]:

@@ -1,10 +1,9 @@
 """Agreement metrics: correlations with gold for absolute grading, accuracy for pairwise benchmarks."""
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -50,16 +49,41 @@ def absolute_metrics(rows: list[dict]) -> dict:
 # A pair whose chosen or rejected side has no score: reward-bench scores it 0.5 like a tie
 # (scripts/run_generative.py); "exclude" leaves it out of the accuracies instead (a named departure).
 UNPARSED_PAIR_POLICIES = ("half", "exclude")
-REWARDBENCH_WEIGHTS = "rewardbench_sections.json"  # reward-bench constants: EXAMPLE_COUNTS, SUBSET_MAPPING
+LEADERBOARD = "Score"  # the mean of the section scores (the leaderboard's number), next to the sections
 
 
-@lru_cache(maxsize=None)
-def rewardbench_weights() -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
-    """reward-bench's fixed ``EXAMPLE_COUNTS`` and ``SUBSET_MAPPING`` (rewardbench/constants.py)."""
-    from .cards import card_dir
+@dataclass(frozen=True)
+class SectionScheme:
+    """How a pairwise benchmark's subset accuracies roll up, as its card says: ``sections`` (in report
+    order) of subsets, and each subset's weight in its section (RewardBench: reward-bench's fixed
+    ``EXAMPLE_COUNTS``; a card without weights: the pairs each subset has in the data)."""
 
-    data = json.loads((card_dir("benchmarks") / REWARDBENCH_WEIGHTS).read_text(encoding="utf-8"))
-    return dict(data["EXAMPLE_COUNTS"]), {k: tuple(v) for k, v in data["SUBSET_MAPPING"].items()}
+    sections: dict[str, tuple[str, ...]]
+    weights: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"sections": {name: list(subsets) for name, subsets in self.sections.items()},
+                "subset_weights": dict(self.weights)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SectionScheme":
+        return cls({name: tuple(subsets) for name, subsets in data["sections"].items()},
+                   {name: float(w) for name, w in data["subset_weights"].items()})
+
+    def section_scores(self, subset_accuracy: dict[str, float]) -> dict[str, float]:
+        """reward-bench ``calculate_scores_per_section``: a section is the mean of its subsets'
+        accuracies weighted by the fixed subset weights (not by how many pairs were judged).
+        Sections none of whose subsets were judged are left out (reward-bench would score them 0)."""
+        unknown = sorted(set(subset_accuracy) - set(self.weights))
+        if unknown:
+            raise ValueError(f"subsets {unknown} have no weight in the benchmark's sections")
+        scores = {}
+        for section, names in self.sections.items():
+            present = [n for n in names if n in subset_accuracy]
+            if present:
+                scores[section] = (sum(subset_accuracy[n] * self.weights[n] for n in present)
+                                   / sum(self.weights[n] for n in present))
+        return scores
 
 
 def pair_outcomes(rows: list[dict], unparsed: str = "half") -> dict[str, dict]:
@@ -89,46 +113,30 @@ def pair_outcomes(rows: list[dict], unparsed: str = "half") -> dict[str, dict]:
     return pairs
 
 
-def rewardbench_section_scores(subset_accuracy: dict[str, float]) -> dict[str, float]:
-    """reward-bench ``calculate_scores_per_section``: a section is the mean of its subsets'
-    accuracies weighted by the fixed ``EXAMPLE_COUNTS`` (not by how many pairs were judged).
-    Sections none of whose subsets were judged are left out (reward-bench would score them 0)."""
-    counts, mapping = rewardbench_weights()
-    unknown = sorted(set(subset_accuracy) - set(counts))
-    if unknown:
-        raise ValueError(f"RewardBench subsets {unknown} are not in reward-bench's EXAMPLE_COUNTS")
-    scores = {}
-    for section, names in mapping.items():
-        present = [n for n in names if n in subset_accuracy]
-        if present:
-            scores[section] = sum(subset_accuracy[n] * counts[n] for n in present) / sum(counts[n] for n in present)
-    return scores
-
-
-def rewardbench_leaderboard(section_scores: dict[str, float]) -> float | None:
+def leaderboard_score(section_scores: dict[str, float]) -> float | None:
     """The leaderboard score: the mean of the section scores."""
     return float(np.mean(list(section_scores.values()))) if section_scores else None
 
 
-def pairwise_metrics(rows: list[dict], unparsed: str = "half") -> dict:
-    """RewardBench as reward-bench scores it: accuracy per subset (ties and, by default, unscored
-    pairs count 0.5), sections weighted by ``EXAMPLE_COUNTS``, leaderboard = mean of the sections;
-    ``coverage`` says which subsets and sections a partial run judged."""
+def pairwise_metrics(rows: list[dict], scheme: SectionScheme, unparsed: str = "half") -> dict:
+    """A pairwise benchmark as reward-bench scores RewardBench: accuracy per subset (ties and, by default,
+    unscored pairs count 0.5), sections weighting their subsets by the scheme's weights, leaderboard =
+    mean of the sections; ``coverage`` says which subsets and sections a partial run judged."""
     pairs = pair_outcomes(rows, unparsed)
     judged = [p for p in pairs.values() if p["outcome"] is not None]
     by_subset: dict[str, list[float]] = defaultdict(list)
     for pair in judged:
         by_subset[pair["subset"]].append(pair["outcome"])
     subsets = {name: {"accuracy": float(np.mean(v)), "n": len(v)} for name, v in sorted(by_subset.items())}
-    section_scores = rewardbench_section_scores({n: s["accuracy"] for n, s in subsets.items()})
-    counts, mapping = rewardbench_weights()
+    section_scores = scheme.section_scores({n: s["accuracy"] for n, s in subsets.items()})
+    mapping = scheme.sections
     sections = {name: {"accuracy": score, "n": sum(subsets[n]["n"] for n in mapping[name] if n in subsets),
                        "subsets": [n for n in mapping[name] if n in subsets]}
                 for name, score in section_scores.items()}
     outcomes = [p["outcome"] for p in judged]
-    missing_subsets = [n for n in counts if n not in subsets]
+    missing_subsets = [n for n in scheme.weights if n not in subsets]
     return {
-        "score": rewardbench_leaderboard(section_scores),
+        "score": leaderboard_score(section_scores),
         "accuracy": float(np.mean(outcomes)) if outcomes else None,
         "sections": sections,
         "subsets": subsets,

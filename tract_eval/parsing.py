@@ -54,6 +54,17 @@ def parse_score(text: str | None, scale: tuple[int, int] = (1, 5)) -> int | None
     return None
 
 
+def parse_reference_verdict(text: str | None, scale: tuple[int, int] = (1, 5)) -> int | None:
+    """prometheus-eval's own evaluation rule (``eval/run_evaluate.py:parse_output``, absolute mode):
+    the output holds exactly one ``[RESULT]`` and what follows it, stripped, is a score of the scale
+    and nothing else; None otherwise (prometheus-eval then regenerates)."""
+    parts = (text or "").split("[RESULT]")
+    if len(parts) != 2:
+        return None
+    result = parts[1].strip()
+    return int(result) if result in {str(k) for k in range(scale[0], scale[1] + 1)} else None
+
+
 def parse_bare_score(text: str | None) -> float | None:
     """A score written alone, as TRACT reads its one sampled score token (``evaluation_utils.
     try_convert_to_float``: ``float(text.strip().strip('.'))``); None where that is not a finite

@@ -4,10 +4,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import jinja2
 
-from .cards import card_dir
+from .cards import card_dir, user_card_dirs
+from .errors import ConfigError
 
 _INSTRUCTION = "\n\n###The instruction to evaluate:\n"
 _RESPONSE = "\n\n###Response to evaluate:\n"
@@ -94,20 +96,49 @@ def format_rubric(criteria: str, descriptions: list[str], low: int = 1) -> str:
     return "\n".join(lines)
 
 
-@lru_cache(maxsize=None)
-def _environment() -> jinja2.Environment:
+TEMPLATE_SUFFIX = ".j2"
+
+
+def _environment_at(folder: Path) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(card_dir("judges") / "templates")),
+        loader=jinja2.FileSystemLoader(str(folder)),
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
     )
 
 
+@lru_cache(maxsize=None)
+def _template(template: str) -> jinja2.Template:
+    path = Path(template)
+    if path.is_absolute():  # a user card's template, resolved when the card was read
+        return _environment_at(path.parent).get_template(path.name)
+    return _environment_at(card_dir("judges") / "templates").get_template(template)
+
+
+def resolve_template(template: str, card_path: Path | None) -> str:
+    """Where a judge card's ``template`` lives: next to the card (or in its ``templates/``), then in the
+    ``--cards`` folders, then among the built-in templates. A built-in template keeps its name; any other
+    becomes the file's absolute path, so rendering does not depend on which folders are added later."""
+    name = template if template.endswith(TEMPLATE_SUFFIX) else template + TEMPLATE_SUFFIX
+    folders = [card_path.parent, card_path.parent / "templates"] if card_path is not None else []
+    for folder in user_card_dirs():
+        folders += [folder / "judges" / "templates", folder / "templates", folder]
+    builtin = card_dir("judges") / "templates"
+    for folder in dict.fromkeys(folders):
+        if (folder / name).is_file():
+            return str((folder / name).resolve()) if folder.resolve() != builtin.resolve() else template
+    if (builtin / name).is_file():
+        return template
+    looked = ", ".join(str(f) for f in [*dict.fromkeys(folders), builtin])
+    raise ConfigError(f"{card_path or 'judge card'}: template {template!r} not found (looked for {name} in {looked})")
+
+
 def render_prompt(template: str, fields: GradingFields) -> str:
-    """Render ``judges/templates/<template>.j2`` with the grading fields."""
-    name = template if template.endswith(".j2") else f"{template}.j2"
-    return _environment().get_template(name).render(**fields.as_template_vars())
+    """Render a judge card's template (a built-in name from ``judges/templates/``, or a user template's
+    path, as ``resolve_template`` gives it) with the grading fields."""
+    name = template if template.endswith(TEMPLATE_SUFFIX) else template + TEMPLATE_SUFFIX
+    return _template(name).render(**fields.as_template_vars())
 
 
 # --- the reference's text operations on model inputs (d223302/TRACT inference/) -----------------

@@ -17,6 +17,14 @@ from .candidates import ScoreCandidates
 # TRACT samples CoTs with these stop strings (inference.py); the sampler drops them from the CoT.
 REFERENCE_STOP_STRINGS = ("[RESULT]", " [RESULT]")
 
+# What the score is read after, once a CoT is finished:
+#   reference  the reference's second pass: the prompt + the CoT stripped on both sides + the forced
+#              delimiter, tokenized as one text (a single-pass backend reuses its cache up to the first
+#              token where that tokenization departs from the sampled ids, and feeds the rest)
+#   sampled    the sampled ids themselves (a named departure: keeps a CoT's leading whitespace and the
+#              sampler's tokenization, so nothing is re-fed)
+READOUTS = ("reference", "sampled")
+
 
 def finish_cot(text: str, delimiter: str, cut_marker: str | None,
                stops: tuple[str, ...] | list[str] = ()) -> tuple[str, str, bool]:
@@ -43,6 +51,21 @@ def finish_cot(text: str, delimiter: str, cut_marker: str | None,
         return text, "", False
     return kept, forced, kept != text
 
+def readout_text(kept_text: str, forced_text: str, readout: str = "reference") -> str:
+    """The finished CoT as the score is read after it (``finish_cot``'s parts; see ``READOUTS``)."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {', '.join(READOUTS)}, not {readout!r}")
+    return (kept_text.lstrip() if readout == "reference" else kept_text) + forced_text
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 def kept_prefix_length(decode: Callable[[list[int]], str], ids: list[int], kept_text: str) -> int:
     """The largest prefix of ``ids`` whose text is a prefix of ``kept_text`` (where a cut CoT ends)."""
     lo, hi = 0, len(ids)
@@ -57,13 +80,16 @@ def kept_prefix_length(decode: Callable[[list[int]], str], ids: list[int], kept_
 def readout_after_sampled_ids(tokenizer, prompt_ids: list[int], ids: list[int], finish_reason: str,
                               stopped_at_delimiter: bool, candidates: ScoreCandidates,
                               cut_marker: str | None,
-                              stops: tuple[str, ...] | list[str] = ()) -> tuple[str, str, bool, list[int]]:
+                              stops: tuple[str, ...] | list[str] = (),
+                              readout: str = "reference") -> tuple[str, str, bool, list[int]]:
     """TRACT's cut/append rule on the ids an engine sampled (vLLM, offline or served).
 
-    Returns ``(text, forced_text, cut, readout_ids)``: the ids after the prompt to read the score
-    after (kept CoT ids + forced delimiter ids + bridge ids) and their text.
+    Returns ``(text, forced_text, cut, context_ids)``: the whole context to read the score after
+    (prompt, finished CoT, forced delimiter, bridge; ``readout`` says how it is tokenized) and the
+    text after the prompt.
     """
     decode = lambda tail: tokenizer.decode(tail, skip_special_tokens=False)  # noqa: E731
+    encode = lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     if finish_reason == "stop" and not stopped_at_delimiter and ids and ids[-1] in tokenizer.all_special_ids:
         ids = ids[:-1]  # the end-of-sequence token
     prompt_text = decode(prompt_ids)
@@ -73,11 +99,31 @@ def readout_after_sampled_ids(tokenizer, prompt_ids: list[int], ids: list[int], 
     if stopped_at_delimiter:  # the stop can fall inside a token: keep the text up to the delimiter
         generated_text = generated_text[: generated_text.index(delimiter) + len(delimiter)]
     kept_text, forced_text, cut = finish_cot(generated_text, delimiter, cut_marker, stops)
+    if readout == "reference":
+        cot = readout_text(kept_text, forced_text, readout)
+        context = encode(prompt_text + cot) + list(candidates.bridge_ids)
+        return cot + candidates.bridge_text, forced_text, cut, context
     kept = kept_prefix_length(decode, ids, kept_text)
     forced_text = kept_text[len(text_of(ids[:kept])):] + forced_text  # a cut inside a token: force the rest
-    forced_ids = list(tokenizer(forced_text, add_special_tokens=False)["input_ids"]) if forced_text else []
-    readout_ids = ids[:kept] + forced_ids + list(candidates.bridge_ids)
-    return text_of(readout_ids), forced_text, cut, readout_ids
+    readout_ids = ids[:kept] + (encode(forced_text) if forced_text else []) + list(candidates.bridge_ids)
+    return text_of(readout_ids), forced_text, cut, list(prompt_ids) + readout_ids
+
+
+def supplied_cot_context(encode: Callable[[str], list[int]], prompt: str, continuation: str,
+                         candidates: ScoreCandidates, cut_marker: str | None,
+                         stops: tuple[str, ...] | list[str] = (),
+                         readout: str = "reference") -> tuple[str, str, bool, list[int]]:
+    """The readout context after a supplied CoT (no sampling): ``(text after the prompt, forced_text,
+    cut, context ids)``. ``reference`` tokenizes prompt and finished CoT as one text, as the
+    reference's second pass does; ``sampled`` encodes them apart (nothing was sampled to reuse)."""
+    kept, forced, cut = finish_cot(continuation, candidates.delimiter, cut_marker, stops)
+    cot = readout_text(kept, forced, readout)
+    if readout == "reference":
+        ids = encode(prompt + cot)
+    else:
+        ids = encode(prompt) + (encode(cot) if cot else [])
+    return cot + candidates.bridge_text, forced, cut, ids + list(candidates.bridge_ids)
+
 
 def exclusive_sequence_logprobs(totals: dict[int, float], candidates: ScoreCandidates) -> dict[int, float]:
     """Multi-token candidates (e.g. "1" and "10"): log P(sequence) minus the mass of the longer

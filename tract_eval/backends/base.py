@@ -31,6 +31,7 @@ class GenerationRequest:
     candidates: ScoreCandidates | None = None
     cut_marker: str | None = None
     stop: tuple[str, ...] = ()
+    readout: str = "reference"  # how the finished CoT is tokenized for the readout (protocol.READOUTS)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ScoreRequest:
     candidates: ScoreCandidates
     cut_marker: str | None = None
     stop: tuple[str, ...] = ()
+    readout: str = "reference"  # how the finished CoT is tokenized for the readout (protocol.READOUTS)
 
 
 # Called once per request as soon as all its completions are done: (request index, completions).
@@ -159,11 +161,19 @@ def request_seed(seed: int, key: str) -> int:
 def render_chat_with_tokenizer(tokenizer, messages: list[dict], response_prefix: str = "") -> str:
     """The chat template applied with the assistant turn opened, plus an optional response prefix.
 
+    A chat that ends with an assistant turn is continued instead, as the reference code's
+    ``apply_chat_template(add_generation_prompt=False, continue_final_message=True)`` did under its
+    pinned transformers 4.47: rendered closed, then cut after the last occurrence of that turn's
+    content, so an empty content keeps the closed turn (newer transformers open it instead).
     Inference and training both build model inputs here, so they see the same text.
     Models without a chat template get the messages joined by blank lines.
     """
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = "\n\n".join(m["content"] for m in messages) + "\n\n"
-    return text + response_prefix
+    if not getattr(tokenizer, "chat_template", None):
+        return "\n\n".join(m["content"] for m in messages) + "\n\n" + response_prefix
+    if messages and messages[-1]["role"] == "assistant":
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        final = messages[-1]["content"]
+        if final not in text:  # templates that strip the content (Llama 3), as transformers 4.47 retried
+            final = final.strip()
+        return text[: text.rindex(final) + len(final)] + response_prefix
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + response_prefix

@@ -30,7 +30,8 @@ from ..models import load_tokenizer, resolve_model
 from ..redaction import redact_text
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, request_seed)
-from ..protocol import exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids
+from ..protocol import (exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids, readout_text,
+                        supplied_cot_context)
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +215,11 @@ class OpenAIBackend(Backend):
 
         async def one(request: ScoreRequest) -> Completion:
             async with self._samples:
-                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker,
-                                               request.stop)
-                text = kept + forced + request.candidates.bridge_text
-                # vLLM takes token ids: encode prompt and CoT apart, exactly as the other backends do
-                context = (self._encode(request.prompt) + self._encode(kept + forced) + list(request.candidates.bridge_ids)
-                           if self.server == "vllm" else request.prompt + text)
+                text, forced, cut, context_ids = supplied_cot_context(
+                    self._encode, request.prompt, request.continuation, request.candidates, request.cut_marker,
+                    request.stop, request.readout)
+                # vLLM takes token ids, tokenized as the other backends do; other servers take the text
+                context = context_ids if self.server == "vllm" else request.prompt + text
                 try:
                     logprobs, missing = await self._candidate_logprobs(context, request.candidates)
                 except MalformedResponse as exc:
@@ -431,16 +431,17 @@ class OpenAIBackend(Backend):
         reason = "delimiter" if at_delimiter else ("length" if choice.finish_reason == "length" else "eos")
         if self.server == "vllm" and getattr(choice, "token_ids", None) is not None:
             # read after the very ids the server sampled, as the offline engine does
-            full, forced, cut, readout_ids = readout_after_sampled_ids(
-                self._tokenizer, self._encode(request.prompt), token_ids, choice.finish_reason, at_delimiter,
-                candidates, request.cut_marker, request.stop)
-            context: str | list[int] = self._encode(request.prompt) + readout_ids
-            token_ids = readout_ids
+            prompt_ids = self._encode(request.prompt)
+            full, forced, cut, context_ids = readout_after_sampled_ids(
+                self._tokenizer, prompt_ids, token_ids, choice.finish_reason, at_delimiter,
+                candidates, request.cut_marker, request.stop, request.readout)
+            context: str | list[int] = context_ids
+            token_ids = context_ids[len(prompt_ids):]
         else:
             if at_delimiter:
                 text += candidates.delimiter
             kept, forced, cut = finish_cot(text, candidates.delimiter, request.cut_marker, request.stop)
-            full = kept + forced + candidates.bridge_text
+            full = readout_text(kept, forced, request.readout) + candidates.bridge_text
             context = request.prompt + full
         logprobs, missing = await self._candidate_logprobs(context, candidates)
         return Completion(text=full, finish_reason=reason, generated_tokens=generated_tokens, forced_text=forced,

@@ -18,7 +18,8 @@ from ..config import SamplingConfig
 from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer, resolve_model
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, stream_seed)
-from ..protocol import exclusive_sequence_logprobs, finish_cot, kept_prefix_length
+from ..protocol import (common_prefix_length, exclusive_sequence_logprobs, finish_cot, kept_prefix_length,
+                        readout_text, supplied_cot_context)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class _Stream:
     forced_text: str = ""
     finish_reason: str = ""
     cut: bool = False
-    kept: int = 0  # generated ids that stay visible (a cut hides the rest)
-    forced_ids: list[int] = field(default_factory=list)
+    # the readout: the whole context the score is read after (prompt included), and how many of its
+    # leading ids are the cached prompt + CoT ids (the cached ids after them are hidden, the rest fed)
+    context_ids: list[int] = field(default_factory=list)
+    reuse: int = 0
     done: bool = False
     completion: Completion | None = None
 
@@ -136,19 +139,18 @@ class TransformersBackend(Backend):
         out: list[Completion] = []
         with torch.inference_mode():
             for request in requests:
-                kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker,
-                                              request.stop)
-                cot_ids = self.encode(kept + forced) + list(request.candidates.bridge_ids)
-                ids = self.encode(request.prompt) + cot_ids
+                text, forced, cut, ids = supplied_cot_context(
+                    self.encode, request.prompt, request.continuation, request.candidates, request.cut_marker,
+                    request.stop, request.readout)
                 logprobs = self.readout_logprobs([ids], request.candidates)[0]
                 out.append(Completion(
-                    text=kept + forced + request.candidates.bridge_text,
+                    text=text,
                     finish_reason="forced",
                     generated_tokens=0,
                     forced_text=forced,
                     cut=cut,
                     candidate_logprobs=logprobs,
-                    token_ids=cot_ids,
+                    token_ids=ids[len(self.encode(request.prompt)):],
                 ))
         return out
 
@@ -605,12 +607,12 @@ class _JudgeLoop:
         variants = multi or [()]
         rows, chunks, starts, hidden = [], [], [], []
         for s in streams:
-            queue = s.generated[s.fed: s.kept] + s.forced_ids
+            queue = s.context_ids[s.reuse:]
             for variant in variants:
                 rows.append(s.row)
                 chunks.append(queue + list(variant[:-1]))
-                starts.append(s.prompt_len + min(s.kept, s.fed))
-                hidden.append((s.base + s.prompt_len + s.kept, s.base + s.prompt_len + s.fed))
+                starts.append(s.reuse)
+                hidden.append((s.base + s.reuse, s.base + s.prompt_len + s.fed))
         length = self.cache.length
         span = max(len(c) for c in chunks)
         index = torch.tensor(rows, device=self.device)
@@ -618,7 +620,7 @@ class _JudgeLoop:
         mask = torch.cat([self.mask[index, :length],
                           torch.ones((len(rows), span), dtype=self.mask.dtype, device=self.device)], dim=-1)
         for row, (lo, hi) in enumerate(hidden):
-            if hi > lo:  # a cut: the CoT tokens after the cut point stay out of sight
+            if hi > lo:  # cached ids the readout context does not share (a cut, a retokenization) stay out of sight
                 mask[row, lo:hi] = 0
         input_ids = torch.tensor([c + [self.pad] * (span - len(c)) for c in chunks], device=self.device)
         positions = torch.tensor(starts, device=self.device).unsqueeze(-1) + torch.arange(span, device=self.device)
@@ -627,7 +629,7 @@ class _JudgeLoop:
         logprobs = torch.log_softmax(out.logits.float(), dim=-1)
         for number, s in enumerate(streams):
             first_row = number * len(variants)
-            queue_len = len(s.generated[s.fed: s.kept] + s.forced_ids)
+            queue_len = len(s.context_ids) - s.reuse
             first = logprobs[first_row, queue_len - 1]
             totals: dict[int, float] = {}
             for score, seq in zip(candidates.scores, candidates.sequences):
@@ -678,23 +680,31 @@ class _JudgeLoop:
 
     def _start_forcing(self, s: _Stream, candidates: ScoreCandidates) -> None:
         """TRACT's rule (protocol.finish_cot): keep the CoT up to a stop or the cut, force the
-        delimiter, then the bridge."""
+        delimiter, then the bridge; the readout context is tokenized as ``request.readout`` says."""
         decode = self.backend.decode
         text = decode(s.generated)
         kept_text, forced_text, cut = finish_cot(text, candidates.delimiter, s.request.cut_marker, s.request.stop)
         s.cut = cut
-        s.kept = kept_prefix_length(decode, s.generated, kept_text) if cut else len(s.generated)
-        if cut:  # the cut may fall inside a token: force the text between the boundary and the cut
-            forced_text = kept_text[len(decode(s.generated[: s.kept])):] + forced_text
+        if s.request.readout == "reference":  # the reference's second pass: prompt + stripped CoT as one text
+            cot = s.request.prompt + readout_text(kept_text, forced_text, "reference")
+            s.context_ids = self.backend.encode(cot) + list(candidates.bridge_ids)
+        else:
+            kept = kept_prefix_length(decode, s.generated, kept_text) if cut else len(s.generated)
+            if cut:  # the cut may fall inside a token: force the text between the boundary and the cut
+                forced_text = kept_text[len(decode(s.generated[:kept])):] + forced_text
+            forced_ids = self.backend.encode(forced_text) if forced_text else []
+            s.context_ids = s.prompt_ids + s.generated[:kept] + forced_ids + list(candidates.bridge_ids)
         s.forced_text = forced_text
-        s.forced_ids = (self.backend.encode(forced_text) if forced_text else []) + list(candidates.bridge_ids)
+        cached = s.prompt_ids + s.generated[: s.fed]
+        # reuse what the cache holds up to the first difference, but always feed at least the last id
+        s.reuse = min(common_prefix_length(s.context_ids, cached), len(s.context_ids) - 1)
         s.forcing = True
 
     def _complete(self, s: _Stream, candidate_logprobs: dict[int, float] | None = None) -> None:
-        ids = s.generated[: s.kept] + s.forced_ids if s.forcing else list(s.generated)
+        ids = s.context_ids[s.prompt_len:] if s.forcing else list(s.generated)
         decode = self.backend.decode
         # decode with the prompt so tokenizers that drop a leading space keep it
-        text = decode(s.prompt_ids + ids)[len(decode(s.prompt_ids)):]
+        text = decode(s.context_ids if s.forcing else s.prompt_ids + ids)[len(decode(s.prompt_ids)):]
         s.completion = Completion(
             text=text,
             finish_reason=s.finish_reason,

@@ -22,7 +22,7 @@ from ..conversion import safetensors_from_gguf
 from ..models import load_tokenizer, resolve_model
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, request_seed)
-from ..protocol import exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids
+from ..protocol import exclusive_sequence_logprobs, readout_after_sampled_ids, supplied_cot_context
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class VLLMBackend(Backend):
                 completion, readout_ids = self._finish_cot(request, prompt_ids, sample)
                 completions.append(completion)
                 if readout_ids is not None:
-                    readouts.append((r, i, prompt_ids + readout_ids, request.candidates))
+                    readouts.append((r, i, readout_ids, request.candidates))
             results.append(completions)
         for (r, i, _, _), logprobs in zip(readouts, self._readout([(ids, c) for _, _, ids, c in readouts])):
             results[r][i].candidate_logprobs, results[r][i].missing_candidates = logprobs
@@ -125,12 +125,12 @@ class VLLMBackend(Backend):
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
         completions, contexts = [], []
         for request in requests:
-            kept, forced, cut = finish_cot(request.continuation, request.candidates.delimiter, request.cut_marker,
-                                              request.stop)
-            cot_ids = self.encode(kept + forced) + list(request.candidates.bridge_ids)
-            contexts.append((self.encode(request.prompt) + cot_ids, request.candidates))
-            completions.append(Completion(text=kept + forced + request.candidates.bridge_text, finish_reason="forced",
-                                          generated_tokens=0, forced_text=forced, cut=cut, token_ids=cot_ids))
+            text, forced, cut, context = supplied_cot_context(
+                self.encode, request.prompt, request.continuation, request.candidates, request.cut_marker,
+                request.stop, request.readout)
+            contexts.append((context, request.candidates))
+            completions.append(Completion(text=text, finish_reason="forced", generated_tokens=0, forced_text=forced,
+                                          cut=cut, token_ids=context[len(self.encode(request.prompt)):]))
         for completion, (logprobs, missing) in zip(completions, self._readout(contexts)):
             completion.candidate_logprobs, completion.missing_candidates = logprobs, missing
         return completions
@@ -188,12 +188,12 @@ class VLLMBackend(Backend):
             return Completion(text=text, finish_reason=reason, generated_tokens=len(sample.token_ids),
                               token_ids=ids), None
         at_delimiter = sample.stop_reason == candidates.delimiter
-        text, forced_text, cut, readout_ids = readout_after_sampled_ids(
+        text, forced_text, cut, context_ids = readout_after_sampled_ids(
             self._tokenizer, prompt_ids, ids, sample.finish_reason, at_delimiter, candidates, request.cut_marker,
-            request.stop)
+            request.stop, request.readout)
         return Completion(text=text, finish_reason="delimiter" if at_delimiter else reason,
                           generated_tokens=len(sample.token_ids), forced_text=forced_text, cut=cut,
-                          token_ids=readout_ids), readout_ids
+                          token_ids=context_ids[len(prompt_ids):]), context_ids
 
     def _readout(self, contexts: list[tuple[list[int], ScoreCandidates]]) -> list[tuple[dict[int, float], list[int]]]:
         """One engine call: the candidates' raw log-probabilities after each context (ids)."""

@@ -1,6 +1,7 @@
 """Benchmark cards, samples and the data-location rules shared by every benchmark."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -13,7 +14,7 @@ from typing import Any
 
 from ..cards import card_dir, card_dirs, card_names
 from ..config import read_yaml_mapping
-from ..errors import ConfigError, UnknownNameError, UserError
+from ..errors import ConfigError, InputNotFoundError, UnknownNameError, UserError
 from ..hub import hub_reachable, url_reachable
 from ..prompts import GradingFields
 
@@ -63,6 +64,11 @@ class BenchmarkCard:
     scale: tuple[int, int] = (1, 5)  # the judges' score candidates follow it
     average: bool = False  # one of the benchmarks the reports' Average runs over
     order: int | None = None  # position in report tables (None: after the ordered ones, by name)
+    # pairwise: each subset's weight in its section (RewardBench: reward-bench's EXAMPLE_COUNTS); the
+    # sections themselves, in report order, are ``options.sections`` (subset -> section)
+    subset_weights: dict[str, float] = field(default_factory=dict)
+    # [feedback field, score field]: rows carry annotators' CoTs and their scores (``analyze cot-shift``)
+    annotation_cots: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # the card file (None: built from --bench PATH)
     # the data version the card's files/urls/git_blobs describe (the default), and other versions,
@@ -74,6 +80,48 @@ class BenchmarkCard:
         if self.kind not in KINDS:
             raise ConfigError(f"{self.path or self.name}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         self.scale = parse_scale(self.scale, f"{self.path or self.name}: scale")
+        self._check_sections()
+        if self.annotation_cots and (len(self.annotation_cots) != 2
+                                     or not all(isinstance(f, str) for f in self.annotation_cots)):
+            raise ConfigError(f"{self.path or self.name}: annotation_cots names two fields: [feedback, score]")
+
+    def _check_sections(self) -> None:
+        where = self.path or self.name
+        sections = self.options.get("sections", {})
+        if not isinstance(sections, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in sections.items()):
+            raise ConfigError(f"{where}: options.sections maps each subset to its section name (subset: section)")
+        weights = self.subset_weights
+        if not isinstance(weights, dict) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights.values()):
+            raise ConfigError(f"{where}: subset_weights maps each subset to a positive number")
+        if weights and sections and set(weights) != set(sections):
+            raise ConfigError(f"{where}: subset_weights and options.sections name other subsets "
+                              f"(weights only: {sorted(set(weights) - set(sections))}; "
+                              f"sections only: {sorted(set(sections) - set(weights))})")
+
+    def section_scheme(self, found: dict[str, str] | None = None, pairs: dict[str, int] | None = None):
+        """The pairwise roll-up (``metrics.SectionScheme``): the card's sections in their order, then sections
+        only the data names (``found``: subset -> section, as loaded); weights from ``subset_weights``, else
+        the pairs each subset has in the data (``pairs``)."""
+        from ..metrics import SectionScheme
+
+        section_of = dict(self.options.get("sections", {}))
+        for subset, section in (found or {}).items():
+            section_of.setdefault(subset, section)
+        sections: dict[str, list[str]] = {}
+        for subset, section in section_of.items():
+            sections.setdefault(section, []).append(subset)
+        if self.subset_weights:
+            unweighted = sorted(set(section_of) - set(self.subset_weights))
+            if unweighted:
+                raise ConfigError(f"{self.path or self.name}: subset(s) {unweighted} have no subset_weights entry")
+            weights = {n: float(self.subset_weights[n]) for n in section_of}
+        elif pairs is not None:
+            weights = {n: float(pairs.get(n, 0)) for n in section_of}
+        else:
+            raise ConfigError(f"{self.path or self.name}: no subset_weights, and no data to count pairs in")
+        return SectionScheme({name: tuple(subsets) for name, subsets in sections.items()}, weights)
 
     @classmethod
     def load(cls, path: Path) -> "BenchmarkCard":
@@ -179,19 +227,45 @@ def locate_data(card: BenchmarkCard, data_dir: Path | None) -> LocatedData:
                 tmp.replace(target)
             return LocatedData(card.urls[0], cached, _verify(card, cached))
     if card.hub_id:
-        if not hub_reachable():
-            if not card.files:  # --bench hf:ORG/NAME: there is no local layout to point at
-                raise DataUnavailable(f"hub dataset {card.hub_id}: the Hugging Face hub is unreachable (or "
-                                      "HF_HUB_OFFLINE is set); export it to a .jsonl/.csv/.parquet file and pass that")
-            raise DataUnavailable(
-                f"{card.title}: not found locally ({looked}) and the Hugging Face hub is unreachable "
-                f"(hub dataset {card.hub_id}); pass --data-dir with {', '.join(card.files)}"
-            )
-        import datasets
-
-        rows = [dict(r) for r in datasets.load_dataset(card.hub_id, split=card.hub_split or "train")]
-        return LocatedData(f"hub:{card.hub_id}:{card.hub_split}", hub_rows=rows)
+        return LocatedData(f"hub:{card.hub_id}:{card.hub_split}", hub_rows=_hub_rows(card, looked))
     raise DataUnavailable(f"{card.title}: not found locally ({looked}) and its upstream is unreachable")
+
+
+@contextlib.contextmanager
+def _datasets_offline(offline: bool):
+    """``datasets`` reads HF_HUB_OFFLINE once, at import; an unreachable hub (or the variable set later) must
+    still send it straight to its cache instead of through its network retries."""
+    import datasets.config
+
+    saved = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _hub_rows(card: BenchmarkCard, looked: str) -> list[dict]:
+    """A hub dataset's rows through ``datasets``: from the hub when it answers; offline (HF_HUB_OFFLINE, or the
+    hub unreachable) from the copy an earlier online load left in the datasets cache ($HF_HOME/datasets)."""
+    import datasets
+
+    split = card.hub_split or "train"
+    offline = not hub_reachable()
+    try:
+        with _datasets_offline(offline):
+            table = datasets.load_dataset(card.hub_id, split=split)
+    except Exception as exc:  # datasets raises many types (ConnectionError, ValueError, FileNotFoundError...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not offline:
+            raise DataUnavailable(f"hub dataset {card.hub_id} (split {split!r}): {reason}") from exc
+        cache = f"the datasets cache {datasets.config.HF_DATASETS_CACHE} has no copy of split {split!r} ({reason})"
+        if not card.files:  # --bench hf:ORG/NAME: there is no local layout to point at
+            raise DataUnavailable(f"hub dataset {card.hub_id}: the Hugging Face hub is unreachable (or HF_HUB_OFFLINE "
+                                  f"is set) and {cache}; export it to a .jsonl/.csv/.parquet file and pass that") from exc
+        raise DataUnavailable(f"{card.title}: not found locally ({looked}), the Hugging Face hub is unreachable and "
+                              f"{cache}; pass --data-dir with {', '.join(card.files)}") from exc
+    return [dict(row) for row in table]
 
 
 def _beside_card(card: BenchmarkCard, file: str) -> Path | None:
@@ -262,8 +336,15 @@ def read_json_rows(path: Path) -> list[dict]:
 
 
 def load_card(name: str) -> BenchmarkCard:
-    """A benchmark card by name: user folders (``--cards``) first, then the built-in ones."""
+    """A benchmark card by name: user folders (``--cards``) first, then the built-in ones; or a card file
+    (``path/to/card.yaml``, ``@VERSION`` allowed after it)."""
     name, _, version = name.partition("@")
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise InputNotFoundError(f"benchmark card {name}: no such file")
+        card = BenchmarkCard.load(path)
+        return card.with_version(version) if version else card
     for folder in card_dirs("benchmarks"):
         if (folder / f"{name}.yaml").is_file():
             card = BenchmarkCard.load(folder / f"{name}.yaml")

@@ -6,6 +6,7 @@ import math
 from itertools import zip_longest
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..prompts import GradingFields, PromptFormatError, format_rubric, parse_prometheus_prompt
 from ..registry import Registry
 from .base import BenchmarkCard, DataFormatError, LocatedData, Sample, read_json_rows
@@ -91,7 +92,11 @@ def load_rewardbench(card: BenchmarkCard, located: LocatedData, options: dict) -
     covers every section (and a larger limit extends the same prefix).
     """
     section_of = card.options.get("sections", {})
-    rubric = card.options["rubric"].strip()
+    rubric = card.options.get("rubric")
+    if not isinstance(rubric, str) or not rubric.strip():
+        raise ConfigError(f"{card.path or card.name}: options.rubric: a pairwise card needs the rubric both "
+                          "sides are graded with")
+    rubric = rubric.strip()
     by_section: dict[str, list[tuple[str, dict]]] = {}
     seen = set()
     for source, number, row in _rows(located):
@@ -110,7 +115,7 @@ def load_rewardbench(card: BenchmarkCard, located: LocatedData, options: dict) -
     missing = sorted(set(section_of.values()) - set(by_section))
     if missing:  # the leaderboard score averages all sections: a silently absent one would change it
         raise DataFormatError(located.source, None, None,
-                              f"no pairs for RewardBench section(s) {', '.join(missing)} "
+                              f"no pairs for {card.title} section(s) {', '.join(missing)} "
                               f"(sections found: {', '.join(sorted(by_section)) or 'none'})")
     samples = []
     for group in zip_longest(*[by_section[s] for s in sorted(by_section)]):

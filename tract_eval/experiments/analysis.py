@@ -68,9 +68,14 @@ class AnnotationCot:
 
 
 def annotation_cots(bench) -> list[AnnotationCot]:
-    """The (feedback, score) pairs stored with each row (Prometheus files: ``gpt4_feedback`` + ``gpt4_score``)."""
+    """The (feedback, score) pairs stored with each row, in the fields the card's ``annotation_cots`` names
+    (Prometheus files: ``gpt4_feedback`` + ``gpt4_score``)."""
     from ..benchmarks.base import read_json_rows
 
+    if not bench.card.annotation_cots:
+        raise ConfigError(f"{bench.name}: its card names no annotation_cots fields [feedback, score]; "
+                          "pass --cots FILE")
+    feedback_field, score_field = bench.card.annotation_cots
     if len(bench.located.paths) != 1:
         raise ConfigError(f"{bench.name}: annotation CoTs are read from a single local file "
                          f"(got {bench.located.source}); pass --data-dir")
@@ -82,12 +87,12 @@ def annotation_cots(bench) -> list[AnnotationCot]:
         row = raw[number - 1] if isinstance(number, int) and 0 < number <= len(raw) else None
         if row is None:
             raise ConfigError(f"{path}: sample {sample.id} has no source row number in its meta")
-        feedback, scores = row.get("gpt4_feedback"), row.get("gpt4_score")
-        for name, value in (("gpt4_feedback", feedback), ("gpt4_score", scores)):
+        feedback, scores = row.get(feedback_field), row.get(score_field)
+        for name, value in ((feedback_field, feedback), (score_field, scores)):
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"{path}: row {number}: field {name!r} must be a non-empty list")
         if len(feedback) != len(scores):
-            raise ConfigError(f"{path}: row {number}: {len(feedback)} gpt4_feedback but {len(scores)} gpt4_score")
+            raise ConfigError(f"{path}: row {number}: {len(feedback)} {feedback_field} but {len(scores)} {score_field}")
         out += [AnnotationCot(sample.id, str(f).strip(), float(s)) for f, s in zip(feedback, scores)]
     return out
 

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cliargs import add_command, add_data_options, add_output_file
 from ..errors import ConfigError, UserError
 from ..reports.cli import write_output
 
@@ -19,13 +20,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _load_benches(spec: str, data_dir, kinds=("absolute",)) -> list:
-    """Benchmarks by name; with 'all', those whose data is here and whose kind fits (others are named)."""
+def _load_benches(spec: str, data_dir, kinds=("absolute",), annotated: bool = False) -> list:
+    """Benchmarks by name; with 'all', those whose data is here and whose kind fits (others are named);
+    ``annotated``: with 'all', only those whose card names annotation CoT fields."""
     from ..benchmarks import DataUnavailable, builtin_benchmark_names, load_benchmark, load_card
 
     names = builtin_benchmark_names() if spec == "all" else [b.strip() for b in spec.split(",") if b.strip()]
     benches = []
     for name in names:
+        if annotated and spec == "all" and not load_card(name).annotation_cots:
+            continue
         if load_card(name).kind not in kinds:
             if spec != "all":
                 raise ConfigError(f"{name} is a {load_card(name).kind} benchmark; this command needs "
@@ -95,7 +99,7 @@ def _cmd_cot_shift(args) -> int:
 
     judge = build_judge_with(args.judge, judge_overrides(args))
     results, details = {}, {}
-    for bench in _load_benches(args.bench, args.data_dir):
+    for bench in _load_benches(args.bench, args.data_dir, annotated=not args.cots):
         samples = bench.select(args.limit)
         annotations = read_annotation_file(args.cots) if args.cots else annotation_cots(bench)
         summary, rows = cot_shift(judge, samples, annotations)
@@ -150,8 +154,8 @@ def _cmd_perplexity(args) -> int:
 def register(subparsers) -> None:
     from ..commands import add_judge_overrides  # argparse only: light
 
-    scaling = subparsers.add_parser(
-        "scaling", conflict_handler="resolve",
+    scaling = add_command(
+        subparsers, "scaling", _cmd_scaling, conflict_handler="resolve",
         help="Pearson r against the number of CoTs K, mean ± std over seeds (paper Figure 3)",
         description="Samples max(K) CoTs per sample once per seed (cached under --cache, default --out) and "
                     "reuses the first K for each smaller K; a later run with a larger K samples only the "
@@ -160,41 +164,37 @@ def register(subparsers) -> None:
     scaling.add_argument("--bench", required=True, help="absolute benchmark name(s), comma-separated, or 'all'")
     scaling.add_argument("--out", default="reports/scaling", help="folder for the table and plot")
     scaling.add_argument("--cache", default=None, help="CoT cache root (default: --out)")
-    scaling.add_argument("--data-dir", type=Path, default=None)
-    scaling.add_argument("--limit", type=int, default=None, help="first N rows per benchmark")
+    add_data_options(scaling)
     scaling.add_argument("--seeds", type=int, default=3, help="number of seeds: --seed, --seed+1, ... (default 3)")
     scaling.add_argument("--caption", default="", help="title for the plot and the markdown table")
     add_judge_overrides(scaling)
     scaling.add_argument("--n-cot", type=_int_list, default=[1, 2, 4, 8], help="K values (default 1,2,4,8)")
-    scaling.set_defaults(func=_cmd_scaling)
 
     analyze = subparsers.add_parser("analyze", help="CoT analyses: cot-shift (Table 3), perplexity (App. B.4)")
     kinds = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
-    shift = kinds.add_parser(
-        "cot-shift", help="RMSE given annotation CoTs vs the model's own CoTs",
+    shift = add_command(
+        kinds, "cot-shift", _cmd_cot_shift, help="RMSE given annotation CoTs vs the model's own CoTs",
         description="For each (input, annotation CoT, gold) row: the RAIL score read after the given CoT "
                     "(+ ' So the overall score is') and after the model's own sampled CoT(s), and the RMSE of "
-                    "each against the annotation's score. Annotation CoTs: the benchmark's gpt4_feedback / "
-                    "gpt4_score pairs, or --cots FILE.")
+                    "each against the annotation's score. Annotation CoTs: the fields the benchmark card's "
+                    "annotation_cots names (Prometheus files: gpt4_feedback / gpt4_score), or --cots FILE.")
     shift.add_argument("--judge", default="tract")
-    shift.add_argument("--bench", default="vicuna,mt-bench")
+    shift.add_argument("--bench", default="all",
+                       help="benchmark name(s); default all: those whose card names annotation_cots and whose "
+                            "data is here (any absolute benchmark with --cots)")
     shift.add_argument("--cots", help="JSONL of {id, cot, gold} instead of the benchmark's annotations")
-    shift.add_argument("--data-dir", type=Path, default=None)
-    shift.add_argument("--limit", type=int, default=None)
-    shift.add_argument("--out", help="JSON summary here; per-row details next to it (.rows.jsonl)")
+    add_data_options(shift)
+    add_output_file(shift, "JSON summary here; per-row details next to it (.rows.jsonl)")
     add_judge_overrides(shift)
-    shift.set_defaults(func=_cmd_cot_shift)
 
-    ppl = kinds.add_parser(
-        "perplexity", help="perplexity of CoTs under a model",
+    ppl = add_command(
+        kinds, "perplexity", _cmd_perplexity, help="perplexity of CoTs under a model",
         description="Mean token negative log-likelihood (as perplexity) of CoTs given their chat-templated "
                     "prompt: annotation CoTs of --bench (prompt built by --judge's template) and/or the CoTs "
                     "stored in --run folders (their own inputs; the forced delimiter is left out).")
     ppl.add_argument("--judge", default="tract", help="judge card giving the template and default model")
     ppl.add_argument("--bench", help="benchmark(s) whose annotation CoTs to score")
     ppl.add_argument("--run", nargs="+", help="run folders OUT/<judge>/<bench> whose CoTs to score")
-    ppl.add_argument("--data-dir", type=Path, default=None)
-    ppl.add_argument("--limit", type=int, default=None, help="first N samples (rows of a run)")
-    ppl.add_argument("--out", help="JSON summary here")
+    add_data_options(ppl, "first N samples (rows of a run)")
+    add_output_file(ppl, "JSON summary here")
     add_judge_overrides(ppl)
-    ppl.set_defaults(func=_cmd_perplexity)

@@ -133,7 +133,8 @@ class Judge:
         rows = []
         started = time.perf_counter()
         for sample, text, sample_cots in zip(samples, inputs, cots):
-            requests = [ScoreRequest(text, cot, self.candidates, self.config.cut_marker, self.config.stop)
+            requests = [ScoreRequest(text, cot, self.candidates, self.config.cut_marker, self.config.stop,
+                                     self.config.readout)
                         for cot in sample_cots]
             completions = self.backend.score(requests)
             row = self._row(sample, text, completions, [0] * len(completions), time.perf_counter() - started)

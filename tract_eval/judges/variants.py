@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 from ..backends import Completion, GenerationRequest, ScoreRequest
 from ..candidates import ScoreCandidates, derive_first_token_candidates, derive_score_candidates
 from ..config import PROTOCOLS
-from ..parsing import parse_bare_score, parse_score
+from ..parsing import parse_bare_score, parse_reference_verdict, parse_score
 from ..prompts import reference_strip, remove_reference_section, score_only_content
-from ..protocol import finish_cot
+from ..protocol import finish_cot, readout_text
 
 if TYPE_CHECKING:
     from ..benchmarks import Sample
@@ -109,7 +109,8 @@ class CotRail(JudgeVariant):
         cfg = self.config
         requests = [
             GenerationRequest(key=sample.id, prompt=text, n=cfg.n_cot, first_index=first_cot,
-                              candidates=self.judge.candidates, cut_marker=cfg.cut_marker, stop=cfg.stop)
+                              candidates=self.judge.candidates, cut_marker=cfg.cut_marker, stop=cfg.stop,
+                              readout=cfg.readout)
             for sample, text in zip(samples, inputs)
         ]
         self.judge.backend.generate(requests, cfg.sampling, cfg.seed, batch_size=batch_size,
@@ -135,19 +136,20 @@ class CotDecode(JudgeVariant):
         for sample, text, group in zip(samples, inputs, cots):
             for i, completion in enumerate(group):
                 kept, forced, cut = finish_cot(completion.text, cfg.delimiter, cfg.cut_marker, cfg.stop)
-                finished.append((kept, forced + bridge, cut, completion))
+                cot = readout_text(kept, forced, cfg.readout)
+                finished.append((cot + bridge, forced + bridge, cut, completion))
                 keys.append(f"{sample.id}\0score\0{first_cot + i}")  # its own random stream
-                prompts.append(text + kept + forced + bridge)
+                prompts.append(text + cot + bridge)
         tokens = self._one_token(keys, prompts, batch_size)
         position = 0
         for index, group in enumerate(cots):
             completions = []
             for _ in group:
-                kept, forced, cut, cot = finished[position]
+                context, forced, cut, cot = finished[position]
                 token = tokens[position]
                 position += 1
                 completions.append(Completion(
-                    text=kept + forced + token.text, finish_reason=cot.finish_reason,
+                    text=context + token.text, finish_reason=cot.finish_reason,
                     generated_tokens=cot.generated_tokens + token.generated_tokens,
                     forced_text=forced, cut=cut, score_text=token.text))
             finish(index, completions, [0] * len(completions))
@@ -167,9 +169,22 @@ class ScoreOnlyRail(JudgeVariant):
     def user_content(self, sample):
         return score_only_content(reference_strip(self.judge.grading_prompt(sample.fields)))
 
+    def messages_for(self, content, chat_template):
+        messages = super().messages_for(content, chat_template)
+        if self.config.score_only_anchor == "reference":  # the reference continues an empty assistant turn
+            messages.append({"role": "assistant", "content": ""})
+        return messages
+
     def finish_input(self, text):
-        # the reference reads after ``text.strip() + " "``: the input is stripped, the bridge is the " "
+        # the reference reads after ``text.replace("</s>", "").strip() + " "``: the bridge is the " "
+        if self.config.score_only_anchor == "reference":
+            return text.replace("</s>", "").strip()
         return text.rstrip()
+
+    def training_input(self, prompt, render, chat_template):
+        # training renders [user, assistant: score] as chat fine-tuning does: the score follows the opened turn
+        messages = super().messages_for(reference_strip(prompt), chat_template)
+        return render(messages).rstrip()
 
     def candidates(self, tokenizer, render):
         anchor = self.finish_input(render(self.messages_for("###Feedback:", None)))
@@ -238,7 +253,8 @@ class Prometheus(JudgeVariant):
             finish(index, group, retries[index])
 
     def score(self, completion: Completion) -> float | None:
-        value = parse_score(completion.text, tuple(self.config.scale))
+        parse = parse_reference_verdict if self.config.verdict_parser == "reference" else parse_score
+        value = parse(completion.text, tuple(self.config.scale))
         return None if value is None else float(value)
 
 

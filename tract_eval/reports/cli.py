@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cliargs import add_cards_option, add_command, add_output_file, use_cards
+
 DEFAULT_RESAMPLES = 1000  # mirrors bootstrap.DEFAULT_RESAMPLES without importing numpy at CLI start
 
 
@@ -16,6 +18,10 @@ def write_output(text: str, out: str | None) -> None:
         print(f"wrote {path}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+
+
+def _add_metrics(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", default="r,rho", help="comma list of r, rho, tau, rmse (default r,rho)")
 
 
 def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +36,7 @@ def _cmd_report(args) -> int:
     from .stats import parse_measures
     from .table import build_table
 
+    use_cards(args)
     table = build_table(collect_runs(args.runs), parse_measures(args.metrics), ci=args.ci,
                         resamples=args.resamples, seed=args.seed, confidence=args.confidence)
     write_output(render(table, args.format, caption_prefix=args.caption, standalone=args.standalone), args.out)
@@ -43,6 +50,7 @@ def _cmd_compare(args) -> int:
     from .runs import collect_runs
     from .stats import parse_measures
 
+    use_cards(args)
     runs_a, runs_b = collect_runs([args.a]), collect_runs([args.b])
     diffs = compare(runs_a, runs_b, parse_measures(args.metrics), resamples=args.resamples, seed=args.seed,
                     confidence=args.confidence)
@@ -70,37 +78,39 @@ def _cmd_lambda_sweep(args) -> int:
 
 
 def register(subparsers) -> None:
-    sweep = subparsers.add_parser(
-        "lambda-sweep", help="paper Figure 2: average Pearson r against the CoT-RAFT weight λ",
+    sweep = add_command(
+        subparsers, "lambda-sweep", _cmd_lambda_sweep,
+        help="paper Figure 2: average Pearson r against the CoT-RAFT weight λ",
         description="For runs of models trained with `tract-eval train --lambda ...` (one judge folder per "
                     "model), read λ from each model's training_summary.json and plot average Pearson r vs λ.")
     sweep.add_argument("runs", nargs="+", help="run folders: OUT or OUT/<judge>")
     sweep.add_argument("--out", default="reports/lambda", help="folder for lambda_sweep.{md,json,png,svg}")
-    sweep.set_defaults(func=_cmd_lambda_sweep)
-    report = subparsers.add_parser(
-        "report", help="paper-style table (Table 2) from stored runs",
-        description="One row per judge, benchmark x metric columns, an Average over the absolute benchmarks "
-                    "(Feedback Bench, FLASK, Vicuna, MT Bench: those present) and RewardBench accuracy. "
-                    "Metrics are recomputed from predictions.jsonl; no model is loaded.")
+
+    report = add_command(
+        subparsers, "report", _cmd_report, help="paper-style table (Table 2) from stored runs",
+        description="One row per judge, benchmark x metric columns, an Average over the benchmarks whose card "
+                    "says average: true (those present) and pairwise accuracy per section. Titles, order and "
+                    "sections come from the benchmark cards. Metrics are recomputed from predictions.jsonl; "
+                    "no model is loaded.")
     report.add_argument("runs", nargs="+", help="run folders: OUT, OUT/<judge> or OUT/<judge>/<bench>")
     report.add_argument("--format", choices=("markdown", "latex", "csv", "long-csv", "json"), default="markdown",
                         help="long-csv: one row per judge, model, bench, metric (value, ci_low, ci_high, n)")
-    report.add_argument("--metrics", default="r,rho", help="comma list of r, rho, tau, rmse (default r,rho)")
+    _add_metrics(report)
     report.add_argument("--ci", action="store_true", help="add percentile bootstrap intervals over samples")
     _add_bootstrap_options(report)
     report.add_argument("--caption", default="", help="text put before the generated caption notes")
     report.add_argument("--standalone", action="store_true", help="LaTeX: a full document (compiles alone)")
-    report.add_argument("--out", help="write here instead of stdout")
-    report.set_defaults(func=_cmd_report)
+    add_output_file(report)
+    add_cards_option(report)  # titles, order and Average membership of benchmarks from your own cards
 
-    comp = subparsers.add_parser(
-        "compare", help="paired bootstrap of the difference between two judges",
+    comp = add_command(
+        subparsers, "compare", _cmd_compare, help="paired bootstrap of the difference between two judges",
         description="For each benchmark both judges ran, the difference A - B of each metric on the samples "
                     "both scored, with a paired bootstrap interval and two-sided p-value; also on the Average.")
     comp.add_argument("a", help="run folder of judge A (OUT/<judge>)")
     comp.add_argument("b", help="run folder of judge B")
-    comp.add_argument("--metrics", default="r,rho", help="comma list of r, rho, tau, rmse (default r,rho)")
+    _add_metrics(comp)
     _add_bootstrap_options(comp)
     comp.add_argument("--format", choices=("markdown", "json"), default="markdown")
-    comp.add_argument("--out", help="write here instead of stdout")
-    comp.set_defaults(func=_cmd_compare)
+    add_output_file(comp)
+    add_cards_option(comp)

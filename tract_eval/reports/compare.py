@@ -8,14 +8,14 @@ import numpy as np
 from ..errors import ConfigError
 from . import bootstrap
 from .runs import Run, bench_order, in_average
-from .stats import absolute_data, absolute_measures, pair_data, rewardbench_scores
+from .stats import absolute_data, absolute_measures, pair_data, pairwise_scores
 from .table import AVERAGE, bench_title
 
 
 @dataclass
 class Difference:
     bench: str
-    measure: str  # MEASURES key or RewardBench section / "Score"
+    measure: str  # MEASURES key or a pairwise benchmark's section / metrics.LEADERBOARD
     value_a: float
     value_b: float
     difference: bootstrap.Estimate  # A minus B, with CI and p-value for "no difference"
@@ -88,13 +88,13 @@ def _compare_pairs(bench, run_a, run_b, resamples, seed, confidence) -> list[Dif
     if not keys:
         raise ConfigError(f"{bench}: the two runs share no scored pairs ({run_a.path}, {run_b.path})")
     pa, pb = data_a.subset(keys), data_b.subset(keys)
-    scores_a = rewardbench_scores(pa.subsets, pa.outcomes)
-    scores_b = rewardbench_scores(pb.subsets, pb.outcomes)
+    scores_a = pairwise_scores(pa.subsets, pa.outcomes, pa.scheme)
+    scores_b = pairwise_scores(pb.subsets, pb.outcomes, pb.scheme)
     names = list(scores_a)
 
     def difference(idx):
-        sa = rewardbench_scores(pa.subsets[idx], pa.outcomes[idx])
-        sb = rewardbench_scores(pb.subsets[idx], pb.outcomes[idx])
+        sa = pairwise_scores(pa.subsets[idx], pa.outcomes[idx], pa.scheme)
+        sb = pairwise_scores(pb.subsets[idx], pb.outcomes[idx], pb.scheme)
         return [sa[n] - sb[n] for n in names]
 
     reps = bootstrap.replicates(pa.strata(), difference, resamples, bootstrap.stream_seed(seed, bench, "paired"))
@@ -129,8 +129,9 @@ def to_markdown(diffs: list[Difference], label_a: str, label_b: str, confidence:
     headers = ["Benchmark", "Metric", f"A: {label_a}", f"B: {label_b}", "A − B", f"{confidence:.0%} CI", "p",
                "n paired", "only A/B"]
     note = (f"Paired bootstrap over the samples both judges scored ({resamples} resamples, seed {seed}); "
-            "p is the two-sided bootstrap p-value for no difference. RewardBench resamples pairs within "
-            "sections (Reasoning: math-prm and code apart); the Average resamples each benchmark independently.")
+            "p is the two-sided bootstrap p-value for no difference. Pairwise benchmarks resample pairs within "
+            "sections (a subset holding half its section's weight apart, e.g. RewardBench's math-prm); the "
+            "Average resamples each benchmark independently.")
     if not any(d.bench == AVERAGE for d in diffs):
         note += " No Average: fewer than two absolute benchmarks are shared."
     if unshared:

@@ -19,11 +19,12 @@ def caption(table: Table, prefix: str = "") -> str:
     for judge, present in table.partial_averages.items():
         parts.append(f"* {judge}: Average over {', '.join(bench_title(b) for b in present)} only (not ranked).")
     parts.append("Bold: best; underlined: second best (per column).")
-    if any(c.accuracy for c in table.columns):
-        parts.append("RewardBench: accuracy in %, chosen scored above rejected, ties count half.")
+    pairwise = list(dict.fromkeys(bench_title(c.group) for c in table.columns if c.accuracy))
+    if pairwise:
+        parts.append(f"{', '.join(pairwise)}: accuracy in %, chosen scored above rejected, ties count half.")
     if table.confidence is not None:
         parts.append(f"Brackets: {table.confidence:.0%} percentile bootstrap intervals over samples "
-                     f"({table.resamples} resamples, seed {table.seed}; RewardBench pairs resampled within sections).")
+                     f"({table.resamples} resamples, seed {table.seed}; pairs resampled within sections).")
     return " ".join(parts)
 
 

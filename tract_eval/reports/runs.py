@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..benchmarks.base import find_card_or_none
 from ..errors import InputNotFoundError, UserError
+from ..metrics import SectionScheme
 from ..records import MANIFEST, METRICS, PREDICTIONS, SHARDS, CorruptPredictions
 from ..records import read_predictions as read_rows
-
 
 
 class RunFormatError(UserError, ValueError):
@@ -28,11 +28,27 @@ class Run:
     @property
     def pairwise(self) -> bool:
         """RewardBench-style runs score chosen/rejected sides; accuracy replaces correlations.
-        The benchmark card says so; runs of own data without a card are told by their rows."""
+        The run's manifest says so (as its benchmark card did), else the card of that name; runs of neither
+        are told by their rows."""
+        kind = (self.manifest.get("bench") or {}).get("kind")
+        if kind is not None:
+            return kind == "pairwise"
         card = find_card_or_none(self.bench)
         if card is not None:
             return card.kind == "pairwise"
         return any(isinstance(r.get("meta"), dict) and "side" in r["meta"] for r in self.rows[:1])
+
+    def section_scheme(self) -> SectionScheme:
+        """Pairwise: the sections (in report order) and subset weights the run was scored with, as its
+        manifest records them; runs from before manifests did, by the card of their benchmark's name."""
+        described = self.manifest.get("bench") or {}
+        if "sections" in described and "subset_weights" in described:
+            return SectionScheme.from_dict(described)
+        card = find_card_or_none(self.bench)
+        if card is None or not card.subset_weights:
+            raise RunFormatError(f"{self.path}: its {MANIFEST} records no benchmark sections and no card named "
+                                 f"{self.bench!r} weights its subsets (pass --cards DIR with that card)")
+        return card.section_scheme()
 
 
 _REQUIRED = {"id": str, "prediction": (int, float, type(None)), "gold": (int, float, type(None))}

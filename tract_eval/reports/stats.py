@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..metrics import rewardbench_leaderboard, rewardbench_section_scores
-from .runs import Run, sample_key
+from ..metrics import LEADERBOARD, SectionScheme, leaderboard_score
+from .runs import Run, RunFormatError, sample_key
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,6 @@ MEASURES = {
     "rmse": Measure("rmse", "rmse", "RMSE", "RMSE", higher_is_better=False),
 }
 DEFAULT_MEASURES = ("r", "rho")
-REWARDBENCH_SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning")
-REWARDBENCH_SCORE = "Score"
 
 
 def parse_measures(text: str) -> list[str]:
@@ -93,7 +91,7 @@ def absolute_measure(key: str, gold: np.ndarray, prediction: np.ndarray) -> floa
     return absolute_measures([key], gold, prediction)[0]
 
 
-# -- RewardBench ---------------------------------------------------------------------------
+# -- pairwise benchmarks (RewardBench) ------------------------------------------------------
 
 @dataclass
 class PairData:
@@ -103,6 +101,7 @@ class PairData:
     outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie or an unscored side, 0 otherwise
     n_pairs: int  # pairs in the run, scored or not
     parse_failures: int
+    scheme: SectionScheme  # sections and subset weights, as the run was scored
 
     @property
     def n(self) -> int:
@@ -112,15 +111,18 @@ class PairData:
         index = {k: i for i, k in enumerate(self.keys)}
         take = [index[k] for k in keys]
         return PairData(list(keys), self.subsets[take], self.sections[take], self.outcomes[take],
-                        self.n_pairs, self.parse_failures)
+                        self.n_pairs, self.parse_failures, self.scheme)
 
     def strata(self) -> list[np.ndarray]:
-        """Row positions per resampling stratum: a section, with Reasoning split into math-prm and code.
+        """Row positions per resampling stratum: a section, less any subset carrying at least half its
+        section's weight, which is a stratum of its own (RewardBench: math-prm in Reasoning).
 
-        Resampling within these keeps every leaderboard weight fixed, while small subsets (a few pairs
-        under --limit) still vary; strata by subset would freeze every one-pair subset.
+        Resampling within these keeps the sections present and a dominant subset's share fixed, while small
+        subsets (a few pairs under --limit) still vary; strata by subset would freeze every one-pair subset.
         """
-        labels = np.array([f"{sec}/{sub == 'math-prm'}" if sec == "Reasoning" else sec
+        weights = self.scheme.weights
+        total = {name: sum(weights[n] for n in subsets) for name, subsets in self.scheme.sections.items()}
+        labels = np.array([f"{sec}/{sub}" if 2 * weights[sub] >= total[sec] else sec
                            for sec, sub in zip(self.sections, self.subsets)], dtype=object)
         return [np.flatnonzero(labels == label) for label in sorted(set(labels.tolist()))]
 
@@ -135,6 +137,11 @@ def pair_data(run: Run) -> PairData:
         if missing:
             raise ValueError(f"{run.path}/predictions.jsonl: row {number} (id {row['id']}) lacks meta {missing}")
     pairs = pair_outcomes(run.rows)
+    scheme = run.section_scheme()
+    unknown = sorted({p["subset"] for p in pairs.values()} - set(scheme.weights))
+    if unknown:
+        raise RunFormatError(f"{run.path}: subsets {unknown} are in none of the benchmark's sections "
+                             f"({', '.join(scheme.sections)})")
     usable = sorted((str(pid), p["subset"], p["section"], p["outcome"]) for pid, p in pairs.items()
                     if p["outcome"] is not None)
     return PairData(
@@ -144,15 +151,15 @@ def pair_data(run: Run) -> PairData:
         outcomes=np.array([u[3] for u in usable], dtype=float),
         n_pairs=len(pairs),
         parse_failures=sum(_is_failure(r) for r in run.rows),
+        scheme=scheme,
     )
 
 
-def rewardbench_scores(subsets: np.ndarray, outcomes: np.ndarray) -> dict[str, float]:
-    """Section scores and the leaderboard score (``REWARDBENCH_SCORE``) from outcome arrays, by the
-    one RewardBench rule (``metrics.rewardbench_section_scores``: sections weight their subsets'
-    accuracies by reward-bench's EXAMPLE_COUNTS); the arrays keep bootstrap resamples fast."""
+def pairwise_scores(subsets: np.ndarray, outcomes: np.ndarray, scheme: SectionScheme) -> dict[str, float]:
+    """Section scores (in the scheme's order) and the leaderboard score (``LEADERBOARD``) from outcome
+    arrays, by the one rule of ``metrics.SectionScheme.section_scores``; arrays keep bootstrap resamples fast."""
     accuracy = {str(name): float(outcomes[subsets == name].mean()) for name in np.unique(subsets)}
-    scores = rewardbench_section_scores(accuracy)
+    scores = scheme.section_scores(accuracy)
     if scores:
-        scores[REWARDBENCH_SCORE] = rewardbench_leaderboard(scores)
+        scores[LEADERBOARD] = leaderboard_score(scores)
     return scores

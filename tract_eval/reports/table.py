@@ -11,15 +11,8 @@ from ..errors import ConfigError
 from . import bootstrap
 from ..benchmarks.base import find_card_or_none
 from .runs import Run, bench_order, in_average
-from .stats import (
-    MEASURES,
-    REWARDBENCH_SCORE,
-    REWARDBENCH_SECTIONS,
-    absolute_data,
-    absolute_measures,
-    pair_data,
-    rewardbench_scores,
-)
+from ..metrics import LEADERBOARD
+from .stats import MEASURES, absolute_data, absolute_measures, pair_data, pairwise_scores
 
 AVERAGE = "Average"
 
@@ -42,7 +35,7 @@ def run_model(run: Run) -> str:
 @dataclass(frozen=True)
 class Column:
     group: str  # benchmark, "Average" or a pairwise benchmark
-    measure: str  # a MEASURES key, or a RewardBench section / "Score"
+    measure: str  # a MEASURES key, or a pairwise benchmark's section / LEADERBOARD
     accuracy: bool = False  # shown as a percentage
 
     @property
@@ -138,6 +131,7 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
         table.models[run.judge, run.bench] = run_model(run)
         if run.manifest.get("model_note"):
             table.model_notes[run.judge, run.bench] = run.manifest["model_note"]
+    section_order: dict[str, list[str]] = {}  # pairwise benchmark -> its sections, then LEADERBOARD
     for judge in judges:
         bench_reps: dict[str, np.ndarray] = {}
         bench_values: dict[str, list[float]] = {}
@@ -179,13 +173,14 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
                 continue
             data = pair_data(run)
             counts[judge, bench] = Counts(data.n, data.n_pairs, data.parse_failures, pairwise=True)
-            scores = rewardbench_scores(data.subsets, data.outcomes)
-            names = [s for s in (*REWARDBENCH_SECTIONS, REWARDBENCH_SCORE) if s in scores]
+            scores = pairwise_scores(data.subsets, data.outcomes, data.scheme)
+            names = list(scores)  # the card's sections in its order, then the leaderboard score
+            section_order.setdefault(bench, [*data.scheme.sections, LEADERBOARD])
             reps = None
             if ci and data.n:
                 reps = bootstrap.replicates(
                     data.strata(),
-                    lambda idx: [rewardbench_scores(data.subsets[idx], data.outcomes[idx])[s]
+                    lambda idx: [pairwise_scores(data.subsets[idx], data.outcomes[idx], data.scheme)[s]
                                  for s in names],
                     resamples, bootstrap.stream_seed(seed, bench))
             for i, name in enumerate(names):
@@ -195,10 +190,10 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
                 est = bootstrap.estimate(scores[name], reps[:, i], confidence) if reps is not None else \
                     bootstrap.Estimate(scores[name])
                 cells[judge, column] = Cell(est)
-    # RewardBench columns in their canonical order after the correlation columns
-    order = {name: i for i, name in enumerate((*REWARDBENCH_SECTIONS, REWARDBENCH_SCORE))}
+    # pairwise columns after the correlation columns, each benchmark's in its card's section order
     table.columns = [c for c in columns if not c.accuracy] + sorted(
-        (c for c in columns if c.accuracy), key=lambda c: (benches.index(c.group), order.get(c.measure, 99)))
+        (c for c in columns if c.accuracy),
+        key=lambda c: (benches.index(c.group), section_order[c.group].index(c.measure)))
     _rank(table)
     return table
 
