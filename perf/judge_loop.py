@@ -54,6 +54,7 @@ from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
 from tract_eval.judges import build_judge
 from tract_eval.models import load_tokenizer, resolve_model
+from tract_eval.protocol import finish_cot, readout_text
 
 # Llama-family shapes; the vocabulary is always the embedded tokenizer's
 SHAPES = {
@@ -428,7 +429,11 @@ def main() -> None:
                     for i in range(b)]
         decode_s, _, decode_out = ours([replace(r, candidates=None) for r in requests], batch_size=b)
         rail_s, _, rail_out = ours(requests, batch_size=b)
-        same = all(d[0].token_ids == r[0].token_ids[: len(d[0].token_ids)] for d, r in zip(decode_out, rail_out))
+        def read_after(cot: str) -> str:  # the text the RAIL run reads after when it sampled the same CoT
+            kept, forced, _ = finish_cot(cot, candidates.delimiter, CUT_MARKER)
+            return readout_text(kept, forced, requests[0].readout) + candidates.bridge_text
+
+        same = all(r[0].text == read_after(d[0].text) for d, r in zip(decode_out, rail_out))
         report["sections"]["rail_vs_decode"] = {"batch": b, "rail_seconds": rail_s, "decode_seconds": decode_s,
                                                 "ratio": rail_s / decode_s, "same_cots": same}
         print(f"\nCoT-RAIL vs CoT-decode, {b} CoTs, same CoTs={same}: {rail_s:.2f} s vs {decode_s:.2f} s "
