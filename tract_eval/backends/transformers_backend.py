@@ -617,27 +617,29 @@ class _JudgeLoop:
         span = max(len(c) for c in chunks)
         index = torch.tensor(rows, device=self.device)
         cache = self.cache.gather(index, span)
-        mask = torch.cat([self.mask[index, :length],
-                          torch.ones((len(rows), span), dtype=self.mask.dtype, device=self.device)], dim=-1)
+        # chunks are right-aligned (padded on the left, padding masked), so every row's readout positions
+        # are its last ones and only those get logits: a retokenized CoT re-fed here costs no vocab matrix
+        pads = [span - len(c) for c in chunks]
+        extra = torch.tensor([[0] * p + [1] * (span - p) for p in pads], dtype=self.mask.dtype, device=self.device)
+        mask = torch.cat([self.mask[index, :length], extra], dim=-1)
         for row, (lo, hi) in enumerate(hidden):
             if hi > lo:  # cached ids the readout context does not share (a cut, a retokenization) stay out of sight
                 mask[row, lo:hi] = 0
-        input_ids = torch.tensor([c + [self.pad] * (span - len(c)) for c in chunks], device=self.device)
-        positions = torch.tensor(starts, device=self.device).unsqueeze(-1) + torch.arange(span, device=self.device)
+        input_ids = torch.tensor([[self.pad] * p + c for p, c in zip(pads, chunks)], device=self.device)
+        offsets = torch.tensor([start - p for start, p in zip(starts, pads)], device=self.device)
+        positions = (offsets.unsqueeze(-1) + torch.arange(span, device=self.device)).clamp(min=0)
+        keep = max(len(v) for v in variants) or 1  # positions read per row: 1, or a multi-token candidate's length
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True)
-        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+                         past_key_values=cache, use_cache=True, logits_to_keep=keep)
+        logprobs = torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)
         for number, s in enumerate(streams):
             first_row = number * len(variants)
-            queue_len = len(s.context_ids) - s.reuse
-            first = logprobs[first_row, queue_len - 1]
             totals: dict[int, float] = {}
             for score, seq in zip(candidates.scores, candidates.sequences):
-                if len(seq) == 1:
-                    totals[score] = float(first[seq[0]])
-                    continue
-                row = first_row + multi.index(seq)
-                steps = logprobs[row, queue_len - 1: queue_len - 1 + len(seq)]
+                row = first_row + (multi.index(seq) if len(seq) > 1 else 0)
+                # the row's chunk ends with its queue and seq[:-1]: the readout starts len(chunk tail) from the end
+                tail = len(variants[row - first_row]) or 1
+                steps = logprobs[row, keep - tail: keep - tail + len(seq)]
                 totals[score] = float(sum(steps[i, tok] for i, tok in enumerate(seq)))
             scores = totals if candidates.single_token else exclusive_sequence_logprobs(totals, candidates)
             self._complete(s, candidate_logprobs=scores)
