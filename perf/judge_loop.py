@@ -172,7 +172,9 @@ class VLLMReplicas:
             if device.type == "cpu":
                 env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
                 env.setdefault("OMP_NUM_THREADS", str(per_rank))
-                if dp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:  # replicas on disjoint cores
+                # replicas and tensor-parallel ranks on disjoint cores (vLLM CPU binds one NUMA node per
+                # rank unless told which cores to use)
+                if dp * tp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
                     mine = cores[rank * per_rank * tp: (rank + 1) * per_rank * tp]
                     env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
                         f"{c[0]}-{c[-1]}" for c in (mine[t * per_rank:(t + 1) * per_rank] for t in range(tp)))
