@@ -424,6 +424,11 @@ class _JudgeLoop:
         if batch_size == "auto":
             batch_size = backend.auto_batch_size(capacity, longest)
         self.slots = max(1, min(batch_size or total, total))
+        # A refill prefills up to a slot-full of waiting prompts in one forward: a forward per freed slot
+        # costs far more per prompt (perf on CPU: 21 forwards of 1-2 prompts 27 s, 4 of 8 prompts 11 s).
+        # The prompts prefilled ahead wait outside the slots, so under --batch-size auto (slots sized to
+        # fill the memory) refills prefill only what the free slots take.
+        self.prefill_group = 1 if batch_size == "auto" else self.slots
         self.pending = sorted(range(len(self.requests)), key=lambda i: (-len(prompts[i]), i))
         self.waiting: list[tuple[_Stream, _Prefill]] = []
         self.slot_streams: list[_Stream | None] = [None] * self.slots
@@ -478,7 +483,8 @@ class _JudgeLoop:
             return
         while len(self.waiting) < len(free) and self.pending:
             group, streams, tokens = [], 0, 0
-            while self.pending and (not group or (streams + self.requests[self.pending[0]].n <= len(free)
+            room = max(len(free), self.prefill_group)
+            while self.pending and (not group or (streams + self.requests[self.pending[0]].n <= room
                                                   and tokens + self.prompt_lens[self.pending[0]] <= self.PREFILL_TOKENS)):
                 index = self.pending.pop(0)
                 group.append(index)
