@@ -54,7 +54,9 @@ def test_decode_and_zero_shot_judges(tmp_path, data_dir, embedded_backend):
     # score-only: TRACT's score-only prompt, the score read at the first assistant token after the bridge
     rail = [json.loads(x) for x in (out / "rail" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
     assert all(r["cots"] == [" "] and r["generated_tokens"] == 0 for r in rail)
-    assert all("Write a score betweeb 1 to 5" in r["input"] and r["input"].endswith("assistant") for r in rail)
+    # the reference's empty assistant turn, continued as its transformers 4.47 rendered it: closed on ChatML
+    assert all("Write a score betweeb 1 to 5" in r["input"] and r["input"].endswith("<|im_start|>assistant\n<|im_end|>")
+               for r in rail)
     decode = [json.loads(x) for x in (out / "ce-decode" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
     assert all(r["input"] == rail[i]["input"] and r["score_probs"] == [] for i, r in enumerate(decode))
     assert all(r["generated_tokens"] == 1 and r["cots"][0].startswith(" ") for r in decode)
