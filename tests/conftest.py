@@ -29,3 +29,13 @@ def embedded_backend():
 @pytest.fixture(scope="session")
 def embedded_tokenizer(embedded_backend):
     return embedded_backend.tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """The fake backend's tokenizer saved to a folder (the OpenAI backend loads its tokenizer from one)."""
+    from test_runner import LengthBackend
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    LengthBackend().tokenizer().save_pretrained(folder)
+    return folder

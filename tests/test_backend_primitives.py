@@ -8,7 +8,6 @@ import math
 import pytest
 
 from fake_openai import FaultyOpenAIServer, prompt_token_logprob, score_logprobs
-from test_runner import LengthBackend
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.experiments.analysis import perplexity
 
@@ -17,13 +16,6 @@ pytest.importorskip("openai")
 CONTEXT = "Feedback: the answer is right."  # 30 characters: even, so character pairs end at its end
 GREEDY = "bTp*"  # characters whose code points sum to a multiple of 7: the fake model's top tokens
 NOT_GREEDY = "bTq*"
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tokenizer")
-    LengthBackend().tokenizer().save_pretrained(folder)
-    return folder
 
 
 def backend_for(server, tokenizer_dir, **options):

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from fake_openai import MALFORMED, FaultyOpenAIServer
-from test_runner import LengthBackend
 from tract_eval.benchmarks import load_benchmark
 from tract_eval.judges import build_judge
 from tract_eval.records import read_predictions
@@ -15,13 +14,6 @@ from tract_eval.runner import run_benchmark
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # starts a (local, in-process) server
 pytest.importorskip("openai")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tokenizer")
-    LengthBackend().tokenizer().save_pretrained(folder)
-    return folder
 
 
 def openai_judge(url, tokenizer_dir, **settings):
