@@ -25,6 +25,7 @@ def tiny_model_dir(tmp_path_factory, embedded_tokenizer):
 def test_local_folder_model_runs_every_predictor(tiny_model_dir, data_dir):
     backend = TransformersBackend(str(tiny_model_dir), device="cpu", dtype="float32")
     assert backend.describe()["model_path"] == str(tiny_model_dir) and backend.describe()["gguf_file"] is None
+    assert backend.describe()["attention"] == "grouped_sdpa"  # 4 query heads on 2 KV heads: no per-head copies
     samples = load_benchmark("vicuna", data_dir).select(2)
     for name in ("tract", "rail", "ce-decode-cot"):
         # renormalised so that a random model's scores stay inside the scale (raw mass is tiny)
@@ -48,5 +49,8 @@ def test_model_args_reach_from_pretrained(tiny_model_dir):
     backend = TransformersBackend(str(tiny_model_dir), device="cpu", dtype="float32",
                                   model_args={"attn_implementation": "eager", "device_map": "cpu",
                                               "trust_remote_code": False})
-    assert backend.model.config._attn_implementation == "eager"
+    assert backend.model.config._attn_implementation == "eager" == backend.describe()["attention"]
+    chosen = TransformersBackend(str(tiny_model_dir), device="cpu", dtype="float32",
+                                 model_args={"attn_implementation": "sdpa"})
+    assert chosen.describe()["attention"] == "sdpa"  # named in --model-args: kept as given
     assert str(backend.device) == "cpu" and backend.describe()["model_args"]["device_map"] == "cpu"

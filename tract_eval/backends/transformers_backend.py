@@ -18,6 +18,7 @@ from ..config import SamplingConfig
 from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer, resolve_model
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, stream_seed)
+from .grouped_attention import use_grouped_attention
 from ..protocol import (common_prefix_length, exclusive_sequence_logprobs, finish_cot, kept_prefix_length,
                         readout_text, supplied_cot_context)
 
@@ -103,6 +104,11 @@ class TransformersBackend(Backend):
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._eos_ids = self._collect_eos_ids()
+        # grouped KV heads attend in place instead of through transformers' per-head copies
+        # (grouped_attention.py); an attn_implementation named in --model-args is kept as given
+        if "attn_implementation" not in self.model_args:
+            use_grouped_attention(self.model)
+        self.attention = self.model.config._attn_implementation
 
     # -- interface -----------------------------------------------------------------
     def tokenizer(self):
@@ -118,6 +124,7 @@ class TransformersBackend(Backend):
             "model_args": self.model_args,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "attention": self.attention,
             "load_seconds": round(self.load_seconds, 2),
         }
 
@@ -573,8 +580,12 @@ class _JudgeLoop:
     def _decode_step(self, continuing: list[_Stream]) -> None:
         import torch
 
-        if self.cache.length >= self.cache.capacity:
-            self._compact()
+        # Columns before the earliest live prompt are dead in every slot but still read by each step's
+        # attention: drop them when the cache is full, or once they are an eighth of what a step reads
+        # (the copy costs about one step's read; later occupants of a slot leave such columns behind).
+        dead = min(s.base for s in continuing)
+        if self.cache.length >= self.cache.capacity or dead >= max(16, self.cache.length // 8):
+            self._compact(dead)
         head = self.cache.length
         feed = [self.pad] * len(self.slot_streams)
         for s in continuing:
@@ -588,10 +599,8 @@ class _JudgeLoop:
                                           self.mask[:, : head + 1], position_ids, self.cache)
         self.logits = logits
 
-    def _compact(self) -> None:
-        """Drop the leading columns no live slot uses (the cache keeps a fixed size)."""
-        live = [s for s in self.slot_streams if s is not None and not s.done]
-        start = min(s.base for s in live)
+    def _compact(self, start: int) -> None:
+        """Drop the leading ``start`` columns, which no live slot uses (the cache keeps a fixed size)."""
         if start == 0:
             raise RuntimeError("KV cache full: a continuation outgrew prompt + max_new_tokens")
         length = self.cache.length
