@@ -19,8 +19,13 @@ from this one run:
   a CoT, so lengths are geometric; random weights never write the delimiter), with a CoT limit of
   ``--continuous-new-tokens`` (at least 128 by default, as judges' CoTs are long next to the prompt):
   one queue vs the loop fed fixed batches vs static batching as ``generate`` does it (a batch runs
-  until its longest CoT ends). The RAIL and continuous comparisons run each side ``--repeats`` times,
-  alternated, and compare the fastest runs.
+  until its longest CoT ends);
+* score-only readouts (the prompt alone, as score-only RAIL reads): padded batches of prompts per
+  forward vs one prompt per forward (the backend's ``batch_prefill``: batches on accelerators, one
+  per forward on CPU, where a padding mask takes SDPA off its causal kernel).
+
+The RAIL, continuous and score-only comparisons run each side ``--repeats`` times, alternated, and
+compare the fastest runs.
 
 ``--backend vllm`` adds vLLM to the first comparison, from the same run: the random-weight model
 (save_pretrained, with the tokenizer) in a temporary folder, served by ``--vllm-dp`` independent
@@ -289,7 +294,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--bandwidth-gbs", type=float, default=None,
                         help="memory bandwidth for the floor; default: measured with a large copy")
-    parser.add_argument("--sections", default="generate,rail,shared,continuous")
+    parser.add_argument("--sections", default="generate,rail,shared,continuous,score")
     parser.add_argument("--section-batch", type=int, default=8,
                         help="sequences per batch for the rail/shared/continuous sections")
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
@@ -565,6 +570,28 @@ def main() -> None:
                   f"decode {phase['decode_seconds']:.2f} s in {phase['decode_steps']} steps, "
                   f"host {phase['host_seconds']:.2f} s")
 
+    if "score" in sections:
+        # score-only RAIL reads after the prompt alone: padded batches of prompts per forward vs one prompt
+        # per forward, which checks the backend's batch_prefill choice for this device
+        contexts = prompts[: 4 * b]
+        runs: dict[bool, list[float]] = {True: [], False: []}
+        read = {}
+        for _ in range(args.repeats):
+            for batched in (True, False):
+                with patch.object(backend, "batch_prefill", batched):
+                    seconds, read[batched] = timed(device, lambda: backend.candidate_logprobs(contexts, candidates))
+                runs[batched].append(seconds)
+        difference = max(abs(x[k] - y[k]) for x, y in zip(read[True], read[False]) for k in x)
+        entry = {"prompts": len(contexts), "batched_seconds": min(runs[True]), "single_seconds": min(runs[False]),
+                 "ratio": min(runs[True]) / min(runs[False]), "max_logprob_difference": difference,
+                 "backend_batches": backend.batch_prefill, "repeats": args.repeats,
+                 "batched_runs": runs[True], "single_runs": runs[False]}
+        report["sections"]["score_only"] = entry
+        print(f"score-only readouts of {len(contexts)} prompts, padded batches vs one prompt per forward, best of "
+              f"{args.repeats}: {entry['batched_seconds']:.2f} s vs {entry['single_seconds']:.2f} s = "
+              f"{entry['ratio']:.3f} (max log-prob difference {difference:.1e}); the backend prefills "
+              f"{'in padded batches' if backend.batch_prefill else 'one prompt per forward'} on {device.type}")
+
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -630,6 +657,13 @@ def markdown(report: dict) -> str:
         lines += [f"  | {described[name]} | {e['seconds']:.2f} | {e['prefill_seconds']:.2f} s in "
                   f"{e['prefill_forwards']} forwards | {e['decode_seconds']:.2f} s in {e['decode_steps']} | "
                   f"{e['host_seconds']:.2f} s |" for name, e in p.items()]
+    if "score_only" in s:
+        r = s["score_only"]
+        lines.append(f"- Score-only readouts of {r['prompts']} prompts, padded batches ÷ one prompt per forward, "
+                     f"best of {r['repeats']} runs each: {r['ratio']:.3f} ({r['batched_seconds']:.2f} s vs "
+                     f"{r['single_seconds']:.2f} s; max log-prob difference {r['max_logprob_difference']:.1e}); the "
+                     f"backend prefills {'in padded batches' if r['backend_batches'] else 'one prompt per forward'} "
+                     f"on this device")
     return "\n".join(lines)
 
 

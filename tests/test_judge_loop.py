@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from tract_eval.backends import GenerationRequest
+from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.backends.base import stream_seed
 from tract_eval.backends.sampling import logits_processors, sample_top_p, stream_uniforms
 from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
 from tract_eval.protocol import finish_cot
+
+from readout_reference import forward_candidate_logprobs
 
 TOLERANCE = 1e-4  # float32, max abs difference of candidate log-probabilities
 SAMPLING = SamplingConfig(temperature=1.0, top_p=0.9, repetition_penalty=1.03, max_new_tokens=7)
@@ -86,7 +88,7 @@ def reference_cot(backend, request: GenerationRequest, index: int, sampling: Sam
 
 def check_readout(backend, request, completion, candidates):
     ids = backend.encode(request.prompt) + completion.token_ids
-    reference = backend.readout_logprobs([ids], candidates)[0]
+    reference = forward_candidate_logprobs(backend.model, ids, candidates)
     assert max(abs(reference[s] - completion.candidate_logprobs[s]) for s in reference) <= TOLERANCE
     assert backend.decode(ids).endswith(completion.text)
     assert completion.text.endswith(candidates.delimiter + candidates.bridge_text)
@@ -144,8 +146,10 @@ def test_top_p_draw_is_the_inverse_cdf_of_transformers_top_p_set():
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
 @pytest.mark.parametrize("batch_size", [1, 3, None])
-def test_loop_draws_what_the_unbatched_reference_draws(backend64, prompts, batch_size):
+@pytest.mark.parametrize("batch_prefill", [True, False])  # padded prompt batches (accelerators) or one per forward (CPU)
+def test_loop_draws_what_the_unbatched_reference_draws(backend64, prompts, batch_size, batch_prefill, monkeypatch):
     backend = backend64
+    monkeypatch.setattr(backend, "batch_prefill", batch_prefill)
     requests = [GenerationRequest(f"q{i}", p, n=2) for i, p in enumerate(prompts[:3])]
     out = backend.generate(requests, SAMPLING, seed=5, batch_size=batch_size)
     for request, completions in zip(requests, out):
@@ -165,9 +169,11 @@ def test_later_cots_are_the_ones_a_larger_request_makes(backend64, prompts):
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
 @pytest.mark.parametrize("scale", [(1, 5), (1, 10)])
 @pytest.mark.parametrize("cut_marker", ["So the overall", "e"])
-def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut_marker):
+@pytest.mark.parametrize("batch_prefill", [True, False])
+def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut_marker, batch_prefill, monkeypatch):
     """Length-limited CoTs get the delimiter forced; with "e" as cut marker they are cut (usually
     inside a token) and the CoT tokens after the cut are masked; 1-10 has the two-token "10"."""
+    monkeypatch.setattr(backend, "batch_prefill", batch_prefill)
     candidates = derive_score_candidates(backend.tokenizer(), scale=scale)
     assert scale == (1, 5) or not candidates.single_token
     requests = [GenerationRequest(f"r{i}", p, n=2, candidates=candidates, cut_marker=cut_marker)
@@ -181,6 +187,32 @@ def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut
         for completion in completions:
             assert completion.finish_reason == "length"
             check_readout(backend, request, completion, candidates)
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+@pytest.mark.parametrize("batch_prefill", [True, False])
+def test_batched_readouts_equal_one_forward_per_candidate(backend, prompts, batch_prefill, monkeypatch):
+    """Supplied CoTs of different lengths (padded in one forward under batch_prefill), two candidate
+    sets in one call (1-5, and 1-10 with the two-token "10"), results in the order asked."""
+    monkeypatch.setattr(backend, "batch_prefill", batch_prefill)
+    five = derive_score_candidates(backend.tokenizer(), scale=(1, 5))
+    ten = derive_score_candidates(backend.tokenizer(), scale=(1, 10))
+    cots = ["Fine.", "The answer is wrong in two places and misses the point. So the overall quality is low.",
+            "Clear, short and correct; it could cite a source."]
+    requests = [ScoreRequest(p, cot, candidates, "So the overall")
+                for p in prompts for cot, candidates in zip(cots, [five, ten, ten])]
+    out = backend.score(requests)
+    assert len({len(backend.encode(r.prompt) + c.token_ids) for r, c in zip(requests, out)}) > 3
+    for request, completion in zip(requests, out):
+        ids = backend.encode(request.prompt) + completion.token_ids
+        reference = forward_candidate_logprobs(backend.model, ids, request.candidates)
+        assert set(completion.candidate_logprobs) == set(reference)
+        assert max(abs(reference[s] - completion.candidate_logprobs[s]) for s in reference) <= TOLERANCE
+    contexts = [r.prompt + c.text for r, c in zip(requests, out)]
+    read = backend.candidate_logprobs(contexts, ten)
+    for text, scores in zip(contexts, read):
+        reference = forward_candidate_logprobs(backend.model, backend.encode(text), ten)
+        assert max(abs(reference[s] - scores[s]) for s in reference) <= TOLERANCE
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer

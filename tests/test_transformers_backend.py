@@ -7,6 +7,8 @@ from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
 
+from readout_reference import forward_candidate_logprobs
+
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4  # float32, max abs difference of candidate log-probabilities
 
@@ -19,7 +21,7 @@ def prompts(embedded_backend, data_dir):
 
 def _check_against_forward(backend, candidates, request, completion):
     ids = backend.encode(request.prompt) + completion.token_ids
-    reference = backend.readout_logprobs([ids], candidates)[0]
+    reference = forward_candidate_logprobs(backend.model, ids, candidates)
     assert max(abs(reference[s] - completion.candidate_logprobs[s]) for s in reference) <= TOLERANCE
     # input + cot is exactly the text after which the score was read
     assert backend.decode(ids).endswith(completion.text)

@@ -104,6 +104,10 @@ class TransformersBackend(Backend):
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._eos_ids = self._collect_eos_ids()
+        # Prompts prefill in padded batches on accelerators; on CPU one per forward, as a padding mask takes
+        # SDPA off its causal kernel there (perf/judge_loop.py --sections score: 32 Vicuna prompts in
+        # batched forwards took 2.4x as long as one forward each).
+        self.batch_prefill = self.device.type != "cpu"
         # grouped KV heads attend in place instead of through transformers' per-head copies
         # (grouped_attention.py); an attn_implementation named in --model-args is kept as given
         if "attn_implementation" not in self.model_args:
@@ -141,25 +145,19 @@ class TransformersBackend(Backend):
             return self._generate(requests, sampling, seed, on_done, batch_size)
 
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
-        import torch
-
-        out: list[Completion] = []
-        with torch.inference_mode():
-            for request in requests:
-                text, forced, cut, ids = supplied_cot_context(
-                    self.encode, request.prompt, request.continuation, request.candidates, request.cut_marker,
-                    request.stop, request.readout)
-                logprobs = self.readout_logprobs([ids], request.candidates)[0]
-                out.append(Completion(
-                    text=text,
-                    finish_reason="forced",
-                    generated_tokens=0,
-                    forced_text=forced,
-                    cut=cut,
-                    candidate_logprobs=logprobs,
-                    token_ids=ids[len(self.encode(request.prompt)):],
-                ))
-        return out
+        contexts = [supplied_cot_context(self.encode, r.prompt, r.continuation, r.candidates, r.cut_marker, r.stop,
+                                         r.readout) for r in requests]
+        logprobs: list[dict[int, float] | None] = [None] * len(requests)
+        by_candidates: dict[int, list[int]] = {}
+        for index, request in enumerate(requests):
+            by_candidates.setdefault(id(request.candidates), []).append(index)
+        for indices in by_candidates.values():  # one batched readout per candidate set
+            read = self.readout_logprobs([contexts[i][3] for i in indices], requests[indices[0]].candidates)
+            for index, scores in zip(indices, read):
+                logprobs[index] = scores
+        return [Completion(text=text, finish_reason="forced", generated_tokens=0, forced_text=forced, cut=cut,
+                           candidate_logprobs=scores, token_ids=ids[len(self.encode(request.prompt)):])
+                for request, (text, forced, cut, ids), scores in zip(requests, contexts, logprobs)]
 
     def candidate_logprobs(self, contexts: list[str], candidates: ScoreCandidates) -> list[dict[int, float]]:
         return self.readout_logprobs([self.encode(text) for text in contexts], candidates)
@@ -246,38 +244,36 @@ class TransformersBackend(Backend):
         return out.logits[:, -1, :].float(), out.past_key_values
 
     def readout_logprobs(self, sequences: list[list[int]], candidates: ScoreCandidates) -> list[dict[int, float]]:
-        """Independent full forward passes: candidate log-probs after each id sequence."""
+        """Candidate log-probs after each id sequence, from full forward passes (no cache): the
+        sequences longest first, as many per forward as fit ``_JudgeLoop.PREFILL_TOKENS`` padded to the
+        longest (one per forward on CPU, see ``batch_prefill``); a multi-token candidate's leading ids
+        ride along as one more row per sequence."""
         import torch
 
-        results = []
+        variants = _candidate_variants(candidates)
+        keep = max(len(v) for v in variants) or 1
+        order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i]), i))
+        results: list[dict[int, float]] = [{} for _ in sequences]
         with torch.inference_mode():
-            for ids in sequences:
-                input_ids = torch.tensor([ids], device=self.device)
-                logits = self.model(input_ids=input_ids, logits_to_keep=1).logits[0, -1].float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                results.append(self._candidate_logprobs(logprobs, ids, candidates))
+            start = 0
+            while start < len(order):
+                width = (len(sequences[order[start]]) + keep - 1) * len(variants)
+                batch = order[start: start + (max(1, _JudgeLoop.PREFILL_TOKENS // width) if self.batch_prefill else 1)]
+                start += len(batch)
+                chunks = [sequences[i] + list(v[:-1]) for i in batch for v in variants]
+                span = max(len(c) for c in chunks)
+                pads = [span - len(c) for c in chunks]
+                input_ids = torch.tensor([[self._tokenizer.pad_token_id] * p + c for p, c in zip(pads, chunks)],
+                                         device=self.device)
+                mask = torch.tensor([[0] * p + [1] * (span - p) for p in pads], device=self.device)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=keep).logits
+                logprobs = torch.log_softmax(logits[:, -keep:].float(), dim=-1)
+                for number, index in enumerate(batch):
+                    rows = logprobs[number * len(variants): (number + 1) * len(variants)]
+                    results[index] = _candidate_totals(rows, variants, candidates)
         return results
-
-    def _candidate_logprobs(self, logprobs, context_ids: list[int], candidates: ScoreCandidates) -> dict[int, float]:
-        if candidates.single_token:
-            return {s: float(logprobs[seq[0]]) for s, seq in zip(candidates.scores, candidates.sequences)}
-        return self._sequence_logprobs(logprobs, context_ids, candidates)
-
-    def _sequence_logprobs(self, first_logprobs, context_ids: list[int], candidates: ScoreCandidates) -> dict[int, float]:
-        """Multi-token candidates (e.g. "10"): log P(sequence), minus the mass of longer candidates it prefixes."""
-        import torch
-
-        totals: dict[int, float] = {}
-        for score, seq in zip(candidates.scores, candidates.sequences):
-            total = float(first_logprobs[seq[0]])
-            if len(seq) > 1:
-                ids = torch.tensor([context_ids + list(seq[:-1])], device=self.device)
-                logits = self.model(input_ids=ids).logits[0, -(len(seq) - 1):].float()
-                steps = torch.log_softmax(logits, dim=-1)
-                total += float(sum(steps[i, tok] for i, tok in enumerate(seq[1:])))
-            totals[score] = total
-        return exclusive_sequence_logprobs(totals, candidates)
-
 
     # -- the judge loop: continuous batching over a preallocated KV cache -------------------------
     def _generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
@@ -285,6 +281,25 @@ class TransformersBackend(Backend):
         loop = _JudgeLoop(self, requests, sampling, seed, on_done, batch_size)
         loop.run()
         return [[s.completion for s in group] for group in loop.by_request]
+
+
+def _candidate_variants(candidates: ScoreCandidates) -> list[tuple[int, ...]]:
+    """The rows a readout runs per context: one per multi-token candidate (the context + its leading
+    ids, so one forward reads all its tokens), or the context alone when every candidate is one token."""
+    return [seq for seq in candidates.sequences if len(seq) > 1] or [()]
+
+
+def _candidate_totals(logprobs, variants: list[tuple[int, ...]], candidates: ScoreCandidates) -> dict[int, float]:
+    """Candidate log-probs of one context from its rows' log-probs at their last ``keep`` positions
+    (rows right-aligned, ``keep`` the longest variant): a multi-token candidate sums its tokens and
+    gives up the mass of the longer candidates it prefixes (``exclusive_sequence_logprobs``)."""
+    keep = logprobs.shape[1]
+    totals: dict[int, float] = {}
+    for score, seq in zip(candidates.scores, candidates.sequences):
+        row = variants.index(seq) if len(seq) > 1 else 0
+        first = keep - (len(variants[row]) or 1)  # the position that predicts the candidate's first id
+        totals[score] = float(sum(logprobs[row, first + i, token] for i, token in enumerate(seq)))
+    return totals if candidates.single_token else exclusive_sequence_logprobs(totals, candidates)
 
 
 def _slot_cache_class():
@@ -431,9 +446,9 @@ class _JudgeLoop:
         if batch_size == "auto":
             batch_size = backend.auto_batch_size(capacity, longest)
         self.slots = max(1, min(batch_size or total, total))
-        # A refill prefills up to a slot-full of waiting prompts in one forward: a forward per freed slot
-        # costs far more per prompt (perf on CPU: 21 forwards of 1-2 prompts 27 s, 4 of 8 prompts 11 s).
-        # The prompts prefilled ahead wait outside the slots, so under --batch-size auto (slots sized to
+        # A refill prefills up to a slot-full of waiting prompts at once (one padded forward where
+        # batch_prefill, else one forward each), not a forward per freed slot whenever one frees. The
+        # prompts prefilled ahead wait outside the slots, so under --batch-size auto (slots sized to
         # fill the memory) refills prefill only what the free slots take.
         self.prefill_group = 1 if batch_size == "auto" else self.slots
         self.pending = sorted(range(len(self.requests)), key=lambda i: (-len(prompts[i]), i))
@@ -530,6 +545,10 @@ class _JudgeLoop:
     def _prefill(self, group: list[int]) -> None:
         import torch
 
+        if len(group) > 1 and not self.backend.batch_prefill:
+            for index in group:
+                self._prefill([index])
+            return
         prompts = [self.by_request[i][0].prompt_ids for i in group]
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts], device=self.device)
@@ -618,8 +637,7 @@ class _JudgeLoop:
         import torch
 
         candidates = streams[0].request.candidates
-        multi = [seq for seq in candidates.sequences if len(seq) > 1]
-        variants = multi or [()]
+        variants = _candidate_variants(candidates)
         rows, chunks, starts, hidden = [], [], [], []
         for s in streams:
             queue = s.context_ids[s.reuse:]
@@ -648,16 +666,8 @@ class _JudgeLoop:
                          past_key_values=cache, use_cache=True, logits_to_keep=keep)
         logprobs = torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)
         for number, s in enumerate(streams):
-            first_row = number * len(variants)
-            totals: dict[int, float] = {}
-            for score, seq in zip(candidates.scores, candidates.sequences):
-                row = first_row + (multi.index(seq) if len(seq) > 1 else 0)
-                # the row's chunk ends with its queue and seq[:-1]: the readout starts len(chunk tail) from the end
-                tail = len(variants[row - first_row]) or 1
-                steps = logprobs[row, keep - tail: keep - tail + len(seq)]
-                totals[score] = float(sum(steps[i, tok] for i, tok in enumerate(seq)))
-            scores = totals if candidates.single_token else exclusive_sequence_logprobs(totals, candidates)
-            self._complete(s, candidate_logprobs=scores)
+            own = logprobs[number * len(variants): (number + 1) * len(variants)]
+            self._complete(s, candidate_logprobs=_candidate_totals(own, variants, candidates))
 
     # -- per-token bookkeeping (host) ----------------------------------------------------------
     def _after_token(self, s: _Stream, token: int) -> bool:
