@@ -123,14 +123,19 @@ def sync(device: torch.device) -> None:
 
 
 class StepClock:
-    """Wall time of the decode steps of one call: a forward pre-hook notes when each forward starts."""
+    """Wall time of the decode steps of one call: a forward pre-hook notes when each forward starts and
+    whether it feeds one token per row (a decode step) or more (a prefill: one for ``generate``, one per
+    prompt for tract-eval on CPU, all before the first decode step when every prompt has a slot)."""
 
     def __init__(self, model):
-        self.starts: list[float] = []
+        self.starts: list[tuple[float, bool]] = []
         self.model = model
 
     def __enter__(self):
-        self.handle = self.model.register_forward_pre_hook(lambda *_: self.starts.append(time.perf_counter()))
+        def before(_module, _args, kwargs):
+            self.starts.append((time.perf_counter(), kwargs["input_ids"].shape[1] == 1))
+
+        self.handle = self.model.register_forward_pre_hook(before, with_kwargs=True)
         self.starts.clear()
         return self
 
@@ -139,9 +144,9 @@ class StepClock:
         self.end = time.perf_counter()
 
     def ms_per_step(self) -> float:
-        """From the start of the first decode forward (the second forward) to the end of the call."""
-        steps = len(self.starts) - 1
-        return (self.end - self.starts[1]) / steps * 1000 if steps > 0 else float("nan")
+        """From the start of the first decode forward to the end of the call, over the decode forwards."""
+        steps = [started for started, decode in self.starts if decode]
+        return (self.end - steps[0]) / len(steps) * 1000 if steps else float("nan")
 
 
 def default_vllm_python() -> str:
@@ -450,32 +455,37 @@ def main() -> None:
     if "rail" in sections:
         requests = [GenerationRequest(f"r{i}", prompts[i], candidates=candidates, cut_marker=CUT_MARKER)
                     for i in range(b)]
-        decode_runs, rail_runs = [], []
-        for _ in range(args.repeats):  # alternated, so drift in the machine's speed hits both alike
-            seconds, _, decode_out = ours([replace(r, candidates=None) for r in requests], batch_size=b)
-            decode_runs.append(seconds)
-            seconds, _, rail_out = ours(requests, batch_size=b)
-            rail_runs.append(seconds)
-        decode_s, rail_s = min(decode_runs), min(rail_runs)
-        def read_after(cot: str) -> str:  # the text the RAIL run reads after when it sampled the same CoT
-            kept, forced, _ = finish_cot(cot, candidates.delimiter, CUT_MARKER)
-            return readout_text(kept, forced, requests[0].readout) + candidates.bridge_text
+        # the default readout (the reference's retokenized second-pass text) and --readout sampled
+        sides = {"decode": [replace(r, candidates=None) for r in requests], "reference": requests,
+                 "sampled": [replace(r, readout="sampled") for r in requests]}
+        runs: dict[str, list[float]] = {name: [] for name in sides}
+        outs = {}
+        for _ in range(args.repeats):  # alternated, so drift in the machine's speed hits all alike
+            for name, side in sides.items():
+                seconds, _, outs[name] = ours(side, batch_size=b)
+                runs[name].append(seconds)
+        best = {name: min(times) for name, times in runs.items()}
 
-        same = all(r[0].text == read_after(d[0].text) for d, r in zip(decode_out, rail_out))
-        # ids the readout feeds after the cached ones: the forced delimiter and bridge, and the CoT from
-        # where the reference's retokenization departs from the sampled ids (early on random weights)
-        fed = [len(r[0].token_ids) - common_prefix_length(r[0].token_ids, d[0].token_ids)
-               for d, r in zip(decode_out, rail_out)]
-        report["sections"]["rail_vs_decode"] = {"batch": b, "rail_seconds": rail_s, "decode_seconds": decode_s,
-                                                "ratio": rail_s / decode_s, "same_cots": same,
-                                                "readout_fed_ids": fed,
-                                                "repeats": args.repeats, "rail_runs": rail_runs,
-                                                "decode_runs": decode_runs}
-        print(f"\nCoT-RAIL vs CoT-decode, {b} CoTs, same CoTs={same}, best of {args.repeats}: "
-              f"{rail_s:.2f} s vs {decode_s:.2f} s = {rail_s / decode_s:.3f} "
-              f"(runs: RAIL {', '.join(f'{x:.2f}' for x in rail_runs)}; "
-              f"decode {', '.join(f'{x:.2f}' for x in decode_runs)}); the readout fed {sum(fed) / len(fed):.1f} "
-              f"ids per CoT after the cached ones (CoTs of {n_new})")
+        def read_after(cot: str, readout: str) -> str:  # the text a RAIL run reads after when it sampled `cot`
+            kept, forced, _ = finish_cot(cot, candidates.delimiter, CUT_MARKER)
+            return readout_text(kept, forced, readout) + candidates.bridge_text
+
+        entry = {"batch": b, "decode_seconds": best["decode"], "repeats": args.repeats, "runs": runs, "readouts": {}}
+        for readout in ("reference", "sampled"):
+            same = all(r[0].text == read_after(d[0].text, readout) for d, r in zip(outs["decode"], outs[readout]))
+            # ids the readout feeds after the cached ones: the forced delimiter and bridge, and the CoT from
+            # where the reference's retokenization departs from the sampled ids (early on random weights)
+            fed = [len(r[0].token_ids) - common_prefix_length(r[0].token_ids, d[0].token_ids)
+                   for d, r in zip(outs["decode"], outs[readout])]
+            entry["readouts"][readout] = {"seconds": best[readout], "ratio": best[readout] / best["decode"],
+                                          "same_cots": same, "fed_ids": fed}
+        entry["ratio"] = entry["readouts"]["reference"]["ratio"]
+        report["sections"]["rail_vs_decode"] = entry
+        print(f"\nCoT-RAIL vs CoT-decode, {b} CoTs of {n_new} tokens, best of {args.repeats} "
+              f"(runs: {'; '.join(f'{n} ' + ', '.join(f'{x:.2f}' for x in t) for n, t in runs.items())}):")
+        for readout, r in entry["readouts"].items():
+            print(f"  readout {readout}: {r['seconds']:.2f} s vs {best['decode']:.2f} s = {r['ratio']:.3f}, same CoTs="
+                  f"{r['same_cots']}, {sum(r['fed_ids']) / len(r['fed_ids']):.1f} ids per CoT fed after the cached ones")
 
     def shared_vs_single(backend_, k: int, rows: int):
         """K CoTs per prompt with one prefill, then the same K streams as K runs of one CoT each:
@@ -630,9 +640,11 @@ def markdown(report: dict) -> str:
     s = report["sections"]
     if "rail_vs_decode" in s:
         r = s["rail_vs_decode"]
-        lines.append(f"- CoT-RAIL ÷ CoT-decode on the same {r['batch']} CoTs, best of {r['repeats']} runs each: "
-                     f"{r['ratio']:.3f} ({r['rail_seconds']:.2f} s vs {r['decode_seconds']:.2f} s; the readout fed "
-                     f"{sum(r['readout_fed_ids']) / len(r['readout_fed_ids']):.1f} ids per CoT after the cached ones)")
+        for readout, x in r["readouts"].items():
+            lines.append(f"- CoT-RAIL ({readout} readout) ÷ CoT-decode on the same {r['batch']} CoTs, best of "
+                         f"{r['repeats']} runs each: {x['ratio']:.3f} ({x['seconds']:.2f} s vs {r['decode_seconds']:.2f} s; "
+                         f"{sum(x['fed_ids']) / len(x['fed_ids']):.1f} ids per CoT fed after the cached ones; same CoTs: "
+                         f"{x['same_cots']})")
     if "shared_prefill" in s:
         r = s["shared_prefill"]
         float64 = ""
