@@ -105,6 +105,18 @@ def test_uniforms_depend_only_on_stream_and_draw():
     assert many.min() >= 0 and many.max() < 1 and abs(many.mean() - 0.5) < 0.01
 
 
+def test_order_keys_sort_as_the_scores_do():
+    """The sampler's int32 keys: equal for equal scores (-0.0 and +0.0 too), ordered as the scores."""
+    from tract_eval.backends.sampling import _order_keys
+
+    scores = torch.cat([torch.randn(5000) * 30, torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-45,
+                                                              -1e-45, 3.4e38, -3.4e38])])
+    keys = _order_keys(scores.unsqueeze(0))[0].long()
+    a, b = torch.meshgrid(torch.arange(len(scores)), torch.arange(len(scores))[:: 7], indexing="ij")
+    assert torch.equal(keys[a] < keys[b], scores[a] < scores[b])
+    assert torch.equal(keys[a] == keys[b], scores[a] == scores[b])
+
+
 @pytest.mark.parametrize("scale", [0.0, 0.05, 1.0, 8.0, 40.0])
 def test_bucketed_top_p_draws_what_the_full_sort_draws(scale):
     """The sampler buckets tokens instead of sorting the vocabulary; it must draw what the full stable
