@@ -155,8 +155,9 @@ class TransformersBackend(Backend):
             read = self.readout_logprobs([contexts[i][3] for i in indices], requests[indices[0]].candidates)
             for index, scores in zip(indices, read):
                 logprobs[index] = scores
+        prompt_lengths = {r.prompt: len(self.encode(r.prompt)) for r in requests}  # a prompt's CoTs share it
         return [Completion(text=text, finish_reason="forced", generated_tokens=0, forced_text=forced, cut=cut,
-                           candidate_logprobs=scores, token_ids=ids[len(self.encode(request.prompt)):])
+                           candidate_logprobs=scores, token_ids=ids[prompt_lengths[request.prompt]:])
                 for request, (text, forced, cut, ids), scores in zip(requests, contexts, logprobs)]
 
     def candidate_logprobs(self, contexts: list[str], candidates: ScoreCandidates) -> list[dict[int, float]]:
@@ -243,6 +244,17 @@ class TransformersBackend(Backend):
         )
         return out.logits[:, -1, :].float(), out.past_key_values
 
+    def _left_padded(self, rows: list[list[int]]):
+        """Id rows as one batch padded on the left (so every row ends at the last column): input ids,
+        attention mask and position ids counted from each row's first real id."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self._tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
     def readout_logprobs(self, sequences: list[list[int]], candidates: ScoreCandidates) -> list[dict[int, float]]:
         """Candidate log-probs after each id sequence, from full forward passes (no cache): the
         sequences longest first, as many per forward as fit ``_JudgeLoop.PREFILL_TOKENS`` padded to the
@@ -260,13 +272,8 @@ class TransformersBackend(Backend):
                 width = (len(sequences[order[start]]) + keep - 1) * len(variants)
                 batch = order[start: start + (max(1, _JudgeLoop.PREFILL_TOKENS // width) if self.batch_prefill else 1)]
                 start += len(batch)
-                chunks = [sequences[i] + list(v[:-1]) for i in batch for v in variants]
-                span = max(len(c) for c in chunks)
-                pads = [span - len(c) for c in chunks]
-                input_ids = torch.tensor([[self._tokenizer.pad_token_id] * p + c for p, c in zip(pads, chunks)],
-                                         device=self.device)
-                mask = torch.tensor([[0] * p + [1] * (span - p) for p in pads], device=self.device)
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                input_ids, mask, positions = self._left_padded(
+                    [sequences[i] + list(v[:-1]) for i in batch for v in variants])
                 logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                     logits_to_keep=keep).logits
                 logprobs = torch.log_softmax(logits[:, -keep:].float(), dim=-1)
@@ -543,17 +550,11 @@ class _JudgeLoop:
             self.logits[slot] = prefill.logits
 
     def _prefill(self, group: list[int]) -> None:
-        import torch
-
         if len(group) > 1 and not self.backend.batch_prefill:
             for index in group:
                 self._prefill([index])
             return
-        prompts = [self.by_request[i][0].prompt_ids for i in group]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = self.backend._left_padded([self.by_request[i][0].prompt_ids for i in group])
         logits, cache = self.backend._forward(input_ids, mask, positions, None)
         for row, index in enumerate(group):
             prefill = _Prefill(cache, row, logits[row])
