@@ -99,11 +99,14 @@ def _bucket_members(buckets, keys, weights, through, bucket):
     inside = buckets == bucket
     count = inside.sum(dim=-1, keepdim=True)
     width = max(1, int(count.max()))
-    ids = torch.topk(torch.where(inside, keys, _LAST), width, dim=-1).indices
-    valid = torch.arange(width, device=ids.device) < count
+    # nonzero lists each row's members in ascending id order; place them left-aligned, padding last
+    rows, members = inside.nonzero(as_tuple=True)
+    counts = count.squeeze(-1)
+    column = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
     vocab = keys.shape[-1]
-    ids = torch.sort(torch.where(valid, ids, vocab), dim=-1).values  # ascending ids, padding last
-    ids = ids.clamp(max=vocab - 1)
+    ids = torch.full((keys.shape[0], width), vocab - 1, dtype=torch.long, device=keys.device)
+    ids[rows, column] = members
+    valid = torch.arange(width, device=ids.device) < count
     ordered = torch.sort(torch.where(valid, keys.gather(-1, ids), _LAST), dim=-1, descending=True, stable=True)
     ids = ids.gather(-1, ordered.indices)
     start = torch.where(bucket > 0, through.gather(-1, (bucket - 1).clamp(min=0)), 0.0)
