@@ -17,7 +17,7 @@ import torch
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.backends.base import stream_seed
 from tract_eval.backends.sampling import logits_processors, sample_top_p, stream_uniforms
-from tract_eval.backends.transformers_backend import TransformersBackend
+from tract_eval.backends.transformers_backend import TransformersBackend, _candidate_variants, _JudgeLoop
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
 from tract_eval.protocol import finish_cot
@@ -179,13 +179,27 @@ def test_later_cots_are_the_ones_a_larger_request_makes(backend64, prompts):
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
-@pytest.mark.parametrize("scale", [(1, 5), (1, 10)])
+@pytest.mark.parametrize("scale", [(1, 5), (1, 10), (1, 12)])
 @pytest.mark.parametrize("cut_marker", ["So the overall", "e"])
 @pytest.mark.parametrize("batch_prefill", [True, False])
-def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut_marker, batch_prefill, monkeypatch):
+@pytest.mark.parametrize("in_place", [True, False])
+def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut_marker, batch_prefill, in_place,
+                                                    monkeypatch):
     """Length-limited CoTs get the delimiter forced; with "e" as cut marker they are cut (usually
-    inside a token) and the CoT tokens after the cut are masked; 1-10 has the two-token "10"."""
+    inside a token) and the CoT tokens after the cut are masked; 1-10 has the two-token "10", 1-12 three
+    two-token candidates that share their first id (a readout row each).
+    Readouts run over the finished slots in place where they can (adjacent slots, one candidate
+    variant each), or over copies of them, which ``in_place=False`` forces for every readout."""
     monkeypatch.setattr(backend, "batch_prefill", batch_prefill)
+    paths = []
+    choose = _JudgeLoop._readout_cache
+
+    def readout_cache(loop, rows, span):
+        cache = choose(loop, rows, span) if in_place else loop.cache.gather(torch.tensor(rows), span)
+        paths.append(cache.layers[0].buffer_keys.data_ptr() == loop.cache.layers[0].buffer_keys[rows[0]].data_ptr())
+        return cache
+
+    monkeypatch.setattr(_JudgeLoop, "_readout_cache", readout_cache)
     candidates = derive_score_candidates(backend.tokenizer(), scale=scale)
     assert scale == (1, 5) or not candidates.single_token
     requests = [GenerationRequest(f"r{i}", p, n=2, candidates=candidates, cut_marker=cut_marker)
@@ -199,6 +213,8 @@ def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut
         for completion in completions:
             assert completion.finish_reason == "length"
             check_readout(backend, request, completion, candidates)
+    # in place exactly where each slot has one row (one candidate variant: 1-5, or 1-10 with its one "10")
+    assert set(paths) == {in_place and len(_candidate_variants(candidates)) == 1}
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer

@@ -9,6 +9,7 @@ the tokens after the cut are masked out of the cache instead of recomputed.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -309,6 +310,7 @@ def _candidate_totals(logprobs, variants: list[tuple[int, ...]], candidates: Sco
     return totals if candidates.single_token else exclusive_sequence_logprobs(totals, candidates)
 
 
+@functools.cache  # one class, so every loop's caches are instances of it
 def _slot_cache_class():
     from transformers.cache_utils import Cache, DynamicLayer
 
@@ -400,6 +402,16 @@ def _slot_cache_class():
             cache = SlotCache(layers)
             return cache
 
+        def view(self, start: int, count: int):
+            """Slots ``start:start + count`` as a cache of their own that shares these buffers: what a
+            forward over it adds lands past the head of those slots only."""
+            layers = []
+            for layer in self.layers:
+                layers.append(SlotLayer(layer.buffer_keys[start: start + count],
+                                        layer.buffer_values[start: start + count]))
+                layers[-1].set_length(self.length)
+            return SlotCache(layers)
+
         def keep_slots(self, slots) -> None:
             for layer in self.layers:
                 layer.buffer_keys = layer.buffer_keys[slots]
@@ -421,7 +433,7 @@ class _Prefill:
 class _JudgeLoop:
     """Continuous batching: ``batch_size`` slots decode together; when a continuation finishes, the
     next waiting one (requests longest prompt first, each prompt prefilled once for all its CoTs)
-    takes its slot. A finished RAIL CoT is read out in one chunked forward over a copy of its slot:
+    takes its slot. A finished RAIL CoT is read out in one chunked forward over its slot's cache:
     the rest of the CoT, the forced delimiter and the bridge (plus the first tokens of multi-token
     candidates) go through at once, and the cut path masks the CoT tokens after the cut."""
 
@@ -447,9 +459,10 @@ class _JudgeLoop:
         self.remaining = [r.n for r in self.requests]
         total = sum(self.remaining)
         longest = max((len(p) for p in prompts), default=0)
-        # room for the longest prompt and CoT, plus slack so compaction is rare
+        # room for the longest prompt and CoT, plus slack so compaction is rare and a finished CoT's
+        # readout (its delimiter and bridge, and any CoT ids re-fed) usually fits past the head
         self.width = longest + sampling.max_new_tokens + 1
-        capacity = self.width + max(32, sampling.max_new_tokens // 2)
+        capacity = self.width + max(64, sampling.max_new_tokens // 2)
         if batch_size == "auto":
             batch_size = backend.auto_batch_size(capacity, longest)
         self.slots = max(1, min(batch_size or total, total))
@@ -634,7 +647,7 @@ class _JudgeLoop:
 
     # -- readout -----------------------------------------------------------------------------
     def _readout(self, streams: list[_Stream]) -> None:
-        """Candidate log-probs for finished RAIL CoTs, one chunked forward over copies of their slots."""
+        """Candidate log-probs for finished RAIL CoTs, one chunked forward over their slots' caches."""
         import torch
 
         candidates = streams[0].request.candidates
@@ -650,7 +663,7 @@ class _JudgeLoop:
         length = self.cache.length
         span = max(len(c) for c in chunks)
         index = torch.tensor(rows, device=self.device)
-        cache = self.cache.gather(index, span)
+        cache = self._readout_cache(rows, span)
         # chunks are right-aligned (padded on the left, padding masked), so every row's readout positions
         # are its last ones and only those get logits: a retokenized CoT re-fed here costs no vocab matrix
         pads = [span - len(c) for c in chunks]
@@ -669,6 +682,19 @@ class _JudgeLoop:
         for number, s in enumerate(streams):
             own = logprobs[number * len(variants): (number + 1) * len(variants)]
             self._complete(s, candidate_logprobs=_candidate_totals(own, variants, candidates))
+
+    def _readout_cache(self, rows: list[int], span: int):
+        """The cache a readout of ``rows`` (one per finished slot or candidate variant) runs over.
+
+        Adjacent finished slots, one row each, are read out in place: the readout writes its ``span``
+        columns past the head, which only those slots' later occupants would reach, and they
+        overwrite the columns before reading them. Otherwise (scattered slots, several variants of one
+        slot, no room past the head) the rows are copied out first."""
+        import torch
+
+        if rows == list(range(rows[0], rows[0] + len(rows))) and self.cache.length + span <= self.cache.capacity:
+            return self.cache.view(rows[0], len(rows))
+        return self.cache.gather(torch.tensor(rows, device=self.device), span)
 
     # -- per-token bookkeeping (host) ----------------------------------------------------------
     def _after_token(self, s: _Stream, token: int) -> bool:
