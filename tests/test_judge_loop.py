@@ -10,9 +10,13 @@ sampler draws, whatever the batch size and slot reuse (in float64, see ``backend
 2K-CoT request makes; the score read from the generation pass equals an independent forward pass
 within 1e-4 (cut path and multi-token candidates included).
 """
+import weakref
+
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.backends.base import stream_seed
@@ -304,6 +308,52 @@ def test_batch_size_auto_is_a_setting_and_needs_cuda(backend):
     if backend.device.type != "cuda":
         with pytest.raises(ValueError, match="needs a CUDA device"):
             backend.generate([GenerationRequest("x", "hello")], SAMPLING, seed=0, batch_size="auto")
+
+
+class PeakBytes(TorchDispatchMode):
+    """The most bytes that tensors made inside the block held at once (storages counted once, until freed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                if storage.nbytes() and storage.data_ptr() not in self.live:
+                    self.live[storage.data_ptr()] = storage.nbytes()
+                    self.current += storage.nbytes()
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, storage.data_ptr())
+        return out
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_batch_size_auto_counts_what_a_slot_holds(backend):
+    """--batch-size auto divides free GPU memory by what a slot holds. The parts are checked here against
+    what the loop allocates: a slot's KV cache exactly, and the sampler's peak per row as measured on
+    typical rows and on the worst, a row of equal scores whose top-p bucket is the whole vocabulary."""
+    from tract_eval.backends.transformers_backend import _slot_cache_class
+
+    cache = _slot_cache_class().allocate(backend.model, 3, 100)
+    kv = sum(b.nbytes for layer in cache.layers for b in (layer.buffer_keys, layer.buffer_values))
+    assert backend.slot_bytes(100) - backend.slot_bytes(0) == kv // 3
+    vocab = backend.model.config.vocab_size
+    processors = logits_processors(SAMPLING.repetition_penalty, 0.7)
+    for logits in (torch.randn(8, vocab) * 0.3, torch.randn(8, vocab) * 8, torch.zeros(8, vocab)):
+        with PeakBytes() as measured:
+            sample_top_p(processors(torch.randint(0, vocab, (8, 500)), logits.clone()), torch.rand(8), SAMPLING.top_p)
+        assert measured.peak / 8 + 4 * vocab <= backend.slot_bytes(0)  # + the float32 logits kept per slot
+    per_slot, reserve = backend.slot_bytes(500), backend.prefill_bytes(300)
+    assert reserve >= backend.prefill_bytes(0) > 0
+    assert backend.batch_that_fits(reserve + 8 * per_slot - 1, 500, 300) == 7
+    assert backend.batch_that_fits(0, 500, 300) == 1  # never below one sequence
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer

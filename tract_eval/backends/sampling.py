@@ -25,6 +25,12 @@ def stream_uniforms(seeds: np.ndarray, draws: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
+# Bytes per vocabulary entry that one row of a sampling step (the processors and sample_top_p) holds at
+# its peak, beyond its input: 28 measured on typical rows, 105 on a row of equal scores, whose top-p
+# bucket is the whole vocabulary. --batch-size auto counts this per slot; a test measures it.
+PEAK_BYTES_PER_ENTRY = 112
+
+
 def logits_processors(repetition_penalty: float, temperature: float):
     """Transformers' own processors for the penalty and the temperature (top-p is fused into the draw)."""
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper

@@ -205,23 +205,48 @@ class TransformersBackend(Backend):
         return frozenset(i for i, piece in enumerate(pieces) if can_end(piece))
 
     def auto_batch_size(self, capacity: int, longest_prompt: int, headroom: float = 0.8) -> int:
-        """The most sequences that fit in the free GPU memory: each slot holds a KV cache of
-        ``capacity`` columns and a row of float32 logits with its sort; one prefill forward at a time."""
+        """The most sequences that fit in ``headroom`` of the free GPU memory (see :meth:`batch_that_fits`)."""
         import torch
 
         if self.device.type != "cuda":
             raise ValueError(f"batch size 'auto' needs a CUDA device (this backend runs on {self.device}); "
                              "give a number of sequences instead")
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return self.batch_that_fits(int(free * headroom), capacity, longest_prompt)
+
+    def batch_that_fits(self, budget: int, capacity: int, longest_prompt: int) -> int:
+        """The most slots whose memory, with one prefill forward's, stays within ``budget`` bytes."""
+        per_slot = self.slot_bytes(capacity)
+        return max(1, (budget - self.prefill_bytes(longest_prompt)) // per_slot)
+
+    def slot_bytes(self, capacity: int) -> int:
+        """What one slot of the judge loop holds: a KV cache of ``capacity`` columns, and a row of the
+        decode step's sampling (per vocabulary entry, the float32 logits kept between steps and what
+        the sampler holds at its peak)."""
+        from .sampling import PEAK_BYTES_PER_ENTRY
+
+        config = self.model.config.get_text_config()
+        return capacity * self._kv_bytes_per_token() + config.vocab_size * (4 + PEAK_BYTES_PER_ENTRY)
+
+    def prefill_bytes(self, longest_prompt: int) -> int:
+        """One prefill forward of up to ``_JudgeLoop.PREFILL_TOKENS`` padded tokens (or the longest
+        prompt): its KV cache, held until the slots take it, and its activations (the residual,
+        attention and MLP inputs and outputs: about 4 hidden and 3 intermediate vectors per token)."""
+        config = self.model.config.get_text_config()
+        tokens = max(longest_prompt, _JudgeLoop.PREFILL_TOKENS)
+        activations = (4 * config.hidden_size + 3 * config.intermediate_size) * self._element_size()
+        return tokens * (self._kv_bytes_per_token() + activations)
+
+    def _kv_bytes_per_token(self) -> int:
         config = self.model.config.get_text_config()
         heads = config.num_key_value_heads or config.num_attention_heads
         dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        size = torch.tensor([], dtype=self.dtype).element_size()
-        kv = capacity * config.num_hidden_layers * 2 * heads * dim * size
-        sampling = config.vocab_size * (4 * 4 + 8 * 2)  # logits, scores, probs, cdf (fp32); order, index
-        prefill_tokens = max(longest_prompt, _JudgeLoop.PREFILL_TOKENS)
-        prefill = prefill_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * size
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return max(1, int((free * headroom - prefill) // (kv + sampling)))
+        return config.num_hidden_layers * 2 * heads * dim * self._element_size()
+
+    def _element_size(self) -> int:
+        import torch
+
+        return torch.tensor([], dtype=self.model.dtype).element_size()
 
     # -- internals -----------------------------------------------------------------
     def _collect_eos_ids(self) -> set[int]:
@@ -438,7 +463,7 @@ class _JudgeLoop:
     candidates) go through at once, and the cut path masks the CoT tokens after the cut."""
 
     READOUT_ROWS = 32  # finished CoTs read out per chunked forward (bounds its logits' memory)
-    PREFILL_TOKENS = 65536  # prompt tokens per prefill forward (bounds its activations' memory)
+    PREFILL_TOKENS = 65536  # padded prompt tokens per prefill forward (bounds its memory)
 
     def __init__(self, backend: "TransformersBackend", requests, sampling: SamplingConfig, seed: int,
                  on_done: OnDone | None, batch_size: int | str | None):
@@ -524,14 +549,14 @@ class _JudgeLoop:
             self._shrink_when_draining()
             return
         while len(self.waiting) < len(free) and self.pending:
-            group, streams, tokens = [], 0, 0
+            group, streams = [], 0
             room = max(len(free), self.prefill_group)
+            # pending is longest first, so a group padded to its first prompt holds len(group) x that many tokens
             while self.pending and (not group or (streams + self.requests[self.pending[0]].n <= room
-                                                  and tokens + self.prompt_lens[self.pending[0]] <= self.PREFILL_TOKENS)):
+                                                  and (len(group) + 1) * self.prompt_lens[group[0]] <= self.PREFILL_TOKENS)):
                 index = self.pending.pop(0)
                 group.append(index)
                 streams += self.requests[index].n
-                tokens += self.prompt_lens[index]
             self._prefill(group)
         placed = []
         while free and self.waiting:
