@@ -9,6 +9,7 @@ the tokens after the cut are masked out of the cache instead of recomputed.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -20,6 +21,7 @@ from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer,
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, stream_seed)
 from .grouped_attention import use_grouped_attention
+from .output_head import transposed_head
 from ..protocol import (common_prefix_length, exclusive_sequence_logprobs, finish_cot, kept_prefix_length,
                         readout_text, supplied_cot_context)
 
@@ -114,6 +116,16 @@ class TransformersBackend(Backend):
         if "attn_implementation" not in self.model_args:
             use_grouped_attention(self.model)
         self.attention = self.model.config._attn_implementation
+        # on CPU the output layer multiplies by a contiguous copy of its transpose (output_head.py)
+        self._output_head = transposed_head(self.model) if self.device.type == "cpu" else None
+
+    @contextlib.contextmanager
+    def _inference(self):
+        """The backend's own forwards: no autograd, and the CPU output layer where there is one."""
+        import torch
+
+        with torch.inference_mode(), (self._output_head.installed() if self._output_head else contextlib.nullcontext()):
+            yield
 
     # -- interface -----------------------------------------------------------------
     def tokenizer(self):
@@ -130,6 +142,7 @@ class TransformersBackend(Backend):
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.attention,
+            "output_head": "transposed copy" if self._output_head else "the model's",
             "load_seconds": round(self.load_seconds, 2),
         }
 
@@ -140,9 +153,7 @@ class TransformersBackend(Backend):
                  on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
         """``batch_size`` continuations decode at once (all of them when None; "auto": as many as fit
         in GPU memory); a finished one's slot goes to the next waiting continuation at once."""
-        import torch
-
-        with torch.inference_mode():
+        with self._inference():
             return self._generate(requests, sampling, seed, on_done, batch_size)
 
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
@@ -168,7 +179,7 @@ class TransformersBackend(Backend):
         import torch
 
         out = []
-        with torch.inference_mode():
+        with self._inference():
             for context, continuation in pairs:
                 context_ids, ids = loglikelihood_ids(self.encode, context, continuation)
                 inputs = torch.tensor([context_ids + ids], device=self.device)
@@ -292,7 +303,7 @@ class TransformersBackend(Backend):
         keep = max(len(v) for v in variants) or 1
         order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i]), i))
         results: list[dict[int, float]] = [{} for _ in sequences]
-        with torch.inference_mode():
+        with self._inference():
             start = 0
             while start < len(order):
                 width = (len(sequences[order[start]]) + keep - 1) * len(variants)
