@@ -312,8 +312,9 @@ def main() -> None:
     parser.add_argument("--vllm-engine-options", default=None,
                         help='JSON of more vllm.LLM arguments (default on cpu: {"enforce_eager": true}, '
                              "no compile step)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each side of the rail and continuous comparisons (alternated; the fastest of each compared)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs of each side of the rail, continuous and score comparisons (alternated; the fastest "
+                             "of each compared: on a shared VM single runs of the same work differ by up to 40%%)")
     parser.add_argument("--continuous-new-tokens", type=int, default=None,
                         help="the CoT limit of the continuous-vs-static section (default: --new-tokens, at least "
                              "128: judges' CoTs run to hundreds of tokens, so decoding, not the ~1000-token prefill "
