@@ -1,11 +1,12 @@
 """The output layer on CPU, through a contiguous copy of its weight's transpose.
 
 A decode step multiplies a few rows (one per sequence) by the output layer's ``[vocab, hidden]``
-weight. On CPU, MKL does that through the stored layout's transpose up to 2x slower than through a
-contiguous ``[hidden, vocab]`` copy: at batch 8, 3.8 vs 1.9 ms for SmolLM2's vocabulary at hidden
-256 and 20 vs 9.7 ms at hidden 576 (SmolLM2-135M); equal at batch 1 and from batch 32 on. In the
-judge loop the head took 8.7 of a 17.9 ms step at batch 8 (perf/judge_loop.py's small model), 5.1
-with the copy.
+weight. On CPU, MKL is slower through the stored layout's transpose than through a contiguous
+``[hidden, vocab]`` copy at small batches and never faster: for SmolLM2's 49152-token vocabulary at
+hidden 256, medians of 7 interleaved runs gave 4.6 vs 3.1 ms at batch 8, 8.2 vs 6.4 at 32 and the same
+at 128; at hidden 576 (SmolLM2-135M) 4.7 vs 3.8 ms at batch 1 and about the same from batch 8 on. In
+the judge loop on perf/judge_loop.py's small model the head took 8.7 of a 17.9 ms step at batch 8,
+5.1 with the copy.
 
 The copy is made on first use and again whenever the weight changes (a new tensor, or an in-place
 update such as an optimizer step); it is installed only for the backend's own forwards, so the
