@@ -2,9 +2,10 @@
 
     python perf/judge_loop.py --shape small --device cpu --batch 8,32,128 --new-tokens 32 --out perf-cpu
     python perf/judge_loop.py --shape 1b --device cuda --batch 8,32,64,128 --new-tokens 128 --out perf-1b
+    python perf/judge_loop.py --model embedded --device cpu --batch 8,32 --new-tokens 32 --sections generate
 
 Builds a random-weight Llama of the chosen shape with the embedded model's tokenizer (nothing is
-downloaded), renders the same Vicuna grading prompts (about 970 tokens) for both sides, and prints
+downloaded), or loads a trained model with ``--model`` (``embedded``: SmolLM2-135M-Instruct), renders the same Vicuna grading prompts (about 970 tokens) for both sides, and prints
 from this one run:
 
 * tract-eval vs ``model.generate`` per batch size: same prompts, same sampling (temperature 1,
@@ -293,6 +294,10 @@ def timed(device, fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--model", default=None,
+                        help="a trained model instead of a random-weight shape, as `tract-eval --model` takes it "
+                             "('embedded': the embedded SmolLM2-135M-Instruct GGUF); the generate section then runs "
+                             "both sides to exactly --new-tokens, end-of-sequence ignored, as for random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--batch", default="8,32,128", help="comma-separated batch sizes (sequences)")
@@ -345,8 +350,15 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
         tokenizer = load_tokenizer(resolve_model(None))
-    model = build_model(args.shape, tokenizer, device, dtype)
-    backend = TransformersBackend.from_model(model, tokenizer, spec=f"random-{args.shape}")
+    if args.model:
+        backend = TransformersBackend(None if args.model == "embedded" else args.model, device=args.device,
+                                      dtype=str(dtype).replace("torch.", ""))
+        model, tokenizer = backend.model, backend.tokenizer()
+        label = f"{backend.source.spec} (trained)"
+    else:
+        model = build_model(args.shape, tokenizer, device, dtype)
+        backend = TransformersBackend.from_model(model, tokenizer, spec=f"random-{args.shape}")
+        label = f"random-weight Llama `{args.shape}`"
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = args.bandwidth_gbs or measure_bandwidth(device)
     floor_ms = weight_bytes / (bandwidth * 1e9) * 1000
@@ -365,14 +377,14 @@ def main() -> None:
         "cpu_threads": torch.get_num_threads(),
     }
     report: dict = {
-        "command": " ".join(sys.argv), "machine": machine, "shape": args.shape, "dtype": str(dtype),
+        "command": " ".join(sys.argv), "machine": machine, "shape": args.shape, "model": label, "dtype": str(dtype),
         "parameters": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes,
         "attention": {"tract_eval": backend.attention, "generate": "sdpa"},
         "bandwidth_gbs": round(bandwidth, 1), "bandwidth_measured": args.bandwidth_gbs is None,
         "floor_ms_per_step": floor_ms, "new_tokens": n_new,
         "mean_prompt_tokens": sum(prompt_tokens) / len(prompt_tokens), "rows": [], "sections": {},
     }
-    print(f"{args.shape}: {report['parameters'] / 1e6:.1f}M parameters, {dtype}, {device} ({machine['device']}); "
+    print(f"{label}: {report['parameters'] / 1e6:.1f}M parameters, {dtype}, {device} ({machine['device']}); "
           f"prompts {min(prompt_tokens)}-{max(prompt_tokens)} tokens (mean {report['mean_prompt_tokens']:.0f}); "
           f"{n_new} new tokens")
     print(f"memory-bandwidth floor: {weight_bytes / 1e9:.3f} GB of weights / {bandwidth:.0f} GB/s "
@@ -426,7 +438,8 @@ def main() -> None:
         for batch in batches:
             batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
             requests = [GenerationRequest(f"g{i}", p) for i, p in enumerate(batch_prompts)]
-            ours_s, ours_clock, out = ours(requests, batch_size=batch)
+            with patch.object(backend, "_eos_ids", frozenset()):  # exactly n_new tokens, as generate's min_new_tokens
+                ours_s, ours_clock, out = ours(requests, batch_size=batch)
             theirs_s, theirs_clock = theirs(batch_prompts)
             generated = sum(c.generated_tokens for group in out for c in group)
             row = {
@@ -615,7 +628,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         f"Machine: {m['device']}, {m['cpu_threads']} CPU threads, torch {m['torch']}, {m['platform']}. "
-        f"Model: random-weight Llama `{report['shape']}` ({report['parameters'] / 1e6:.0f}M parameters, "
+        f"Model: {report.get('model', 'random-weight Llama `' + report['shape'] + '`')} "
+        f"({report['parameters'] / 1e6:.0f}M parameters, "
         f"{report['dtype'].replace('torch.', '')}), prompts of {report['mean_prompt_tokens']:.0f} tokens on average, "
         f"{report['new_tokens']} new tokens; attention: tract-eval {report['attention']['tract_eval']}, "
         f"generate {report['attention']['generate']}. Memory-bandwidth floor: {report['floor_ms_per_step']:.3f} ms/step "
