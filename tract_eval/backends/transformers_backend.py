@@ -249,15 +249,11 @@ class TransformersBackend(Backend):
         return tokens * (self._kv_bytes_per_token() + activations)
 
     def _kv_bytes_per_token(self) -> int:
-        config = self.model.config.get_text_config()
-        heads = config.num_key_value_heads or config.num_attention_heads
-        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return config.num_hidden_layers * 2 * heads * dim * self._element_size()
+        layers, heads, dim = _kv_shape(self.model)
+        return layers * 2 * heads * dim * self._element_size()
 
     def _element_size(self) -> int:
-        import torch
-
-        return torch.tensor([], dtype=self.model.dtype).element_size()
+        return self.model.dtype.itemsize
 
     # -- internals -----------------------------------------------------------------
     def _collect_eos_ids(self) -> set[int]:
@@ -346,6 +342,14 @@ def _candidate_totals(logprobs, variants: list[tuple[int, ...]], candidates: Sco
     return totals if candidates.single_token else exclusive_sequence_logprobs(totals, candidates)
 
 
+def _kv_shape(model) -> tuple[int, int, int]:
+    """Layers, KV heads and head size of a model's KV cache."""
+    config = model.config.get_text_config()
+    heads = config.num_key_value_heads or config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers, heads, dim
+
+
 @functools.cache  # one class, so every loop's caches are instances of it
 def _slot_cache_class():
     from transformers.cache_utils import Cache, DynamicLayer
@@ -388,13 +392,11 @@ def _slot_cache_class():
         def allocate(cls, model, slots: int, capacity: int):
             import torch
 
-            config = model.config.get_text_config()
-            heads = config.num_key_value_heads or config.num_attention_heads
-            dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            layers, heads, dim = _kv_shape(model)
             shape = (slots, heads, capacity, dim)
             return cls([SlotLayer(torch.zeros(shape, dtype=model.dtype, device=model.device),
                                   torch.zeros(shape, dtype=model.dtype, device=model.device))
-                        for _ in range(config.num_hidden_layers)])
+                        for _ in range(layers)])
 
         @property
         def length(self) -> int:
