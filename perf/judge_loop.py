@@ -5,7 +5,8 @@
     python perf/judge_loop.py --model embedded --device cpu --batch 8,32 --new-tokens 32 --sections generate
 
 Builds a random-weight Llama of the chosen shape with the embedded model's tokenizer (nothing is
-downloaded), or loads a trained model with ``--model`` (``embedded``: SmolLM2-135M-Instruct), renders the same Vicuna grading prompts (about 970 tokens) for both sides, and prints
+downloaded), or loads a trained model with ``--model`` (``embedded``: SmolLM2-135M-Instruct),
+renders the same Vicuna grading prompts (about 970 tokens) for both sides, and prints
 from this one run:
 
 * tract-eval vs ``model.generate`` per batch size: same prompts, same sampling (temperature 1,
