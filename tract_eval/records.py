@@ -83,7 +83,7 @@ _ROW_FIELDS = {
 
 @dataclass
 class Prediction:
-    """One judged sample: what ``predictions.jsonl`` holds, one JSON object per line (see README)."""
+    """One judged sample: one line of ``predictions.jsonl`` (fields: docs/reference/run-files.md)."""
 
     id: str
     gold: float | None
