@@ -18,12 +18,29 @@ def data_dir() -> Path:
     return shared_data_dir()
 
 
+_session_models: list = []  # create_backend's cache entry for the embedded model, once it is loaded
+
+
 @pytest.fixture(scope="session")
 def embedded_backend():
-    from tract_eval.backends import create_backend
+    from tract_eval import backends
 
     # the same options as a default CLI run, so in-process CLI tests reuse this one model load
-    return create_backend("transformers", None, device="auto", dtype="auto")
+    backend = backends.create_backend("transformers", None, device="auto", dtype="auto")
+    _session_models.append(backends._last)
+    return backend
+
+
+@pytest.fixture(autouse=True)
+def _embedded_model_stays_cached():
+    """Each test starts with the session's embedded model as the backend ``create_backend`` hands out.
+
+    create_backend keeps only the last backend it built, so an OpenAI or adapter backend made by an
+    earlier test would otherwise make the next in-process CLI run load the embedded model again."""
+    if _session_models:
+        from tract_eval import backends
+
+        backends._last = _session_models[0]
 
 
 @pytest.fixture(scope="session")
