@@ -47,9 +47,16 @@ def test_decode_and_zero_shot_judges(tmp_path, data_dir, embedded_backend):
     out = tmp_path / "runs"
     common = ["--bench", "vicuna", "--limit", "2", "--out", str(out), "--data-dir", str(data_dir)]
     assert main(["run", "--judge", "rail,ce-decode", *common]) == 0
-    # the card's 7B model cannot be had offline: the run goes on with the embedded model and says so
-    assert main(["run", "--judge", "prometheus-2", "--max-new-tokens", "24", *common]) == 0
-    manifest = json.loads((out / "prometheus-2" / "vicuna" / "manifest.json").read_text())
+    # the card's 7B model cannot be had offline: the run goes on with the embedded model and says so.
+    # Two short rows of own data: a verdict-less output is regenerated 5 times (the card's max_retries),
+    # each a fresh prefill, so Vicuna's ~700-token prompts made this the suite's slowest step
+    short = tmp_path / "short.jsonl"
+    rows = (("2+2?", "4", 5), ("Capital of France?", "Lyon", 1))
+    short.write_text("".join(json.dumps({"instruction": q, "response": a, "rubric": "Is it correct?", "score": s})
+                             + "\n" for q, a, s in rows))
+    assert main(["run", "--judge", "prometheus-2", "--max-new-tokens", "8", "--bench", str(short),
+                 "--out", str(out)]) == 0
+    manifest = json.loads((out / "prometheus-2" / "short" / "manifest.json").read_text())
     assert "prometheus-eval/prometheus-7b-v2.0" in manifest["model_note"] and "embedded" in manifest["model_note"]
     # score-only: TRACT's score-only prompt, the score read at the first assistant token after the bridge
     rail = [json.loads(x) for x in (out / "rail" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
@@ -62,8 +69,8 @@ def test_decode_and_zero_shot_judges(tmp_path, data_dir, embedded_backend):
     assert all(r["generated_tokens"] == 1 and r["cots"][0].startswith(" ") for r in decode)
     for r in decode:  # a parsed score, or a counted failure; never a silent drop
         assert (r["status"] == "ok") == (r["prediction"] is not None)
-    prom = [json.loads(x) for x in (out / "prometheus-2" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
-    assert all("You are a fair judge assistant" in r["input"] for r in prom)
+    prom = [json.loads(x) for x in (out / "prometheus-2" / "short" / "predictions.jsonl").read_text().splitlines()]
+    assert len(prom) == 2 and all("You are a fair judge assistant" in r["input"] for r in prom)
 
 
 PLUGIN = textwrap.dedent('''
@@ -82,7 +89,11 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-def test_entry_point_plugin_judge(tmp_path, data_dir):
+def test_entry_point_plugin_judge(tmp_path, data_dir, embedded_backend, monkeypatch):
+    """A fresh interpreter lists the installed plugin; the run then happens in this process on the session's
+    model (the same entry-point discovery, without a second model load)."""
+    from tract_eval.judges import JUDGES
+
     package = tmp_path / "plugin"
     package.mkdir()
     (package / "terse_rail_judge.py").write_text(PLUGIN)
@@ -107,9 +118,12 @@ def test_entry_point_plugin_judge(tmp_path, data_dir):
                             capture_output=True, text=True, check=True).stdout
     assert "terse-rail" in listed and "plugin: zero-shot RAIL" in listed
     out = tmp_path / "runs"
-    subprocess.run([sys.executable, "-m", "tract_eval.cli", "run", "--judge", "terse-rail", "--bench", "vicuna",
-                    "--limit", "2", "--out", str(out), "--data-dir", str(data_dir)],
-                   env=env, check=True, capture_output=True, timeout=600)
+    monkeypatch.syspath_prepend(str(site))  # as PYTHONPATH above: entry points are read from sys.path
+    monkeypatch.setattr(JUDGES, "_items", dict(JUDGES._items))  # the plugin leaves with this test
+    monkeypatch.setattr(JUDGES, "_plugins_loaded", False)
+    assert "terse-rail" not in JUDGES._items
+    assert main(["run", "--judge", "terse-rail", "--bench", "vicuna", "--limit", "2", "--out", str(out),
+                 "--data-dir", str(data_dir)]) == 0
     rows = [json.loads(x) for x in (out / "terse-rail" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("You are a strict grader." in r["input"] for r in rows)
     assert all(1 <= r["prediction"] <= 5 for r in rows)

@@ -30,6 +30,8 @@ def test_correlations_match_scipy():
     assert m["kendall"] == pytest.approx(stats.kendalltau(gold, pred)[0])
     assert m["rmse"] == pytest.approx(np.sqrt(np.mean((gold - pred) ** 2)))
     assert m["n"] == 50
+    only = correlation_metrics(gold, pred, ["spearman"])  # what a bootstrap replicate of one measure asks for
+    assert only["spearman"] == m["spearman"] and only["rmse"] == m["rmse"] and "pearson" not in only
 
 
 def test_constant_predictions_give_undefined_correlation_not_a_crash():

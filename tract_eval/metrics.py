@@ -11,22 +11,27 @@ from scipy import stats
 
 from .records import PairMeta, Prediction
 
-ABSOLUTE_METRICS = ("pearson", "spearman", "kendall", "rmse")
+CORRELATIONS = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}
+ABSOLUTE_METRICS = (*CORRELATIONS, "rmse")
 
 
 def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def correlation_metrics(gold: Iterable[float], pred: Iterable[float]) -> dict:
-    """Pearson / Spearman / Kendall (with p-values) and RMSE over paired values."""
+def correlation_metrics(gold: Iterable[float], pred: Iterable[float],
+                        correlations: Iterable[str] = tuple(CORRELATIONS)) -> dict:
+    """Pearson / Spearman / Kendall (with p-values) and RMSE over paired values; ``correlations`` names the
+    ones to compute (bootstrap replicates ask only for the measures a table shows: scipy's rank
+    correlations cost most of a resample)."""
     gold = np.asarray(list(gold), dtype=float)
     pred = np.asarray(list(pred), dtype=float)
     if gold.shape != pred.shape:
         raise ValueError(f"gold has {gold.size} values, predictions {pred.size}")
     out: dict = {"n": int(gold.size)}
     constant = gold.size < 2 or np.ptp(gold) == 0 or np.ptp(pred) == 0
-    for name, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
+    for name in correlations:
+        fn = CORRELATIONS[name]
         if constant:
             out[name], out[f"{name}_p"] = None, None
         else:

@@ -83,7 +83,8 @@ def absolute_measures(keys: list[str], gold: np.ndarray, prediction: np.ndarray)
     """Correlation / error values (``MEASURES`` keys) from the package metrics; nan where undefined."""
     from ..metrics import correlation_metrics
 
-    values = correlation_metrics(gold, prediction)
+    fields = [MEASURES[k].field for k in keys]
+    values = correlation_metrics(gold, prediction, [f for f in fields if f != "rmse"])
     return [math.nan if values[MEASURES[k].field] is None else float(values[MEASURES[k].field]) for k in keys]
 
 
