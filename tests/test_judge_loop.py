@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.backends.base import stream_seed
-from tract_eval.backends.sampling import logits_processors, sample_top_p, stream_uniforms
+from tract_eval.backends.engine.sampling import logits_processors, sample_top_p, stream_uniforms
 from tract_eval.backends.transformers_backend import TransformersBackend, _candidate_variants, _JudgeLoop
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
@@ -111,7 +111,7 @@ def test_uniforms_depend_only_on_stream_and_draw():
 
 def test_order_keys_sort_as_the_scores_do():
     """The sampler's int32 keys: equal for equal scores (-0.0 and +0.0 too), ordered as the scores."""
-    from tract_eval.backends.sampling import _order_keys
+    from tract_eval.backends.engine.sampling import _order_keys
 
     scores = torch.cat([torch.randn(5000) * 30, torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-45,
                                                               -1e-45, 3.4e38, -3.4e38])])
@@ -126,7 +126,7 @@ def test_bucketed_top_p_draws_what_the_full_sort_draws(scale):
     """The sampler buckets tokens instead of sorting the vocabulary; it must draw what the full stable
     sort (its definition) draws: peaked and near-uniform rows, ties at the top, in the middle and at
     a bucket's edge, -inf scores, and every u of a grid (so top-p boundaries are crossed)."""
-    from tract_eval.backends.sampling import sample_top_p_sorted
+    from tract_eval.backends.engine.sampling import sample_top_p_sorted
 
     torch.manual_seed(int(scale * 10))
     scores = torch.randn(6, 1000) * scale

@@ -20,8 +20,8 @@ from ..config import SamplingConfig
 from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer, resolve_model
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, stream_seed)
-from .grouped_attention import use_grouped_attention
-from .output_head import transposed_head
+from .engine.grouped_attention import use_grouped_attention
+from .engine.output_head import transposed_head
 from ..protocol import (common_prefix_length, exclusive_sequence_logprobs, finish_cot, kept_prefix_length,
                         readout_text, supplied_cot_context)
 
@@ -234,7 +234,7 @@ class TransformersBackend(Backend):
         """What one slot of the judge loop holds: a KV cache of ``capacity`` columns, and a row of the
         decode step's sampling (per vocabulary entry, the float32 logits kept between steps and what
         the sampler holds at its peak)."""
-        from .sampling import PEAK_BYTES_PER_ENTRY
+        from .engine.sampling import PEAK_BYTES_PER_ENTRY
 
         config = self.model.config.get_text_config()
         return capacity * self._kv_bytes_per_token() + config.vocab_size * (4 + PEAK_BYTES_PER_ENTRY)
@@ -482,7 +482,7 @@ class _JudgeLoop:
                  on_done: OnDone | None, batch_size: int | str | None):
         import torch
 
-        from .sampling import logits_processors
+        from .engine.sampling import logits_processors
 
         self.backend, self.model, self.device = backend, backend.model, backend.device
         self.sampling, self.on_done = sampling, on_done
@@ -631,7 +631,7 @@ class _JudgeLoop:
         import numpy as np
         import torch
 
-        from .sampling import sample_top_p, stream_uniforms
+        from .engine.sampling import sample_top_p, stream_uniforms
 
         rows = torch.tensor([s.row for s in active], device=self.device)
         scores = self.logits[rows]
