@@ -21,7 +21,8 @@ from torch.utils._pytree import tree_flatten
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.backends.base import stream_seed
 from tract_eval.backends.engine.sampling import logits_processors, sample_top_p, stream_uniforms
-from tract_eval.backends.transformers_backend import TransformersBackend, _candidate_variants, _JudgeLoop
+from tract_eval.backends.engine import JudgeLoop, candidate_variants
+from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
 from tract_eval.protocol import finish_cot
@@ -82,7 +83,7 @@ def reference_cot(backend, request: GenerationRequest, index: int, sampling: Sam
             scores = processors(ids, backend.model(input_ids=ids).logits[:, -1].float())
             u = stream_uniforms(np.array([seed_of_stream], dtype=np.uint64), np.array([len(generated)], dtype=np.uint64))
             token = int(sample_top_p(scores, torch.from_numpy(u), sampling.top_p)[0])
-            if token in backend._eos_ids:
+            if token in backend.eos_ids:
                 break
             generated.append(token)
             if request.candidates and backend.decode(generated).endswith(request.candidates.delimiter):
@@ -196,14 +197,14 @@ def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut
     variant each), or over copies of them, which ``in_place=False`` forces for every readout."""
     monkeypatch.setattr(backend, "batch_prefill", batch_prefill)
     paths = []
-    choose = _JudgeLoop._readout_cache
+    choose = JudgeLoop._readout_cache
 
     def readout_cache(loop, rows, span):
         cache = choose(loop, rows, span) if in_place else loop.cache.gather(torch.tensor(rows), span)
         paths.append(cache.layers[0].buffer_keys.data_ptr() == loop.cache.layers[0].buffer_keys[rows[0]].data_ptr())
         return cache
 
-    monkeypatch.setattr(_JudgeLoop, "_readout_cache", readout_cache)
+    monkeypatch.setattr(JudgeLoop, "_readout_cache", readout_cache)
     candidates = derive_score_candidates(backend.tokenizer(), scale=scale)
     assert scale == (1, 5) or not candidates.single_token
     requests = [GenerationRequest(f"r{i}", p, n=2, candidates=candidates, cut_marker=cut_marker)
@@ -218,7 +219,7 @@ def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut
             assert completion.finish_reason == "length"
             check_readout(backend, request, completion, candidates)
     # in place exactly where each slot has one row (one candidate variant: 1-5, or 1-10 with its one "10")
-    assert set(paths) == {in_place and len(_candidate_variants(candidates)) == 1}
+    assert set(paths) == {in_place and len(candidate_variants(candidates)) == 1}
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
@@ -256,7 +257,7 @@ def test_delimiter_and_eos_finish_cots_of_varying_length(backend64, prompts, mon
     tok = backend.tokenizer()
     candidates = derive_score_candidates(tok, delimiter="e", scale=(1, 10))
     eos = set(tok(" the, and. to of", add_special_tokens=False)["input_ids"])
-    monkeypatch.setattr(backend, "_eos_ids", backend._eos_ids | eos)
+    monkeypatch.setattr(backend, "eos_ids", backend.eos_ids | eos)
     requests = [GenerationRequest(f"d{i}", p, n=3, candidates=candidates, readout=readout)
                 for i, p in enumerate(prompts)]
     out = backend.generate(requests, SAMPLING, seed=11, batch_size=2)
@@ -339,9 +340,9 @@ def test_batch_size_auto_counts_what_a_slot_holds(backend):
     """--batch-size auto divides free GPU memory by what a slot holds. The parts are checked here against
     what the loop allocates: a slot's KV cache exactly, and the sampler's peak per row as measured on
     typical rows and on the worst, a row of equal scores whose top-p bucket is the whole vocabulary."""
-    from tract_eval.backends.transformers_backend import _slot_cache_class
+    from tract_eval.backends.engine import slot_cache_class
 
-    cache = _slot_cache_class().allocate(backend.model, 3, 100)
+    cache = slot_cache_class().allocate(backend.model, 3, 100)
     kv = sum(b.nbytes for layer in cache.layers for b in (layer.buffer_keys, layer.buffer_values))
     assert backend.slot_bytes(100) - backend.slot_bytes(0) == kv // 3
     vocab = backend.model.config.vocab_size
