@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.backends.base import stream_seed
 from tract_eval.backends.engine.sampling import logits_processors, sample_top_p, stream_uniforms
-from tract_eval.backends.engine import JudgeLoop, candidate_variants
+from tract_eval.backends.engine import JudgeLoop, candidate_variants, run_judge_loop
 from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
@@ -173,6 +173,30 @@ def test_loop_draws_what_the_unbatched_reference_draws(backend64, prompts, batch
         for index, completion in enumerate(completions):
             assert completion.token_ids == reference_cot(backend, request, index, SAMPLING, seed=5)
     assert len({c.text for c in out[0]}) == 2  # each CoT its own stream
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_static_batching_keeps_idle_slots_and_the_same_cots(backend64, prompts, monkeypatch):
+    """run_judge_loop(shrink_idle_slots=False), perf's static batching, keeps every slot in every step
+    where the default drops idle ones once half are idle; the CoTs are the same either way."""
+    backend = backend64
+    widths = []
+    step = JudgeLoop._decode_step
+
+    def counting_step(loop, continuing):
+        widths.append(len(loop.slot_streams))
+        return step(loop, continuing)
+
+    monkeypatch.setattr(JudgeLoop, "_decode_step", counting_step)
+    # one id in five ends a CoT: lengths vary (geometric, capped at 7), so slots go idle at different steps
+    monkeypatch.setattr(backend, "eos_ids", backend.eos_ids | set(range(0, len(backend.tokenizer()), 5)))
+    requests = [GenerationRequest(f"s{i}", p, n=2) for i, p in enumerate(prompts[:2])]
+    static = run_judge_loop(backend, requests, SAMPLING, seed=4, batch_size=4, shrink_idle_slots=False)
+    static_widths, widths[:] = list(widths), []
+    shrinking = run_judge_loop(backend, requests, SAMPLING, seed=4, batch_size=4)
+    assert set(static_widths) == {4} and min(widths) < 4, (static_widths, widths)
+    assert len({c.generated_tokens for g in static for c in g}) > 1
+    assert [[c.token_ids for c in g] for g in static] == [[c.token_ids for c in g] for g in shrinking]
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
