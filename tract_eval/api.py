@@ -207,14 +207,14 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
 Row = Mapping[str, Any] | Sequence[Any]
 
 
-def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None = None,
-               scale: str | Sequence[int] | None = None, **overrides) -> list[Grade]:
-    """Grade several responses in batches. Each row is a mapping with ``instruction``, ``response``,
-    ``rubric`` and optional ``reference`` (as in own-data files), or a tuple in that order."""
+def grading_samples(rows: Iterable[Row], scale: tuple[int, int] = (1, 5), source: str = "rows") -> list:
+    """Own-data samples from rows (mappings with ``instruction``, ``response``, ``rubric`` and optional
+    ``reference`` and ``id``, or tuples in that order), checked as own-data files are; a row's id, which
+    seeds its CoTs' random streams, is its 1-based position unless it names one. ``grade_many`` and
+    ``tract-eval serve`` both build their samples here, so equal rows get equal scores."""
     from .benchmarks import LocatedData
-    from .benchmarks.base import BenchmarkCard, parse_scale
+    from .benchmarks.base import BenchmarkCard
     from .benchmarks.own_data import TABLE_LOADER, load_table
-    from .runner import judge_pending
 
     table = []
     for number, row in enumerate(rows, start=1):
@@ -228,10 +228,22 @@ def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None =
             table.append(dict(zip(("instruction", "response", "rubric", "reference"), values), id=str(number)))
     if not table:
         return []
-    card = BenchmarkCard(name="api", title="tract_eval.grade", kind="absolute", loader=TABLE_LOADER,
-                         scale=parse_scale(scale) if scale is not None else (1, 5))
-    samples = load_table(card, LocatedData("rows", hub_rows=table), {})
-    judged = judge_for(judge, {**overrides, "model": model}, card.scale)
+    card = BenchmarkCard(name="api", title="tract_eval.grade", kind="absolute", loader=TABLE_LOADER, scale=scale)
+    return load_table(card, LocatedData(source, hub_rows=table), {})
+
+
+def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None = None,
+               scale: str | Sequence[int] | None = None, **overrides) -> list[Grade]:
+    """Grade several responses in batches. Each row is a mapping with ``instruction``, ``response``,
+    ``rubric`` and optional ``reference`` (as in own-data files), or a tuple in that order."""
+    from .benchmarks.base import parse_scale
+    from .runner import judge_pending
+
+    bounds = parse_scale(scale) if scale is not None else (1, 5)
+    samples = grading_samples(rows, bounds)
+    if not samples:
+        return []
+    judged = judge_for(judge, {**overrides, "model": model}, bounds)
     by_id: dict[str, Prediction] = {}
     judge_pending(judged, samples, lambda row: by_id.__setitem__(row.id, row), batch_size=overrides.get("batch_size"))
     return [Grade.from_prediction(by_id[s.id]) for s in samples]
@@ -249,4 +261,4 @@ def grade(instruction: str, response: str, rubric: str, reference: str | None = 
     return grade_many([row], judge=judge, model=model, scale=scale, **overrides)[0]
 
 
-__all__ = ["Grade", "evaluate", "grade", "grade_many"]
+__all__ = ["Grade", "evaluate", "grade", "grade_many", "grading_samples"]

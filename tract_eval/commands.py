@@ -54,8 +54,9 @@ def register(subparsers) -> None:
     add_data_options(p, limit_help="")
 
 
-def add_judge_overrides(p: argparse.ArgumentParser) -> None:
-    """Flags that override a judge card (None = keep the card's value)."""
+def add_judge_overrides(p: argparse.ArgumentParser, renamed_backend_flags: dict[str, str] | None = None) -> None:
+    """Flags that override a judge card (None = keep the card's value); ``renamed_backend_flags`` as
+    ``add_backend_flags`` takes it."""
     g = p.add_argument_group("judge overrides (default: the card's values)")
     g.add_argument("--model", default=None, help="HF id, local folder, .gguf file or LoRA adapter folder")
     g.add_argument("--backend", default=None)
@@ -83,7 +84,7 @@ def add_judge_overrides(p: argparse.ArgumentParser) -> None:
                         "tract_eval.parse_score's wider shapes ('lenient')")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
-    add_backend_flags(p)
+    add_backend_flags(p, renamed_backend_flags)
 
 
 def _batch_size(text: str) -> int | str:
