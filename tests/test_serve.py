@@ -62,12 +62,12 @@ def _grade(url: str, items: list[dict], timeout: float = 900, **extra) -> httpx.
     return httpx.post(f"{url}/v1/grade", json={"items": items, **extra}, headers=AUTH, timeout=timeout)
 
 
-def _same(result: dict, grade) -> None:
+def _same(result: dict, grade, tolerance: float = 1e-6) -> None:
     assert result["status"] == grade.status == "ok"
-    assert math.isclose(result["score"], grade.score, abs_tol=1e-6)
-    assert {int(k): v for k, v in result["probs"].items()}.keys() == grade.probs.keys()
-    assert all(math.isclose(result["probs"][str(k)], p, abs_tol=1e-6) for k, p in grade.probs.items())
     assert result["cots"] == grade.cots
+    assert math.isclose(result["score"], grade.score, abs_tol=tolerance)
+    assert {int(k): v for k, v in result["probs"].items()}.keys() == grade.probs.keys()
+    assert all(math.isclose(result["probs"][str(k)], p, abs_tol=tolerance) for k, p in grade.probs.items())
 
 
 # -- no model: argument checks and the OpenRLHF split ---------------------------------------------------
@@ -120,7 +120,8 @@ def test_sixteen_concurrent_clients_are_batched_together_and_score_as_grade_many
         answers = list(pool.map(one, range(16)))
     assert [a.status_code for a in answers] == [200] * 16
     for k, answer in enumerate(answers):
-        _same(answer.json()["results"][0], reference[k % 4])
+        # the same CoTs; float32 sums over a batch of 16 rows (here) and of 4 (grade_many) differ by ~2e-6
+        _same(answer.json()["results"][0], reference[k % 4], tolerance=1e-5)
     after = httpx.get(f"{server}/health").json()
     assert after["rows_judged"] - before["rows_judged"] == 16
     assert after["batches"] - before["batches"] <= 3  # one queue, not a model call per request

@@ -66,6 +66,7 @@ class GradingQueue:
         self._judge_for = judge_for
         self._judges: OrderedDict[Settings, object] = OrderedDict()
         self._judge_cache = judge_cache
+        self._judges_lock = threading.Lock()
         self.gather_s, self.gather_max_s = gather_s, gather_max_s
         self._waiting: list[Job] = []
         self._running: list[Job] = []
@@ -85,12 +86,13 @@ class GradingQueue:
         return self._thread.is_alive() and not self._stopping
 
     def judge(self, settings: Settings):
-        if settings not in self._judges:
-            self._judges[settings] = self._judge_for(settings)
-            while len(self._judges) > self._judge_cache:
-                self._judges.popitem(last=False)
-        self._judges.move_to_end(settings)
-        return self._judges[settings]
+        with self._judges_lock:  # the worker and /health both ask
+            if settings not in self._judges:
+                self._judges[settings] = self._judge_for(settings)
+                while len(self._judges) > self._judge_cache:
+                    self._judges.popitem(last=False)
+            self._judges.move_to_end(settings)
+            return self._judges[settings]
 
     # -- the handlers' side ---------------------------------------------------------------
     def submit(self, samples: list, settings: Settings = Settings()) -> Job:
