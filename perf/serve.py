@@ -122,14 +122,16 @@ def main() -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
     best = {shape: min(r[0] for r in results) for shape, results in runs.items()}
     rate = {shape: args.n / seconds for shape, seconds in best.items()}
-    same = all(abs(a - b) < 1e-6 for a, b in zip(runs["batched"][0][1], runs["concurrent"][0][1]))
+    # the same rows and random streams: the same CoTs; float32 sums move with the batch's shape (~1e-6)
+    differences = [abs(a - b) for a, b in zip(runs["batched"][0][1], runs["concurrent"][0][1])]
     ratio = rate["concurrent"] / rate["batched"]
     print(f"best of {args.repeats}: batched {rate['batched']:.3f} items/s, concurrent {rate['concurrent']:.3f} "
-          f"items/s, ratio {ratio:.2f} (target >= 0.8); scores equal in both shapes: {same}")
+          f"items/s, ratio {ratio:.2f} (target >= 0.8); largest score difference between the shapes "
+          f"{max(differences):.1e}")
     report = {"n": args.n, "judge": args.judge, "model": health.get("model"), "max_new_tokens": args.max_new_tokens,
               "seconds": {shape: [r[0] for r in results] for shape, results in runs.items()},
               "batches": {shape: [r[2] for r in results] for shape, results in runs.items()},
-              "items_per_s": rate, "ratio": ratio, "scores_equal": same,
+              "items_per_s": rate, "ratio": ratio, "largest_score_difference": max(differences),
               "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "platform": platform.platform()}}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
