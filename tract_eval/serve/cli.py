@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--unscored-reward", type=float, default=None,
                    help="/get_reward: the reward of a query with no score (too long, empty, unparsable); "
                         "default the scale's low end. Its status says why.")
-    p.add_argument("--gather-ms", type=float, default=20.0,
+    p.add_argument("--gather-ms", type=float, default=50.0,
                    help="after a request arrives, wait this long for more (each new one restarts it, up to 10x) "
                         "so that requests arriving together are judged in one batch")
     add_cards_option(p)
