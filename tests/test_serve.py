@@ -120,8 +120,9 @@ def test_sixteen_concurrent_clients_are_batched_together_and_score_as_grade_many
         answers = list(pool.map(one, range(16)))
     assert [a.status_code for a in answers] == [200] * 16
     for k, answer in enumerate(answers):
-        # the same CoTs; float32 sums over a batch of 16 rows (here) and of 4 (grade_many) differ by ~2e-6
-        _same(answer.json()["results"][0], reference[k % 4], tolerance=1e-5)
+        # the same CoTs (each row's random stream); float32 sums over a batch of 16 rows (here) and of 4
+        # (grade_many) differ, by up to 1.6e-5 seen over 4 decode steps: the 1e-6 equality is for equal batches
+        _same(answer.json()["results"][0], reference[k % 4], tolerance=1e-4)
     after = httpx.get(f"{server}/health").json()
     assert after["rows_judged"] - before["rows_judged"] == 16
     assert after["batches"] - before["batches"] <= 3  # one queue, not a model call per request

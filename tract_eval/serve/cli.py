@@ -130,7 +130,12 @@ def cmd_serve(args) -> int:
         pass
     finally:
         queue.stop()
-    print("tract-eval serve: stopped", file=sys.stderr)
+    print("tract-eval serve: stopped", file=sys.stderr, flush=True)
+    if queue.busy:
+        # every request is answered; the worker is inside a model forward and leaves it at its next row.
+        # Interpreter shutdown under a running torch thread can abort, so the process ends here.
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

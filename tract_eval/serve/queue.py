@@ -82,6 +82,11 @@ class GradingQueue:
         return self
 
     @property
+    def busy(self) -> bool:
+        """The worker thread is still running (inside a batch, after ``stop``)."""
+        return self._thread.is_alive()
+
+    @property
     def ready(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 
