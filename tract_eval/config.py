@@ -314,9 +314,12 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
         config = JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    from .prompts import resolve_template  # checked here, so a missing template stops before any model loads
+    # checked here, so a missing, misplaced or unsafe template stops before any model loads
+    from .prompts import check_template_renders, resolve_template
 
-    return dataclasses.replace(config, template=resolve_template(config.template, path))
+    config = dataclasses.replace(config, template=resolve_template(config.template, path))
+    check_template_renders(config.template, config.name)
+    return config
 
 
 def builtin_judge_cards() -> list[str]:

@@ -74,7 +74,7 @@ class Judge:
         cfg = self.config
         label = cfg.feedback_label if cfg.feedback_label is not None else fields.feedback_label
         fields = dataclasses.replace(fields, scale=tuple(cfg.scale), feedback_label=label)
-        return render_prompt(cfg.template, fields)
+        return render_prompt(cfg.template, fields, cfg.name)
 
     def build_input(self, sample: Sample) -> str:
         """The exact model input text of a sample."""

@@ -75,13 +75,13 @@ def to_latex(table: Table, caption_prefix: str = "", label: str = "tab:judges", 
     import jinja2
 
     from ..cards import card_dir
+    from ..prompts import UnsafeTemplate, sandboxed_environment
 
     # LaTeX is full of braces and percent signs: use delimiters that cannot clash with it
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(card_dir("reports") / "templates")),
-                             block_start_string="<%", block_end_string="%>",
-                             variable_start_string="<<", variable_end_string=">>",
-                             comment_start_string="<#", comment_end_string="#>",
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = sandboxed_environment(card_dir("reports") / "templates",
+                                block_start_string="<%", block_end_string="%>",
+                                variable_start_string="<<", variable_end_string=">>",
+                                comment_start_string="<#", comment_end_string="#>")
     env.filters["tex"] = latex_escape
     groups = []
     start = 2  # column 1 holds the judge names
@@ -98,7 +98,7 @@ def to_latex(table: Table, caption_prefix: str = "", label: str = "tab:judges", 
             text = rf"{value} {{\scriptsize {interval}}}"
         return text.replace("–", "--").replace("*", r"$^*$")
 
-    return env.get_template(TEMPLATE).render(
+    values = dict(
         standalone=standalone,
         caption=latex_escape(caption(table, caption_prefix)),
         label=label,
@@ -109,6 +109,11 @@ def to_latex(table: Table, caption_prefix: str = "", label: str = "tab:judges", 
         counts=[{"judge": judge, "cells": [_counts_text(table, judge, b) for b in table.benches]}
                 for judge in table.judges],
     )
+    try:
+        return env.get_template(TEMPLATE).render(**values)
+    except jinja2.exceptions.SecurityError as exc:
+        raise UnsafeTemplate(f"report template {card_dir('reports') / 'templates' / TEMPLATE} refused: {exc} "
+                             "(templates render in a sandbox: no private attributes, no code)") from None
 
 
 def _column_key(column: Column) -> str:
