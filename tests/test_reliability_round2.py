@@ -71,3 +71,126 @@ def test_a_template_name_that_is_a_path_is_refused(tmp_path, name):
     card.write_text(f"protocol: cot-rail\ntemplate: {json.dumps(name)}\n")
     with pytest.raises(ConfigError, match=r"template .* is not a plain name"):
         load_judge_card(str(card))
+
+
+# -- fixtures for the server probes ---------------------------------------------------------------------
+def openai_judge(url, tokenizer_dir, **settings):
+    from tract_eval.judges import build_judge
+
+    options = {"base_url": url, "tokenizer": str(tokenizer_dir), "max_retries": 1, "timeout": 2, "concurrency": 2,
+               **settings.pop("backend_options", {})}
+    return build_judge("tract", backend="openai", backend_options=options, max_new_tokens=8, **settings)
+
+
+def run_against(server, tokenizer_dir, bench, out, limit=3, **settings):
+    from tract_eval.runner import run_benchmark
+
+    return run_benchmark(openai_judge(server.base_url, tokenizer_dir, **settings), bench, out, limit=limit)
+
+
+@pytest.fixture(scope="module")
+def vicuna(data_dir):
+    from tract_eval.benchmarks import load_benchmark
+
+    return load_benchmark("vicuna", data_dir)
+
+
+def rows_of(result):
+    from tract_eval.records import read_predictions
+
+    return read_predictions(result.out_dir / "predictions.jsonl")
+
+
+# -- 3. the API key never reaches disk ------------------------------------------------------------------
+@pytest.mark.slow  # starts a local server
+def test_a_proxy_echoing_the_authorization_header_leaves_no_key_on_disk_or_in_logs(
+        tmp_path, tokenizer_dir, vicuna, monkeypatch, caplog):
+    pytest.importorskip("openai")
+    from fake_openai import FaultyOpenAIServer
+
+    key = "sk-test-0123456789abcdefSECRET"
+    monkeypatch.setenv("TRACT_TEST_KEY", key)
+    with FaultyOpenAIServer(lambda n, body: "echoauth" if body.get("max_tokens") == 1 else None) as server:
+        result = run_against(server, tokenizer_dir, vicuna, tmp_path, limit=2,
+                             backend_options={"api_key_env": "TRACT_TEST_KEY"})
+    rows = rows_of(result)
+    assert [r["status"] for r in rows] == ["parse_failure"] * 2
+    assert "Authorization: Bearer ***" in rows[0]["errors"][0]
+    written = "".join(p.read_text() for p in result.out_dir.iterdir() if p.is_file()) + caplog.text
+    assert "SECRET" not in written and "0123456789" not in written
+
+
+def test_registered_keys_and_bearer_tokens_are_redacted_from_any_text():
+    from tract_eval.redaction import redact_text, register_secret
+
+    register_secret("plain-key-without-shape-42")
+    text = 'proxy said: {"api-key": "plain-key-without-shape-42", "Authorization": "Bearer tok.en-123"} sk-abcdefgh1234'
+    assert redact_text(text) == 'proxy said: {"api-key": "***", "Authorization": "Bearer ***"} ***'
+
+
+# -- 4. user-info ends at the authority's last "@" --------------------------------------------------------
+@pytest.mark.parametrize("url, shown", [
+    ("http://alice:p@ss@host/v1", "http://***@host/v1"),
+    ("http://alice:p:s@s@host:8000/v1?x=1", "http://***@host:8000/v1?x=1"),
+    ("http://al%40ice:p%3As%40s@host/v1", "http://***@host/v1"),
+    ("https://:@@@host", "https://***@host"),
+    ("http://host/v1/a@b", "http://host/v1/a@b"),  # an "@" after the authority is not user-info
+])
+def test_a_password_holding_at_or_colon_is_hidden_whole(url, shown):
+    from urllib.parse import urlsplit
+
+    from tract_eval.redaction import redact_text
+
+    assert redact_text(url) == shown and urlsplit(shown).hostname == urlsplit(url).hostname
+    assert redact_text(f"cannot reach {url}: refused") == f"cannot reach {shown}: refused"
+
+
+# -- 6. impossible log-probabilities are counted failures, never scores -----------------------------------
+@pytest.mark.slow  # starts a local server
+@pytest.mark.parametrize("mode, value, quoted", [
+    ("continue", 2.0, "log-probabilities above 0"),
+    ("continue", -0.05, "candidate probabilities adding up to 4.756 > 1"),
+    ("single", 1.5, "log-probabilities above 0"),
+])
+def test_impossible_log_probabilities_are_counted_failures_quoting_the_server(
+        tmp_path, tokenizer_dir, vicuna, mode, value, quoted):
+    pytest.importorskip("openai")
+    from fake_openai import FaultyOpenAIServer
+
+    def faults(number, body):
+        return "impossible" if body.get("max_tokens") == 1 or "messages" in body else None
+
+    with FaultyOpenAIServer(faults, impossible_logprob=value) as server:
+        result = run_against(server, tokenizer_dir, vicuna, tmp_path, backend_options={"mode": mode})
+    rows = rows_of(result)
+    assert [(r["status"], r["prediction"]) for r in rows] == [("parse_failure", None)] * 3
+    assert all(quoted in r["errors"][0] and repr(value) in r["errors"][0] for r in rows), rows[0]["errors"]
+    assert result.metrics["n"] == 0 and result.metrics["parse_failures"] == 3
+
+
+def test_an_impossible_local_readout_stops_the_run_writing_no_row(tmp_path, vicuna):
+    from test_runner import LengthBackend
+    from tract_eval.judges import build_judge
+    from tract_eval.runner import run_benchmark
+
+    class Broken(LengthBackend):
+        def _completion(self, prompt, index):
+            done = super()._completion(prompt, index)
+            done.candidate_logprobs = {s: float("nan") if s == 3 else lp for s, lp in done.candidate_logprobs.items()}
+            return done
+
+    with pytest.raises(RuntimeError, match="not numbers: .*nan.*this is a bug"):
+        run_benchmark(build_judge("tract", backend=Broken()), vicuna, tmp_path, limit=2)
+    assert not (tmp_path / "tract" / "vicuna" / "predictions.jsonl").read_text()
+
+
+@pytest.mark.parametrize("logprobs, problem", [
+    ({1: 0.0005, 2: -9.0}, None),  # rounding
+    ({1: 0.01}, "above 0"), ({1: float("nan")}, "not numbers"), ({1: -0.1, 2: -0.1}, "adding up to"),
+    ({1: -float("inf"), 2: 0.0}, None),
+])
+def test_the_readout_check_allows_rounding_only(logprobs, problem):
+    from tract_eval.candidates import impossible_logprobs
+
+    found = impossible_logprobs(logprobs)
+    assert found is None if problem is None else problem in found

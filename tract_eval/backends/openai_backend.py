@@ -24,10 +24,10 @@ import os
 import random
 from dataclasses import dataclass
 
-from ..candidates import ScoreCandidates
+from ..candidates import ScoreCandidates, impossible_logprobs
 from ..config import SamplingConfig
 from ..models import load_tokenizer, resolve_model
-from ..redaction import redact_text
+from ..redaction import redact_text, register_secret
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, request_seed)
 from ..protocol import (exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids, readout_text,
@@ -86,6 +86,7 @@ class OpenAIBackend(Backend):
             if api_key_env:  # named explicitly: it must be there
                 raise ValueError(f"openai backend: environment variable {api_key_env} (api_key_env) is not set")
             log.info("%s is not set: sending no API key (fine for local servers)", DEFAULT_KEY_ENV)
+        register_secret(api_key)  # a server or proxy may echo it back: hidden in every excerpt and log
         self._api_key = api_key or "no-key"  # the client insists on a value; local servers ignore it
         self.concurrency = concurrency
         self.max_retries = max_retries
@@ -353,7 +354,10 @@ class OpenAIBackend(Backend):
                     self.usage.completion_tokens += response.usage.completion_tokens or 0
                 return response
             self.usage.malformed += 1
-            excerpt = raw.text[:EXCERPT_CHARS] + ("..." if len(raw.text) > EXCERPT_CHARS else "")
+            # redacted: some proxies echo the request (its Authorization header) in an error page
+            # (whole, then cut: a key cut in half would no longer match)
+            body_text = redact_text(raw.text)
+            excerpt = body_text[:EXCERPT_CHARS] + ("..." if len(body_text) > EXCERPT_CHARS else "")
             log.warning("openai backend: malformed %s response from %s (attempt %d of %d): %s; body: %r",
                         endpoint, self._shown_url, attempt + 1, self.max_retries + 1, problem, excerpt)
         raise MalformedResponse(f"{endpoint} response from {self._shown_url}: {problem} "
@@ -453,7 +457,20 @@ class OpenAIBackend(Backend):
     async def _candidate_logprobs(self, context: str | list[int],
                                   candidates: ScoreCandidates) -> tuple[dict[int, float], list[int]]:
         """Raw log-probabilities of each candidate after ``context`` (text or token ids, ending with
-        delimiter + bridge)."""
+        delimiter + bridge). Values no distribution can have are the server's fault: a counted failure
+        quoting them (MalformedResponse), never a score."""
+        logprobs, missing = await self._read_candidate_logprobs(context, candidates)
+        self._refuse_impossible(logprobs)
+        return logprobs, missing
+
+    def _refuse_impossible(self, logprobs: dict[int, float]) -> None:
+        problem = impossible_logprobs(logprobs)
+        if problem:
+            self.usage.malformed += 1
+            raise MalformedResponse(f"score readout from {self._shown_url}: {problem}")
+
+    async def _read_candidate_logprobs(self, context: str | list[int],
+                                       candidates: ScoreCandidates) -> tuple[dict[int, float], list[int]]:
         if candidates.single_token:
             found = await self._next_token_logprobs(context, candidates.first_token_ids)
             logprobs = {s: found[seq[0]] for s, seq in zip(candidates.scores, candidates.sequences) if seq[0] in found}
@@ -528,11 +545,14 @@ class OpenAIBackend(Backend):
             return Completion(text=text, finish_reason=reason, generated_tokens=generated, candidate_logprobs=None)
         offset, token = found
         probs: dict[int, float] = {}
+        raw_logprobs: dict[str, float] = {}  # as the server sent them, for the check and its message
         for alternative in token.top_logprobs or []:
             label = alternative.token.strip()
             for score in candidates.scores:
                 if label == str(score):  # " 4" and "4" both spell 4: add them up
+                    raw_logprobs[repr(alternative.token)] = alternative.logprob
                     probs[score] = probs.get(score, 0.0) + math.exp(alternative.logprob)
+        self._refuse_impossible(raw_logprobs)
         logprobs = {s: math.log(p) for s, p in probs.items()}
         return Completion(text=text[:offset], finish_reason="delimiter", generated_tokens=generated,
                           candidate_logprobs=logprobs, missing_candidates=[s for s in candidates.scores if s not in probs])
@@ -541,7 +561,7 @@ class OpenAIBackend(Backend):
 def _failed(exc: MalformedResponse, text: str = "", forced_text: str = "", cut: bool = False) -> Completion:
     """A completion that carries no score, only why (the row becomes a counted failure)."""
     return Completion(text=text, finish_reason="error", generated_tokens=0, forced_text=forced_text, cut=cut,
-                      error=str(exc))
+                      error=redact_text(str(exc)))
 
 
 def _malformed(endpoint: str, response, body: dict) -> str:
