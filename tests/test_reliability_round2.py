@@ -194,3 +194,56 @@ def test_the_readout_check_allows_rounding_only(logprobs, problem):
 
     found = impossible_logprobs(logprobs)
     assert found is None if problem is None else problem in found
+
+
+# -- 9. a plugin cannot end the process ------------------------------------------------------------------
+@pytest.fixture()
+def installed_plugins(tmp_path, monkeypatch):
+    """Two installed judge plugins: one exits the process when imported, one is not a Judge."""
+    import sys
+
+    dist = tmp_path / "odd_judges-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: odd-judges\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[tract_eval.judges]\nexits = exiting_judge_module:Judge\nnotajudge = plain_judge_module:NotAJudge\n")
+    (tmp_path / "exiting_judge_module.py").write_text("import sys\nsys.exit(0)\n")
+    (tmp_path / "plain_judge_module.py").write_text("class NotAJudge:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tract_eval.judges as judges_module
+    from tract_eval.registry import Registry
+
+    fresh = Registry("judge", entry_point_group="tract_eval.judges", check=judges_module.JUDGES.check)
+    fresh.register("absolute")(judges_module.Judge)
+    monkeypatch.setattr(judges_module, "JUDGES", fresh)
+    yield fresh
+    for name in ("exiting_judge_module", "plain_judge_module"):
+        sys.modules.pop(name, None)
+
+
+def test_a_plugin_that_exits_or_is_not_a_judge_is_reported_broken(installed_plugins, capsys):
+    from tract_eval.registry import PluginWarning
+
+    with pytest.warns(PluginWarning) as caught:
+        assert main(["list", "judges"]) == 0
+    listed = capsys.readouterr().out
+    assert "tract" in listed and "exits" not in listed and "notajudge" not in listed
+    messages = sorted(str(w.message) for w in caught if issubclass(w.category, PluginWarning))
+    assert len(messages) == 2
+    assert "'exits' (exiting_judge_module:Judge)" in messages[0] and "skipped: SystemExit: 0" in messages[0]
+    assert "'notajudge'" in messages[1] and "is not a subclass of tract_eval.judges.Judge" in messages[1]
+    with pytest.raises(UserError, match="failed to load and is skipped: SystemExit"):
+        installed_plugins.get("exits")
+
+
+# -- 10. booleans are not scores -------------------------------------------------------------------------
+@pytest.mark.parametrize("gold", [True, False])
+def test_boolean_gold_is_refused_naming_file_row_and_field(tmp_path, gold):
+    from tract_eval.benchmarks import DataFormatError, load_benchmark
+
+    path = tmp_path / "mine.jsonl"
+    rows = [{"instruction": "i", "response": "r", "rubric": "be good", "score": 3 if i != 1 else gold}
+            for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataFormatError, match=rf"mine.jsonl: row 2: field 'score': needs a number, got {gold}"):
+        load_benchmark(str(path))

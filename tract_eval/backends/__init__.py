@@ -5,7 +5,8 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .base import Backend, Completion, GenerationRequest, ScoreRequest
 
-BACKENDS: Registry = Registry("backend", entry_point_group="tract_eval.backends")
+BACKENDS: Registry = Registry("backend", entry_point_group="tract_eval.backends",
+                              check=lambda plugin: None if callable(plugin) else f"{plugin!r} is not a backend factory")
 
 
 @BACKENDS.register("transformers")

@@ -143,8 +143,8 @@ def load_table(card: BenchmarkCard, located: LocatedData, options: dict) -> list
             gold = None
             if has_gold:
                 value = row.get(names["score"])
-                try:
-                    gold = float(value)
+                try:  # true/false are not scores, although float(True) is 1.0
+                    gold = math.nan if isinstance(value, bool) else float(value)
                 except (TypeError, ValueError):
                     gold = math.nan
                 if not math.isfinite(gold):
