@@ -247,3 +247,121 @@ def test_boolean_gold_is_refused_naming_file_row_and_field(tmp_path, gold):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataFormatError, match=rf"mine.jsonl: row 2: field 'score': needs a number, got {gold}"):
         load_benchmark(str(path))
+
+
+# -- 5. the served model is part of the run identity --------------------------------------------------------
+@pytest.mark.slow  # starts local servers
+def test_another_served_model_into_the_same_folder_is_refused_naming_it(tmp_path, tokenizer_dir, vicuna):
+    pytest.importorskip("openai")
+    from fake_openai import FaultyOpenAIServer
+    from tract_eval.backends.openai_backend import ServedModelChanged
+    from tract_eval.runner import RunConflict
+
+    with FaultyOpenAIServer(model_id="judge-a") as server:
+        first = run_against(server, tokenizer_dir, vicuna, tmp_path, limit=3)
+    with FaultyOpenAIServer(model_id="judge-b") as server, \
+            pytest.raises(RunConflict, match=r'model\.served_model: "judge-a" -> "judge-b"'):
+        run_against(server, tokenizer_dir, vicuna, tmp_path, limit=5)
+    # the same id listed, another model answering (a proxy rerouted): refused at its first answer
+    with FaultyOpenAIServer(model_id="judge-a", answer_model="judge-z") as server, \
+            pytest.raises(ServedModelChanged, match=r"now answers as model 'judge-z'.* answered by 'judge-a'"):
+        run_against(server, tokenizer_dir, vicuna, tmp_path, limit=5)
+    assert len(rows_of(first)) == 3
+    sessions = json.loads((first.out_dir / "manifest.json").read_text())["sessions"]
+    assert sessions[0]["answered_by"] == ["judge-a"] and sessions[0]["ended"] == "completed"
+    assert sessions[1]["ended"].startswith("failed: ServedModelChanged")
+    assert json.loads((first.out_dir / "manifest.json").read_text())["identity"]["model"] == {"served_model": "judge-a"}
+
+
+# -- 8. a transient outage leaves no permanent failures -----------------------------------------------------
+def _length_backend(kind):
+    """LengthBackend whose readouts fail: at the server (an error quoted), at the model (no score), or not."""
+    from test_runner import LengthBackend
+
+    class Failing(LengthBackend):
+        def _completion(self, prompt, index):
+            done = super()._completion(prompt, index)
+            if kind:
+                done.candidate_logprobs = None
+                done.error = "completions response from http://srv/v1: unreadable body" if kind == "server" else None
+            return done
+
+    return Failing()
+
+
+@pytest.mark.parametrize("kind", ["server", "model"])
+def test_server_failures_are_judged_again_model_failures_kept_unless_asked(tmp_path, vicuna, kind):
+    from tract_eval.judges import build_judge
+    from tract_eval.runner import run_benchmark
+
+    def run(backend_kind, **options):
+        return run_benchmark(build_judge("tract", backend=_length_backend(backend_kind)), vicuna, tmp_path, limit=3,
+                             **options)
+
+    failed = run(kind)
+    assert [(r["status"], r["failure"]) for r in rows_of(failed)] == [("parse_failure", kind)] * 3
+    again = run(None)  # the server is fixed
+    if kind == "server":
+        assert (again.new_samples, again.reused_samples) == (3, 0) and again.metrics["n"] == 3
+    else:
+        assert (again.new_samples, again.reused_samples) == (0, 3) and again.metrics["n"] == 0
+        redone = run(None, rejudge_failures=True)
+        assert (redone.new_samples, redone.reused_samples) == (3, 0)
+    rows = rows_of(failed)
+    assert [(r["status"], r["failure"]) for r in rows] == [("ok", None)] * 3 and len({r["id"] for r in rows}) == 3
+
+
+def test_the_cli_takes_rejudge_failures():
+    from tract_eval.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--judge", "tract", "--bench", "vicuna", "--rejudge-failures"])
+    assert args.rejudge_failures is True
+
+
+# -- Also: sessions are recorded when they start, marked when they end; stale temporaries removed -----------
+def test_a_killed_or_disk_full_session_is_in_the_manifest_and_its_leftovers_are_cleaned(tmp_path, vicuna,
+                                                                                        monkeypatch):
+    import errno
+    import os
+    import signal
+
+    from test_runner import LengthBackend
+    from tract_eval import records
+    from tract_eval.judges import build_judge
+    from tract_eval.runner import UNFINISHED, run_benchmark
+
+    def run(backend, limit):
+        return run_benchmark(build_judge("tract", backend=backend), vicuna, tmp_path, limit=limit)
+
+    class Killed(LengthBackend):  # SIGKILLed after two rows
+        def _completion(self, prompt, index):
+            if self.judged == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super()._completion(prompt, index)
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run(Killed(), 4)
+        finally:
+            os._exit(1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == -signal.SIGKILL
+    folder = tmp_path / "tract" / "vicuna"
+    assert [s["ended"] for s in json.loads((folder / "manifest.json").read_text())["sessions"]] == ["running"]
+
+    real_replace = records.os.replace
+
+    def disk_full(src, dst):  # the end of the next session cannot be written
+        if str(dst).endswith("manifest.json") and json.loads(open(src).read())["sessions"][-1]["ended"] != "running":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(records.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run(LengthBackend(), 5)
+    assert (folder / "manifest.json.tmp").exists()
+    monkeypatch.setattr(records.os, "replace", real_replace)
+    result = run(LengthBackend(), 6)
+    assert not list(folder.glob("*.tmp")) and result.new_samples == 1
+    ended = [s["ended"] for s in json.loads((folder / "manifest.json").read_text())["sessions"]]
+    assert ended == [UNFINISHED, UNFINISHED, "completed"]

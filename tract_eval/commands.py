@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--too-long", choices=["mark", "refuse"], default="mark",
                    help="a prompt + --max-new-tokens beyond the model's context: record the row as too_long "
                         "(excluded, counted) or stop the run")
+    p.add_argument("--rejudge-failures", action="store_true",
+                   help="judge failed rows again, the model's (unparsable verdicts) too; rows the server "
+                        "failed (malformed or impossible answers, outages) are judged again by default")
     add_judge_overrides(p)
     p.set_defaults(func=cmd_run)
 
@@ -160,7 +163,7 @@ def cmd_run(args) -> int:
             with progress_reporter(console, f"{judge.name} × {bench.name}", total) as advance:
                 result = run_benchmark(judge, bench, args.out, limit=args.limit, shard=shard,
                                        batch_size=args.batch_size, too_long=args.too_long,
-                                       progress=advance)
+                                       rejudge_failures=args.rejudge_failures, progress=advance)
             write_results(result, judge, bench, ci=args.ci)
             results.append(result)
             if judge.model_note:

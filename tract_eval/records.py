@@ -29,6 +29,8 @@ LOCK = ".lock"  # held (flock) by the one process writing a run folder
 # readout omitted score candidates, so the distribution is incomplete; ``too_long``: the prompt
 # plus the generation budget exceeds the model's context and the row was not judged.
 STATUSES = ("ok", "parse_failure", "fallback", "partial_candidates", "too_long")
+FAILED_STATUSES = ("parse_failure", "fallback")  # no score was read
+FAILURE_CAUSES = ("server", "model")
 
 
 class CorruptPredictions(UserError, ValueError):
@@ -55,6 +57,9 @@ class Prediction:
     retries: list[int] = field(default_factory=list)  # per CoT: regenerations after unparsable output
     cot_parse_failures: int = 0
     errors: list[str] = field(default_factory=list)  # per failed CoT: why (e.g. an excerpt of a malformed response)
+    # a failed row (parse_failure, fallback): "server" when the transport or the server failed (a malformed
+    # or impossible answer; retried by the next run), "model" when the model's text had no score (kept)
+    failure: str | None = None
     input: str = ""
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -67,6 +72,14 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def failure_cause(self) -> str | None:
+        """``failure``, inferred for rows written before it was recorded: a failed row that quotes errors
+        failed at the server (only server answers put text in ``errors``), else at the model."""
+        if self.status not in FAILED_STATUSES:
+            return None
+        return self.failure or ("server" if self.errors else "model")
 
     @classmethod
     def from_dict(cls, data: dict) -> "Prediction":

@@ -26,8 +26,8 @@ from .judges import Judge
 from .metrics import generation_summary
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
                       write_json_atomic, write_jsonl_atomic)
-from .redaction import redact
-from .settings import RunIdentity, bench_identity, run_identity
+from .redaction import redact, redact_text
+from .settings import LOCAL_BACKENDS, RunIdentity, bench_identity, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +233,12 @@ def check_limit(limit: int | None) -> None:
 
 def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None = None,
                   shard: tuple[int, int] | None = None, batch_size: int | None = None,
-                  progress=None, too_long: str = "mark") -> RunResult:
+                  progress=None, too_long: str = "mark", rejudge_failures: bool = False) -> RunResult:
     """Judge the selected samples that are not yet in the predictions file, then score all of them.
 
     ``too_long``: what to do with a sample whose prompt + generation budget exceeds the model's
     context: "mark" writes a ``too_long`` row (no prediction, counted in the metrics), "refuse" stops.
+    Failed rows the server caused are judged again; ``rejudge_failures`` redoes the model's too.
     """
     # everything checkable is checked before the model loads
     check_limit(limit)
@@ -249,17 +250,20 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
     target = run_dir(out, judge.name, bench.name, shard)
     identity = run_identity(judge, bench)  # an unavailable model fails here
     with RunLock(target):
-        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long)
+        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long,
+                           rejudge_failures)
 
 
 def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdentity, limit, shard, batch_size,
-                progress, too_long: str) -> RunResult:
+                progress, too_long: str, rejudge_failures: bool = False) -> RunResult:
     predictions_path = target / PREDICTIONS
+    _remove_stale_temporaries(target)
     existing = {row["id"]: row for row in read_predictions(predictions_path, repair=True)}
     manifest = _open_manifest(target, identity, has_rows=bool(existing))
     if manifest is None and predictions_path.exists():
         predictions_path.unlink()  # an attempt of another identity that finished nothing (maybe a torn line)
     selected = shard_samples(bench.select(limit), shard)
+    _drop_failures_to_redo(predictions_path, existing, {s.id for s in selected}, rejudge_failures)
     todo = [s for s in selected if s.id not in existing]
     started = time.perf_counter()
     session = _session(judge, limit, batch_size)
@@ -275,29 +279,11 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
             "created": session["started"],
             "sessions": [],
         }
-        write_json_atomic(target / MANIFEST, manifest)
+    _close_unfinished_sessions(manifest)
     if todo:
-        def on_row(row: Prediction) -> None:
-            writer(row)
-            existing[row.id] = row.to_dict()
-            if progress:
-                progress(1)
-
-        with JsonlAppender(predictions_path) as writer:
-            for row in _too_long_rows(judge, todo, too_long):
-                on_row(row)
-            judge_pending(judge, todo, on_row, done=existing, batch_size=batch_size)
-        manifest.update({
-            "backend": redact(judge.backend.describe()),
-            "model_note": judge.model_note,
-            "candidates": judge.candidates.to_dict() if judge.variant.uses_candidates else None,
-        })
-        manifest.setdefault("sessions", []).append({
-            **session,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "new_samples": len(todo),
-            "seconds": round(time.perf_counter() - started, 2),
-        })
+        _judge_session(judge, todo, existing, predictions_path, target, manifest, session,
+                       batch_size, progress, too_long, started)
+    else:
         write_json_atomic(target / MANIFEST, manifest)
     rows = [existing[s.id] for s in selected]
     metrics = {"judge": judge.name, "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
@@ -305,6 +291,95 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
     write_json_atomic(target / METRICS, metrics)
     return RunResult(judge.name, bench.name, target, metrics, len(todo), len(selected) - len(todo),
                      time.perf_counter() - started, bench.kind)
+
+
+def _judge_session(judge: Judge, todo: list[Sample], existing: dict, predictions_path: Path, target: Path,
+                   manifest: dict, session: dict, batch_size, progress, too_long: str, started: float) -> None:
+    """Judge ``todo`` as one session of the manifest: recorded (``ended: running``) before the first row,
+    so a run killed or stopped by a full disk still shows; marked completed or failed when it ends."""
+    answered_before = _answering_models(judge)
+    _expect_answering_models(judge, manifest)
+    session = {**session, "ended": "running"}
+    manifest.setdefault("sessions", []).append(session)
+    write_json_atomic(target / MANIFEST, manifest)
+
+    def on_row(row: Prediction) -> None:
+        writer(row)
+        existing[row.id] = row.to_dict()
+        if progress:
+            progress(1)
+
+    def end(how: str) -> None:
+        answered = (_answering_models(judge) or Counter()) - (answered_before or Counter())
+        manifest.update({
+            "backend": redact(judge.backend.describe()),
+            "model_note": judge.model_note,
+            "candidates": judge.candidates.to_dict() if judge.variant.uses_candidates else None,
+        })
+        session.update({"ended": how, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "new_samples": len(todo), "seconds": round(time.perf_counter() - started, 2),
+                        **({"answered_by": sorted(answered)} if answered_before is not None else {})})
+        write_json_atomic(target / MANIFEST, manifest)
+
+    try:
+        with JsonlAppender(predictions_path) as writer:
+            for row in _too_long_rows(judge, todo, too_long):
+                on_row(row)
+            judge_pending(judge, todo, on_row, done=existing, batch_size=batch_size)
+    except BaseException as exc:
+        try:  # best effort: a full disk may refuse this too, and the next run marks the session
+            end(redact_text(f"failed: {type(exc).__name__}: {exc}")[:300])
+        except Exception:  # noqa: BLE001 - the original error is the one to show
+            log.warning("%s: could not mark the session as failed in %s", target, MANIFEST)
+        raise
+    end("completed")
+
+
+UNFINISHED = "interrupted (killed, or its end could not be recorded)"
+
+
+def _close_unfinished_sessions(manifest: dict) -> None:
+    """Sessions still ``running`` when the folder's lock is free were killed (SIGKILL) or could not write
+    their end (disk full): say so."""
+    for session in manifest.get("sessions", []):
+        if session.get("ended") == "running":
+            session["ended"] = UNFINISHED
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """``*.tmp`` files an atomic write left when it failed (disk full) or was killed: never read, removed."""
+    for tmp in target.glob("*.tmp"):
+        log.info("%s: removing %s, left by an interrupted write", target, tmp.name)
+        tmp.unlink(missing_ok=True)
+
+
+def _answering_models(judge: Judge) -> Counter | None:
+    """The models that answered a served backend's requests so far (None for local backends)."""
+    answered = getattr(judge.backend, "answered_by", None) if judge.config.backend not in LOCAL_BACKENDS else None
+    return Counter(answered) if answered is not None else None
+
+
+def _expect_answering_models(judge: Judge, manifest: dict) -> None:
+    """A served model that answered this folder's earlier rows must answer the new ones."""
+    earlier = {m for s in manifest.get("sessions", []) for m in s.get("answered_by", [])}
+    if earlier and hasattr(judge.backend, "expected_answer_models"):
+        judge.backend.expected_answer_models = earlier
+
+
+def _drop_failures_to_redo(path: Path, existing: dict, selected: set[str], rejudge_failures: bool) -> None:
+    """Failed rows to judge again: those the server caused (a transient outage must not leave permanent
+    failures), and with ``rejudge_failures`` those the model caused too. They leave the file first (one
+    atomic rewrite), so it never holds two rows of one sample."""
+    redo = []
+    for sample_id in selected & existing.keys():
+        cause = Prediction.from_dict(existing[sample_id]).failure_cause
+        if cause == "server" or (cause == "model" and rejudge_failures):
+            redo.append(sample_id)
+    if redo:
+        log.info("%s: judging %d failed row(s) again", path.parent, len(redo))
+        for sample_id in redo:
+            del existing[sample_id]
+        write_jsonl_atomic(path, list(existing.values()))
 
 
 def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:

@@ -166,5 +166,10 @@ def judge_identity(config: JudgeConfig) -> tuple[dict, dict]:
 
 
 def run_identity(judge, bench) -> RunIdentity:
+    """The run's identity. A served model (openai backend) is asked which model id its requests name:
+    the /models listing picks it when neither --model nor api_model does, so the config alone cannot say."""
     judge_part, model_part = judge_identity(judge.config)
+    served = getattr(judge.backend, "served_model", None) if judge.config.backend not in LOCAL_BACKENDS else None
+    if served is not None:
+        model_part = normalise({**model_part, "served_model": served()})
     return RunIdentity(judge_part, model_part, bench_identity(bench))

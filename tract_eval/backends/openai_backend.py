@@ -22,10 +22,12 @@ import logging
 import math
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates, impossible_logprobs
 from ..config import SamplingConfig
+from ..errors import UserError
 from ..models import load_tokenizer, resolve_model
 from ..redaction import redact_text, register_secret
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
@@ -47,6 +49,10 @@ EXCERPT_CHARS = 300  # of a malformed response body, quoted in the row and the l
 
 class MalformedResponse(RuntimeError):
     """The server answered 200 with a body that is not what the API promises, on every attempt."""
+
+
+class ServedModelChanged(UserError, RuntimeError):
+    """The server answers as another model than the one that answered this run's earlier rows."""
 
 
 @dataclass
@@ -93,6 +99,9 @@ class OpenAIBackend(Backend):
         self.timeout = float(timeout)
         self.top_logprobs = top_logprobs
         self.usage = Usage()
+        self.answered_by: Counter = Counter()  # the ``model`` field of the answers, counted
+        # set by the runner from the folder's earlier sessions: an answer from any other model stops the run
+        self.expected_answer_models: set[str] | None = None
         self.notes: list[str] = []
         self._chats: dict[str, tuple[list[dict], str]] = {}  # rendered text -> chat, for single mode
 
@@ -349,6 +358,7 @@ class OpenAIBackend(Backend):
             except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not the API's shape
                 problem = f"unreadable body ({type(exc).__name__}: {exc})"
             if not problem:
+                self._check_answer_model(getattr(response, "model", None))
                 if getattr(response, "usage", None) is not None:
                     self.usage.prompt_tokens += response.usage.prompt_tokens or 0
                     self.usage.completion_tokens += response.usage.completion_tokens or 0
@@ -362,6 +372,21 @@ class OpenAIBackend(Backend):
                         endpoint, self._shown_url, attempt + 1, self.max_retries + 1, problem, excerpt)
         raise MalformedResponse(f"{endpoint} response from {self._shown_url}: {problem} "
                                 f"({self.max_retries + 1} attempts); the server sent: {excerpt!r}")
+
+    def _check_answer_model(self, model) -> None:
+        """Count which model answered; refuse one that differs from what answered the folder's rows, before
+        its answer becomes a row (the first such answer stops the run)."""
+        model = model if isinstance(model, str) and model else "(not said)"
+        expected = self.expected_answer_models
+        if expected and model not in expected:
+            raise ServedModelChanged(
+                f"{self._shown_url} now answers as model {model!r}, but this folder's rows were answered by "
+                f"{', '.join(map(repr, sorted(expected)))}; use another --out, or point --base-url at that model")
+        self.answered_by[model] += 1
+
+    def served_model(self) -> str:
+        """The model id requests name (part of the run identity)."""
+        return self.api_model
 
     # -- sampling parameters -----------------------------------------------------------
     def _sampling_body(self, sampling: SamplingConfig) -> dict:

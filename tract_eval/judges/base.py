@@ -196,12 +196,16 @@ class Judge:
             prediction, status = fallback, "fallback"
         else:
             prediction, status = None, "parse_failure"
+        failure = None
+        if status in ("parse_failure", "fallback"):  # retried by the next run when the server was to blame
+            failure = "server" if any(c.error for c in completions) else "model"
         return Prediction(
             id=sample.id,
             gold=sample.gold,
             prediction=prediction,
             per_cot=per_cot,
             status=status,
+            failure=failure,
             cots=[c.text for c in completions],
             score_probs=score_probs,
             raw_probs=raw_probs,
