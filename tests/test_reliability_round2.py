@@ -365,3 +365,35 @@ def test_a_killed_or_disk_full_session_is_in_the_manifest_and_its_leftovers_are_
     assert not list(folder.glob("*.tmp")) and result.new_samples == 1
     ended = [s["ended"] for s in json.loads((folder / "manifest.json").read_text())["sessions"]]
     assert ended == [UNFINISHED, UNFINISHED, "completed"]
+
+
+# -- 7. compare and report refuse runs of different data under one benchmark name ---------------------------
+def test_compare_and_report_refuse_runs_on_different_data_naming_the_difference(tmp_path, data_dir, capsys):
+    import shutil
+
+    from test_runner import LengthBackend
+    from tract_eval.benchmarks import load_benchmark
+    from tract_eval.judges import build_judge
+    from tract_eval.runner import run_benchmark
+
+    for copy, judge in (("one", "tract"), ("two", "rail")):
+        shutil.copytree(data_dir / "prometheus", tmp_path / copy / "prometheus")
+        if copy == "two":  # the same ids and gold, another response to judge
+            path = tmp_path / copy / "prometheus" / "vicuna_eval.json"
+            rows = json.loads(path.read_text())
+            rows[0]["instruction"] = rows[0]["instruction"].replace("###Response to evaluate:\n",
+                                                                    "###Response to evaluate:\nEdited. ")
+            path.write_text(json.dumps(rows))
+        run_benchmark(build_judge(judge, backend=LengthBackend()), load_benchmark("vicuna", tmp_path / copy),
+                      tmp_path / f"out-{copy}", limit=6)
+    a, b = str(tmp_path / "out-one" / "tract"), str(tmp_path / "out-two" / "rail")
+    for argv in (["compare", a, b, "--resamples", "20"], ["report", a, b]):
+        err = one_line_error(capsys, argv)
+        assert "vicuna: " in err and "were judged on different benchmarks: bench.data." in err
+        assert "vicuna_eval.json" in err and "--allow-different-data" in err
+        assert main(argv + ["--allow-different-data"]) == 0
+        captured = capsys.readouterr()
+        assert captured.err.startswith("WARNING: vicuna: ") and "different benchmarks" in captured.err
+    # the same data twice is no difference
+    assert main(["compare", a, str(tmp_path / "out-one" / "tract"), "--resamples", "20"]) == 0
+    assert "WARNING" not in capsys.readouterr().err

@@ -155,9 +155,14 @@ class RunIdentity:
         """``path: theirs -> ours`` for every setting that differs from the identity ``other``."""
         if not other:
             return ["the folder's manifest has no run identity (written by an older tract-eval)"]
-        theirs, ours = _flatten(normalise(other)), _flatten(self.to_dict())
-        return [f"{key}: {_short(theirs.get(key, _ABSENT))} -> {_short(ours.get(key, _ABSENT))}"
-                for key in sorted(set(theirs) | set(ours)) if theirs.get(key, _ABSENT) != ours.get(key, _ABSENT)]
+        return identity_differences(other, self.to_dict())
+
+
+def identity_differences(theirs: dict, ours: dict, prefix: str = "") -> list[str]:
+    """``path: theirs -> ours`` for every leaf that differs between two identity parts (JSON-like)."""
+    theirs, ours = _flatten(normalise(theirs), prefix), _flatten(normalise(ours), prefix)
+    return [f"{key}: {_short(theirs.get(key, _ABSENT))} -> {_short(ours.get(key, _ABSENT))}"
+            for key in sorted(set(theirs) | set(ours)) if theirs.get(key, _ABSENT) != ours.get(key, _ABSENT)]
 
 
 def judge_identity(config: JudgeConfig) -> tuple[dict, dict]:

@@ -20,6 +20,17 @@ def write_output(text: str, out: str | None) -> None:
         sys.stdout.write(text)
 
 
+def warn_different_data(differences: list[str]) -> None:
+    for line in differences:  # --allow-different-data: said on every run of the command, never silently
+        print(f"WARNING: {line}", file=sys.stderr)
+
+
+def _add_allow_different_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-different-data", action="store_true",
+                        help="runs of one benchmark judged on different data or benchmark options are refused; "
+                             "with this flag they are used anyway, each difference printed as a WARNING")
+
+
 def _add_metrics(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", default="r,rho", help="comma list of r, rho, tau, rmse (default r,rho)")
 
@@ -32,12 +43,14 @@ def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_report(args) -> int:
     from .render import render
-    from .runs import collect_runs
+    from .runs import check_same_benchmarks, collect_runs
     from .stats import parse_measures
     from .table import build_table
 
     use_cards(args)
-    table = build_table(collect_runs(args.runs), parse_measures(args.metrics), ci=args.ci,
+    runs = collect_runs(args.runs)
+    warn_different_data(check_same_benchmarks(runs, args.allow_different_data))
+    table = build_table(runs, parse_measures(args.metrics), ci=args.ci,
                         resamples=args.resamples, seed=args.seed, confidence=args.confidence)
     write_output(render(table, args.format, caption_prefix=args.caption, standalone=args.standalone), args.out)
     return 0
@@ -47,11 +60,12 @@ def _cmd_compare(args) -> int:
     import json
 
     from .compare import compare, to_markdown, unshared_benches
-    from .runs import collect_runs
+    from .runs import check_same_benchmarks, collect_runs
     from .stats import parse_measures
 
     use_cards(args)
     runs_a, runs_b = collect_runs([args.a]), collect_runs([args.b])
+    warn_different_data(check_same_benchmarks(runs_a + runs_b, args.allow_different_data))
     diffs = compare(runs_a, runs_b, parse_measures(args.metrics), resamples=args.resamples, seed=args.seed,
                     confidence=args.confidence)
     label_a, label_b = runs_a[0].judge, runs_b[0].judge
@@ -101,6 +115,7 @@ def register(subparsers) -> None:
     report.add_argument("--caption", default="", help="text put before the generated caption notes")
     report.add_argument("--standalone", action="store_true", help="LaTeX: a full document (compiles alone)")
     add_output_file(report)
+    _add_allow_different_data(report)
     add_cards_option(report)  # titles, order and Average membership of benchmarks from your own cards
 
     comp = add_command(
@@ -112,5 +127,6 @@ def register(subparsers) -> None:
     _add_metrics(comp)
     _add_bootstrap_options(comp)
     comp.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    _add_allow_different_data(comp)
     add_output_file(comp)
     add_cards_option(comp)

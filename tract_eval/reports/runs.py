@@ -142,6 +142,49 @@ def collect_runs(roots: list[str | Path]) -> list[Run]:
     return runs
 
 
+class MixedBenchmarks(UserError, ValueError):
+    """Runs of one benchmark name were judged on different data or benchmark options."""
+
+
+def bench_identity_of(run: Run) -> dict | None:
+    """The benchmark part of the run's identity (loader, scale, options, data checksums), as its manifest
+    records it; None for runs written before manifests held identities."""
+    identity = run.manifest.get("identity") if isinstance(run.manifest, dict) else None
+    bench = identity.get("bench") if isinstance(identity, dict) else None
+    return bench if isinstance(bench, dict) else None
+
+
+def benchmark_differences(runs: list[Run]) -> list[str]:
+    """For each benchmark name, how the runs' benchmark identities differ from the first run's (one line
+    each, naming both folders and the differing settings): rows of different data must not share a
+    column or be paired by id."""
+    from ..settings import identity_differences
+
+    found = []
+    first: dict[str, Run] = {}
+    for run in runs:
+        ours = bench_identity_of(run)
+        if ours is None:
+            continue
+        reference = first.setdefault(run.bench, run)
+        if reference is run:
+            continue
+        changes = identity_differences(bench_identity_of(reference), ours, "bench")
+        if changes:
+            found.append(f"{run.bench}: {reference.path} and {run.path} were judged on different benchmarks: "
+                         + "; ".join(changes))
+    return found
+
+
+def check_same_benchmarks(runs: list[Run], allow: bool = False, flag: str = "--allow-different-data") -> list[str]:
+    """Refuse runs of one benchmark name judged on different data or options, naming the difference; with
+    ``allow`` return the differences instead, for the caller to print loudly."""
+    found = benchmark_differences(runs)
+    if found and not allow:
+        raise MixedBenchmarks(found[0] + f" (pass {flag} to put them side by side anyway)")
+    return found
+
+
 def bench_order(benches) -> list[str]:
     """By the cards' ``order`` (the paper's Table 2 for the built-in ones), then by name."""
     def key(bench: str):
