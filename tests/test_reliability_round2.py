@@ -30,8 +30,20 @@ def one_line_error(capsys, argv) -> str:
 
 
 # -- 1. card templates cannot run code ----------------------------------------------------------------
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+    """The refusals below come before a backend (and so a model) is created."""
+    from tract_eval.judges import base as judge_base
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was about to load")
+
+    monkeypatch.setattr(judge_base, "create_backend", refuse)
+
+
 @pytest.mark.parametrize("payload", sorted(PAYLOADS))
-def test_a_card_template_that_reaches_for_code_is_refused_naming_card_and_template(tmp_path, capsys, payload):
+def test_a_card_template_that_reaches_for_code_is_refused_naming_card_and_template(tmp_path, capsys, payload,
+                                                                                   no_model_loads):
     marker, secret = tmp_path / "MARKER", tmp_path / "SECRET"
     secret.write_text("the secret")
     text = PAYLOADS[payload].replace("MARKER", str(marker)).replace("SECRET", str(secret))
