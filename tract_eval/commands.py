@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
 from .cliargs import add_cards_option, add_command, add_data_options, use_cards
-from .config import SCORE_ONLY_ANCHORS, VERDICT_PARSERS
+from .config import MAX_SCALE_POINTS, SCORE_ONLY_ANCHORS, VERDICT_PARSERS
 from .errors import ConfigError, InputNotFoundError
 from .protocol import READOUTS
 from .progress import progress_reporter
@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
                    help="own data: map roles to your column names, e.g. rubric=criteria,score=label")
     p.add_argument("--scale", default=None, metavar="LOW-HIGH",
-                   help="own data: the score scale, e.g. 1-10 (default 1-5); the judge's score candidates follow it")
+                   help=f"own data: the score scale, e.g. 1-10 (default 1-5), at most {MAX_SCALE_POINTS} scores "
+                        f"(0-{MAX_SCALE_POINTS - 1}); the judge's score candidates follow it")
     add_cards_option(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="output folder")
     p.add_argument("--run-name", default=None,
