@@ -95,19 +95,35 @@ def shard_samples(samples: list[Sample], shard: tuple[int, int] | None) -> list[
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+MAX_NAME_CHARS = 128  # file systems take 255 bytes per name; a run folder's name stays well inside
 
 
 def check_plain_name(name: str, what: str) -> str:
     """Judge and benchmark names become folder names under --out: letters, digits and ``._+-`` only
-    (no ``/``, no ``..``), so no name can write outside --out."""
+    (no ``/``, no ``..``), so no name can write outside --out; at most ``MAX_NAME_CHARS`` of them."""
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(f"{what} name {name!r} cannot be a folder name: use letters, digits and . _ + - "
+        raise ConfigError(f"{what} {name!r} cannot be a folder name: use letters, digits and . _ + - "
                           "(no path separators or '..')")
+    if len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"{what} {name[:24]!r}... is {len(name)} characters long; a folder name takes at "
+                          f"most {MAX_NAME_CHARS}")
     return name
 
 
+def check_out_dir(out: Path) -> Path:
+    """``--out``: a folder that exists or can be made (checked before any model loads)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create this folder ({exc.strerror or exc})") from None
+    return out
+
+
 def run_dir(out: Path, judge: str, bench: str, shard: tuple[int, int] | None = None) -> Path:
-    base = Path(out) / check_plain_name(judge, "judge") / check_plain_name(bench, "benchmark")
+    base = Path(out) / check_plain_name(judge, "judge name") / check_plain_name(bench, "benchmark name")
     return base / SHARDS / f"{shard[0]}-of-{shard[1]}" if shard else base
 
 
@@ -246,7 +262,7 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
     if too_long not in TOO_LONG_POLICIES:
         raise ConfigError(f"--too-long must be one of {', '.join(TOO_LONG_POLICIES)}, not {too_long!r}")
     check_gold_in_scale(judge, bench)
-    target = run_dir(out, judge.name, bench.name, shard)
+    target = run_dir(check_out_dir(out), judge.name, bench.name, shard)
     identity = run_identity(judge, bench)  # an unavailable model fails here
     with RunLock(target):
         return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long)
