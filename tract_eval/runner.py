@@ -7,6 +7,7 @@ at most the samples in flight; a torn last line is dropped on the next start.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -21,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .benchmarks import Benchmark, DataFormatError, Sample
-from .errors import ConfigError, InputNotFoundError, UserError
+from .errors import ConfigError, InputNotFoundError, ServerError, UserError
 from .judges import Judge
 from .metrics import generation_summary
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
@@ -184,6 +185,9 @@ def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Predictio
     ``first_cot`` > 0 adds CoTs ``first_cot ..`` to samples that have the earlier ones.
     """
     pending = [s for s in samples if s.id not in done]
+    if not pending:  # nothing to ask the backend (which would still size its buffers for the budget)
+        return 0
+    check_budget_fits(judge)
     # the whole queue goes to the backend, which keeps ``batch_size`` sequences decoding and gives a
     # finished sequence's slot to the next one (continuous batching)
     judge.judge(pending, first_cot=first_cot, on_row=sink, batch_size=batch_size or judge.config.batch_size)
@@ -203,13 +207,26 @@ def _generation_budget(judge: Judge) -> int:
     return budget
 
 
+def check_budget_fits(judge: Judge) -> int:
+    """The generation budget, refused when it alone fills the model's context (unknown context: not
+    checked): no prompt could fit, so the setting is the mistake, and the backend would size its
+    buffers for it (``--max-new-tokens 100000000000`` asked for 1.2 TB)."""
+    budget = _generation_budget(judge)
+    context = judge.backend.context_length()
+    if context is not None and budget >= context:
+        raise ConfigError(f"--max-new-tokens {judge.config.sampling.max_new_tokens}: the generation budget of "
+                          f"{budget} tokens leaves no room for a prompt in the model's context of {context} "
+                          "tokens; lower --max-new-tokens")
+    return budget
+
+
 def _too_long_rows(judge: Judge, samples: list[Sample], policy: str) -> list[Prediction]:
     """``too_long`` rows for the samples whose prompt + generation budget exceeds the model's context
     (``policy`` "mark"); "refuse" stops the run naming them instead. Unknown context: nothing is checked."""
     context = judge.backend.context_length()
     if context is None:
         return []
-    budget = _generation_budget(judge)
+    budget = check_budget_fits(judge)
     rows = []
     for sample in samples:
         text = judge.build_input(sample)
@@ -264,8 +281,19 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
     check_gold_in_scale(judge, bench)
     target = run_dir(check_out_dir(out), judge.name, bench.name, shard)
     identity = run_identity(judge, bench)  # an unavailable model fails here
-    with RunLock(target):
+    with RunLock(target), _saying_what_is_kept(target):
         return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long)
+
+
+@contextlib.contextmanager
+def _saying_what_is_kept(target: Path):
+    """A server that failed for good ends the run in one line that also says the finished rows are kept."""
+    try:
+        yield
+    except ServerError as exc:
+        kept = len(read_predictions(target / PREDICTIONS))
+        raise ServerError(f"{exc}; the {kept} finished row(s) in {target / PREDICTIONS} are kept: rerun the "
+                          "same command to resume") from exc
 
 
 def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdentity, limit, shard, batch_size,
