@@ -292,6 +292,8 @@ def _saying_what_is_kept(target: Path):
         yield
     except ServerError as exc:
         kept = len(read_predictions(target / PREDICTIONS))
+        if not kept:
+            raise
         raise ServerError(f"{exc}; the {kept} finished row(s) in {target / PREDICTIONS} are kept: rerun the "
                           "same command to resume") from exc
 
