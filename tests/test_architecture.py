@@ -24,9 +24,9 @@ FLOORS = {
     5: ["judges", "reports"],
     4: ["backends", "benchmarks", "settings"],
     3: ["config"],
-    2: ["prompts", "conversion", "cliargs"],
+    2: ["prompts", "conversion", "cliargs", "metrics"],
     1: ["cards", "models", "protocol", "records", "registry"],
-    0: ["errors", "candidates", "parsing", "metrics", "hub", "redaction", "progress"],
+    0: ["errors", "candidates", "parsing", "hub", "redaction", "progress"],
 }
 FLOOR_OF = {unit: floor for floor, units in FLOORS.items() for unit in units}
 
