@@ -40,6 +40,7 @@ def one_line(capsys, argv: list[str]) -> str:
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
+    print(f"\n{lines[0]}")  # -s shows what a user sees, for the closing note
     return lines[0]
 
 
@@ -267,3 +268,48 @@ def test_15_max_new_tokens_beyond_the_context_allocates_nothing_on_the_embedded_
     line = one_line(capsys, ["run", "--judge", "tract", "--bench", "vicuna", "--data-dir", str(data_dir), "--limit", "1",
                              "--out", str(tmp_path), "--max-new-tokens", "100000000000"])
     assert "--max-new-tokens 100000000000: the generation budget of " in line and "context of 8192 tokens" in line
+
+
+# -- 17: run files that are JSON but not what a run writes ----------------------------------------------------
+NOT_ROWS = {  # a line in the middle of predictions.jsonl, and what the one line says about it
+    "empty-object": ("{}", "line 2 has no field 'id'"),
+    "a-list": ("[1]", "line 2 is a JSON list, not an object"),
+    "prediction-text": (json.dumps({"id": "x", "gold": 3.0, "prediction": "abc", "status": "ok"}),
+                        "line 2 field 'prediction' must be a number or null, not 'abc'"),
+}
+
+
+def corrupt_run(folder: Path, case: str) -> tuple[Path, str]:
+    """Spoils one file of a finished run folder; returns the file and what the one line must say of it."""
+    if case == "manifest-list":
+        (folder / "manifest.json").write_text("[]\n")
+        return folder / "manifest.json", "holds a JSON list, not an object"
+    line, said = NOT_ROWS[case]
+    path = folder / "predictions.jsonl"
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([rows[0], line, *rows[1:]]) + "\n")
+    return path, said
+
+
+@pytest.mark.parametrize("command", ["run", "report", "merge"])
+@pytest.mark.parametrize("case", [*NOT_ROWS, "manifest-list"])
+def test_17_a_run_file_that_is_json_but_not_a_run_names_file_and_line(capsys, tmp_path, data_dir, no_model_loads,
+                                                                      command, case):
+    from test_runner import LengthBackend
+    from tract_eval.benchmarks import load_benchmark
+    from tract_eval.judges import build_judge
+    from tract_eval.runner import run_benchmark
+
+    vicuna = load_benchmark("vicuna", data_dir)
+    bench_dir = tmp_path / "tract" / "vicuna"
+    shard = (0, 2) if command == "merge" else None
+    for index in ([0, 1] if shard else [None]):
+        run_benchmark(build_judge("tract", backend=LengthBackend(), n_cot=1), vicuna, tmp_path, limit=6,
+                      shard=None if index is None else (index, 2))
+    spoiled, said = corrupt_run(bench_dir / "shards" / "0-of-2" if shard else bench_dir, case)
+    argv = {"run": ["run", "--judge", "tract", "--bench", "vicuna", "--n-cot", "1", "--limit", "6", "--out",
+                    str(tmp_path), "--data-dir", str(data_dir)],
+            "report": ["report", str(tmp_path)],
+            "merge": ["merge", str(bench_dir), "--data-dir", str(data_dir)]}[command]
+    line = one_line(capsys, argv)
+    assert f"{spoiled}: " in line and said in line, line

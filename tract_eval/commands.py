@@ -222,16 +222,13 @@ def print_summary(results, skipped) -> None:
 def cmd_merge(args) -> int:
     from .benchmarks import reload_benchmark
     from .records import MANIFEST, SHARDS
-    from .runner import merge_shards
+    from .runner import merge_shards, read_shard_manifest
 
     # the shards' manifest says what ran (a card, a data file or hf: dataset, columns, scale, options)
     manifests = sorted((args.run_dir / SHARDS).glob(f"*-of-*/{MANIFEST}"))
     if not manifests:
         raise InputNotFoundError(f"{args.run_dir}/{SHARDS} holds no shard folders with a {MANIFEST}")
-    try:
-        described = json.loads(manifests[0].read_text(encoding="utf-8"))["bench"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{manifests[0]}: no readable benchmark description ({exc}); rerun that shard") from exc
+    described = read_shard_manifest(manifests[0].parent)["bench"]
     bench = reload_benchmark(described, args.data_dir)
     json.dump(merge_shards(args.run_dir, bench), sys.stdout, indent=2)
     print()

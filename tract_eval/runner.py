@@ -8,7 +8,6 @@ at most the samples in flight; a torn last line is dropped on the next start.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import platform
 import re
@@ -25,8 +24,8 @@ from .benchmarks import Benchmark, DataFormatError, Sample
 from .errors import ConfigError, InputNotFoundError, ServerError, UserError
 from .judges import Judge
 from .metrics import generation_summary
-from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
-                      write_json_atomic, write_jsonl_atomic)
+from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunFormatError, RunLock,
+                      read_json_object, read_predictions, write_json_atomic, write_jsonl_atomic)
 from .redaction import redact
 from .settings import RunIdentity, bench_identity, run_identity
 
@@ -141,10 +140,10 @@ def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict 
                               "use another --out, or delete that folder to start over")
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        manifest = read_json_object(path)
+    except RunFormatError as exc:  # not JSON, or JSON but not an object
         if has_rows:
-            raise RunConflict(f"{path} is not valid JSON ({exc}); the folder's run cannot be identified") from exc
+            raise RunConflict(f"{exc}; the folder's run cannot be identified") from exc
         return None
     if manifest.get("fingerprint") == identity.fingerprint:
         return manifest
@@ -353,6 +352,26 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
                      time.perf_counter() - started, bench.kind)
 
 
+SHARD_MANIFEST_FIELDS = ("identity", "fingerprint", "shard", "bench", "judge")  # what merging reads
+
+
+def read_shard_manifest(folder: Path) -> dict:
+    """A shard's manifest as ``run`` wrote it; anything else fails naming the file."""
+    path = folder / MANIFEST
+    try:
+        manifest = read_json_object(path)
+    except RunFormatError as exc:
+        raise RunFormatError(f"{exc}; rerun that shard") from exc
+    if manifest is None:
+        raise RunFormatError(f"{folder}: no {MANIFEST}; rerun that shard")
+    missing = [name for name in SHARD_MANIFEST_FIELDS if name not in manifest]
+    identity = manifest.get("identity")
+    if missing or not isinstance(identity, dict) or set(identity) != {"judge", "model", "bench"}:
+        what = f"no field {missing[0]!r}" if missing else "no run identity (judge, model, bench)"
+        raise RunFormatError(f"{path}: has {what}; rerun that shard")
+    return manifest
+
+
 def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
     """Combine ``shards/*/predictions.jsonl`` into ``bench_dir/predictions.jsonl`` and rescore."""
     with RunLock(bench_dir):
@@ -365,12 +384,7 @@ def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
         raise InputNotFoundError(f"{bench_dir}/shards holds no shard folders")
     for d in shard_dirs:  # a shard still being written would be merged half done
         RunLock(d).acquire().release()
-    manifests = []
-    for d in shard_dirs:
-        try:
-            manifests.append(json.loads((d / MANIFEST).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunConflict(f"{d}: no readable {MANIFEST} ({exc}); rerun that shard") from exc
+    manifests = [read_shard_manifest(d) for d in shard_dirs]
     first = RunIdentity(**manifests[0]["identity"])
     for d, m in zip(shard_dirs[1:], manifests[1:]):
         if m["fingerprint"] != first.fingerprint:
@@ -382,7 +396,7 @@ def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
                                       .differences(first.to_dict())))
     main_manifest = bench_dir / MANIFEST
     if (bench_dir / PREDICTIONS).is_file() and read_predictions(bench_dir / PREDICTIONS):
-        existing = json.loads(main_manifest.read_text(encoding="utf-8")) if main_manifest.is_file() else {}
+        existing = read_json_object(main_manifest) or {}
         if existing.get("fingerprint") != first.fingerprint:
             raise RunConflict(f"{bench_dir} already holds a run of another identity "
                               f"({existing.get('fingerprint')}) than its shards ({first.fingerprint})")
