@@ -347,6 +347,9 @@ def _parse_json(path: Path, text: str, line: int | None):
     except json.JSONDecodeError as exc:
         where = f"line {line if line is not None else exc.lineno}, column {exc.colno}"
         raise DataFormatError(str(path), None, None, f"cannot read it as json: {where}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. a number beyond int's digit limit, or nesting too deep
+        where = f"line {line}: " if line is not None else ""
+        raise DataFormatError(str(path), None, None, f"cannot read it as json: {where}{exc}") from None
 
 
 def _excerpt(value, width: int = 40) -> str:
