@@ -126,8 +126,8 @@ def test_a_proxy_echoing_the_authorization_header_leaves_no_key_on_disk_or_in_lo
         result = run_against(server, tokenizer_dir, vicuna, tmp_path, limit=2,
                              backend_options={"api_key_env": "TRACT_TEST_KEY"})
     rows = rows_of(result)
-    assert [r["status"] for r in rows] == ["parse_failure"] * 2
-    assert "Authorization: Bearer ***" in rows[0]["errors"][0]
+    assert [r.status for r in rows] == ["parse_failure"] * 2
+    assert "Authorization: Bearer ***" in rows[0].errors[0]
     written = "".join(p.read_text() for p in result.out_dir.iterdir() if p.is_file()) + caplog.text
     assert "SECRET" not in written and "0123456789" not in written
 
@@ -175,8 +175,8 @@ def test_impossible_log_probabilities_are_counted_failures_quoting_the_server(
     with FaultyOpenAIServer(faults, impossible_logprob=value) as server:
         result = run_against(server, tokenizer_dir, vicuna, tmp_path, backend_options={"mode": mode})
     rows = rows_of(result)
-    assert [(r["status"], r["prediction"]) for r in rows] == [("parse_failure", None)] * 3
-    assert all(quoted in r["errors"][0] and repr(value) in r["errors"][0] for r in rows), rows[0]["errors"]
+    assert [(r.status, r.prediction) for r in rows] == [("parse_failure", None)] * 3
+    assert all(quoted in r.errors[0] and repr(value) in r.errors[0] for r in rows), rows[0].errors
     assert result.metrics["n"] == 0 and result.metrics["parse_failures"] == 3
 
 
@@ -311,7 +311,7 @@ def test_server_failures_are_judged_again_model_failures_kept_unless_asked(tmp_p
                              **options)
 
     failed = run(kind)
-    assert [(r["status"], r["failure"]) for r in rows_of(failed)] == [("parse_failure", kind)] * 3
+    assert [(r.status, r.failure) for r in rows_of(failed)] == [("parse_failure", kind)] * 3
     again = run(None)  # the server is fixed
     if kind == "server":
         assert (again.new_samples, again.reused_samples) == (3, 0) and again.metrics["n"] == 3
@@ -320,7 +320,7 @@ def test_server_failures_are_judged_again_model_failures_kept_unless_asked(tmp_p
         redone = run(None, rejudge_failures=True)
         assert (redone.new_samples, redone.reused_samples) == (3, 0)
     rows = rows_of(failed)
-    assert [(r["status"], r["failure"]) for r in rows] == [("ok", None)] * 3 and len({r["id"] for r in rows}) == 3
+    assert [(r.status, r.failure) for r in rows] == [("ok", None)] * 3 and len({r.id for r in rows}) == 3
 
 
 def test_the_cli_takes_rejudge_failures():

@@ -109,7 +109,8 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     it comes from ``create_backend``, which keeps the last one loaded, so equal settings load it once."""
     from .backends import check_backend_options
     from .judges import build_judge
-    from .models import check_model_args
+    from .models import check_device, check_model_args
+    from .runner import check_plain_name
 
     settings = {k: v for k, v in dict(overrides or {}).items() if v is not None}
     run_name = settings.pop("run_name", None)
@@ -119,7 +120,9 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     check_backend_options(judge.config.backend, judge.config.backend_options)
     if judge.config.backend == "transformers":
         check_model_args(judge.config.backend_options.get("model_args"))
+        check_device(judge.config.device)
     if run_name:
+        check_plain_name(run_name, "--run-name")
         judge.config = judge.config.with_overrides(name=run_name)
     return judge
 

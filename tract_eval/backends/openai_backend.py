@@ -34,6 +34,7 @@ from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest,
                    render_chat_with_tokenizer, request_seed)
 from ..protocol import (exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids, readout_text,
                         supplied_cot_context)
+from ..errors import ConfigError, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,49 @@ _OWNERS = {"vllm": "vllm", "me": "llama.cpp", "llamacpp": "llama.cpp"}
 
 
 EXCERPT_CHARS = 300  # of a malformed response body, quoted in the row and the log
+
+
+def check_options(options: dict) -> None:
+    """The options a user can get wrong, checked before anything connects (flags named as typed)."""
+    from .options import flag_for
+
+    def need(name: str, ok, wanted: str) -> None:
+        value = options.get(name)
+        if name in options and value is not None and not ok(value):
+            raise ConfigError(f"{flag_for(name)} {value!r}: {wanted}")
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need("mode", lambda v: v in MODES, f"the openai backend's mode is one of {', '.join(MODES)}")
+    need("server", lambda v: v in SERVERS + ("auto",), f"one of auto, {', '.join(SERVERS)}")
+    need("concurrency", lambda v: whole(v) and v >= 1, "need at least 1 request in flight")
+    need("max_retries", lambda v: whole(v) and v >= 0, "need 0 or more retries")
+    need("timeout", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+         "need a number of seconds > 0")
+    need("top_logprobs", lambda v: whole(v) and v >= 1, "need 1 or more")
+    name = options.get("api_key_env")
+    if name and os.environ.get(name) is None:
+        raise ConfigError(f"{flag_for('api_key_env')} {name}: the environment variable {name} is not set "
+                          "(export the API key in it)")
+
+
+def server_error(what: str, exc: Exception, timeout: float) -> ServerError:
+    """One line for a request that failed for good: what was asked of which server, and what happened."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        happened = f"no answer within {timeout:g} s (--request-timeout)"
+    elif isinstance(exc, openai.APIConnectionError):
+        happened = f"cannot connect ({exc.__cause__ or exc})"
+    elif isinstance(exc, openai.APIStatusError):
+        happened = f"HTTP {exc.status_code}: {exc.message}"
+        if exc.status_code in (401, 403):
+            happened += f"; set the API key in ${DEFAULT_KEY_ENV}, or name its variable with --api-key-env"
+    else:
+        happened = f"{type(exc).__name__}: {exc}"
+    text = " ".join(redact_text(f"openai backend: {what}: {happened}").split())  # one line
+    return ServerError(text if len(text) <= 400 else text[:397] + "...")
 
 
 class MalformedResponse(RuntimeError):
@@ -77,12 +121,8 @@ class OpenAIBackend(Backend):
                  top_logprobs: int = 20, prices: dict | None = None):
         import openai
 
-        if mode not in MODES:
-            raise ValueError(f"openai backend: mode must be one of {MODES}, not {mode!r}")
-        if server not in SERVERS + ("auto",):
-            raise ValueError(f"openai backend: server must be 'auto' or one of {SERVERS}, not {server!r}")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0 or top_logprobs < 1:
-            raise ValueError("openai backend: concurrency >= 1, max_retries >= 0, timeout > 0, top_logprobs >= 1")
+        check_options(dict(mode=mode, server=server, concurrency=concurrency, max_retries=max_retries,
+                           timeout=timeout, top_logprobs=top_logprobs))
         self.mode = mode
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         self._shown_url = redact_text(self.base_url)  # for messages, logs and describe(): no credentials
@@ -111,7 +151,7 @@ class OpenAIBackend(Backend):
         try:
             served = list(sync_client.models.list())
         except openai.OpenAIError as exc:
-            raise ConnectionError(redact_text(f"openai backend: cannot list models at {self.base_url}/models: {exc}")) from exc
+            raise server_error(f"cannot list models at {self._shown_url}/models", exc, self.timeout) from exc
         finally:
             sync_client.close()
         self.server = server if server != "auto" else self._detect_server(served)
@@ -350,8 +390,8 @@ class OpenAIBackend(Backend):
                 try:
                     raw = await resource.with_raw_response.create(model=self.api_model, **body)
                 except openai.OpenAIError as exc:
-                    raise RuntimeError(redact_text(f"openai backend: {endpoint} request to {self.base_url} failed "
-                                                   f"after {self.max_retries} retries: {exc}")) from exc
+                    raise server_error(f"{endpoint} request to {self._shown_url} failed after {self.max_retries} "
+                                       "retries", exc, self.timeout) from exc
             try:
                 response = raw.parse()
                 problem = _malformed(endpoint, response, body)
