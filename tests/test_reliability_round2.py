@@ -409,3 +409,31 @@ def test_compare_and_report_refuse_runs_on_different_data_naming_the_difference(
     # the same data twice is no difference
     assert main(["compare", a, str(tmp_path / "out-one" / "tract"), "--resamples", "20"]) == 0
     assert "WARNING" not in capsys.readouterr().err
+
+
+# -- 11. a sample written twice is refused by every reader, in the same words -------------------------------
+def test_a_duplicated_predictions_line_is_refused_the_same_way_by_run_report_compare_and_merge(
+        tmp_path, vicuna, capsys):
+    from test_runner import LengthBackend
+    from tract_eval.judges import build_judge
+    from tract_eval.records import CorruptPredictions
+    from tract_eval.runner import merge_shards, run_benchmark
+
+    def run(**options):
+        return run_benchmark(build_judge("tract", backend=LengthBackend()), vicuna, tmp_path, limit=4, **options)
+
+    path = run().out_dir / "predictions.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines + [lines[1]]))  # a line pasted twice
+    expected = f"{path}: line 5 repeats sample {json.loads(lines[1])['id']!r} (first on line 2); remove one of the two lines"
+    with pytest.raises(CorruptPredictions) as caught:
+        run()
+    messages = {str(caught.value)}
+    for argv in (["report", str(tmp_path)], ["compare", str(tmp_path / "tract"), str(tmp_path / "tract")]):
+        messages.add(one_line_error(capsys, argv).split("error: ", 1)[1])
+    shard = run(shard=(0, 1)).out_dir / "predictions.jsonl"
+    shard.write_text(shard.read_text() + shard.read_text().splitlines(keepends=True)[0])
+    with pytest.raises(CorruptPredictions, match="line 5 repeats sample .* remove one of the two lines"):
+        merge_shards(tmp_path / "tract" / "vicuna", vicuna)
+    assert messages == {expected}
+    assert path.read_text() == "".join(lines + [lines[1]])  # nothing was rewritten or dropped

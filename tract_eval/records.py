@@ -318,13 +318,20 @@ def _numbered_jsonl(path: Path, repair: bool) -> list[tuple[int, object]]:
 
 def read_predictions(path: Path, repair: bool = False) -> list[Prediction]:
     """Rows of a predictions file as :class:`Prediction` objects (a torn last line as in :func:`read_jsonl`);
-    a line that is JSON but not a row fails naming the file, line and field."""
-    rows = []
+    a line that is JSON but not a row fails naming the file, line and field. A sample written twice is
+    refused the same way by every reader (run, merge, report, compare): which of two rows counts would
+    otherwise depend on the command."""
+    rows, first_line = [], {}
     for number, data in _numbered_jsonl(Path(path), repair):
         try:
-            rows.append(Prediction.from_dict(data))
+            row = Prediction.from_dict(data)
         except (RowFormatError, TypeError, ValueError) as exc:
             raise CorruptPredictions(f"{path}: line {number} {exc}") from exc
+        if row.key in first_line:
+            raise CorruptPredictions(f"{path}: line {number} repeats sample {row.key!r} (first on line "
+                                     f"{first_line[row.key]}); remove one of the two lines")
+        first_line[row.key] = number
+        rows.append(row)
     return rows
 
 
