@@ -81,7 +81,8 @@ def _cmd_view(args) -> int:
     from .view import write_site
 
     use_cards(args)
-    site = write_site(args.runs, args.out, metrics=args.metrics, ci=True if args.ci else None)
+    site = write_site(args.runs, args.out, metrics=args.metrics, ci=True if args.ci else None,
+                      resamples=args.resamples, seed=args.seed, confidence=args.confidence)
     print(f"wrote {site.index} ({site.runs} runs, {site.bytes / 1e6:.1f} MB)", file=sys.stderr)
     if args.serve is not None:
         return _serve(site.index.parent, args.serve, args.open)
@@ -162,5 +163,7 @@ def register(subparsers) -> None:
                       help="then serve it read-only on 127.0.0.1:PORT until Ctrl-C (for a remote machine)")
     _add_metrics(view)
     view.add_argument("--ci", action="store_true",
-                      help="bootstrap intervals in the table (default: when the runs were made with --ci)")
+                      help="bootstrap intervals in the table (default: when the runs were made with --ci, "
+                           "with their settings)")
+    _add_bootstrap_options(view)
     add_cards_option(view)

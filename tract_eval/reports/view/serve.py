@@ -22,22 +22,14 @@ class SiteHandler(http.server.SimpleHTTPRequestHandler):
     server_version = "tract-eval-view"
     sys_version = ""
 
-    def translate_path(self, path: str) -> str:
-        candidate = Path(super().translate_path(path))
-        root = Path(self.directory).resolve()
-        if candidate.is_dir():
-            candidate = candidate / "index.html"
-        resolved = candidate.resolve()
-        if resolved != root and root not in resolved.parents:
-            return str(root / "\0outside")  # no such file: answered 404
-        return str(resolved)
+    def send_head(self):
+        resolved = Path(self.translate_path(self.path)).resolve()
+        target = resolved / "index.html" if resolved.is_dir() else resolved  # a folder: its index.html only
+        if not target.is_file() or Path(self.directory).resolve() not in target.parents:
+            self.send_error(404, "File not found")
+            return None
+        return super().send_head()
 
-    def list_directory(self, path):
-        self.send_error(404, "No listing")
-        return None
-
-    def log_message(self, format: str, *args) -> None:  # one short line per request on stderr
-        super().log_message(format, *args)
 
 
 def make_server(site: Path, port: int) -> http.server.HTTPServer:

@@ -79,15 +79,18 @@ def stored_intervals(runs: list[Run]) -> dict | None:
     return None
 
 
-def overview_table(runs: list[Run], metrics: str, ci: bool | None) -> Table:
-    """The table ``tract-eval report`` prints; with intervals when asked or when the runs were made with them."""
+def overview_table(runs: list[Run], metrics: str, ci: bool | None, resamples: int, seed: int,
+                   confidence: float) -> Table:
+    """The table ``tract-eval report`` prints; with intervals when asked (``ci``), or, when ``ci`` is None,
+    when the runs were made with ``run --ci`` (then with the bootstrap settings they were made with)."""
+    if ci:
+        return build_table(runs, parse_measures(metrics), ci=True, resamples=resamples, seed=seed,
+                           confidence=confidence)
     stored = stored_intervals(runs) if ci is None else None
-    if ci or stored:
-        settings = stored or {}
+    if stored:
         return build_table(runs, parse_measures(metrics), ci=True,
-                           resamples=settings.get("resamples", bootstrap.DEFAULT_RESAMPLES),
-                           seed=settings.get("seed", 0),
-                           confidence=settings.get("confidence", bootstrap.DEFAULT_CONFIDENCE))
+                           resamples=stored.get("resamples", bootstrap.DEFAULT_RESAMPLES), seed=stored.get("seed", 0),
+                           confidence=stored.get("confidence", bootstrap.DEFAULT_CONFIDENCE))
     return build_table(runs, parse_measures(metrics))
 
 
@@ -159,11 +162,14 @@ def _slugs(runs: list[Run]) -> list[pages.RunPage]:
     return out
 
 
-def write_site(roots: list[str | Path], out: str | Path, metrics: str = "r,rho", ci: bool | None = None) -> Site:
-    """Read the runs under ``roots`` and write the site into ``out`` (``out/index.html`` is its start)."""
+def write_site(roots: list[str | Path], out: str | Path, metrics: str = "r,rho", ci: bool | None = None,
+               resamples: int = bootstrap.DEFAULT_RESAMPLES, seed: int = 0,
+               confidence: float = bootstrap.DEFAULT_CONFIDENCE) -> Site:
+    """Read the runs under ``roots`` and write the site into ``out`` (``out/index.html`` is its start).
+    ``ci``: True adds bootstrap intervals to the table, None adds them when the runs were made with them."""
     out = Path(out)
     runs = collect_runs(roots)
-    table = overview_table(runs, metrics, ci)
+    table = overview_table(runs, metrics, ci, resamples, seed, confidence)
     prepare_out(out)
     env = _environment()
     order = bench_order(r.bench for r in runs)
