@@ -341,7 +341,7 @@ def test_transformers_backend_stops_at_stop_strings_and_reads_after_the_cut(embe
 def test_score_only_training_rows_put_the_score_at_the_opened_assistant_turn(tokenizer, judge_name, objective):
     """Chat fine-tuning renders [user, assistant: score]: the score follows the opened turn. That is
     where the ``generation-prompt`` anchor reads; the reference anchor reads there too on templates
-    that render an empty final turn open (Mistral), not on ChatML (README "Judges")."""
+    that render an empty final turn open (Mistral), not on ChatML (docs/reference/protocols.md)."""
     from tract_eval.training.objectives import IGNORE
     from tract_eval.training.pipeline import encode_rows
     from tract_eval.training.data import TrainingRow

@@ -23,7 +23,7 @@ from .errors import ConfigError, UnknownNameError
 from .protocol import READOUTS, REFERENCE_STOP_STRINGS
 from .redaction import is_secret_name
 
-# How a judge reads a score; one type each in tract_eval.judges.variants (README "Judges").
+# How a judge reads a score; one type each in tract_eval.judges.variants (docs/reference/protocols.md).
 PROTOCOLS = ("cot-rail", "cot-decode", "score-only-rail", "score-only-decode", "prometheus")
 RAIL_PROTOCOLS = ("cot-rail", "score-only-rail")  # the score is the expectation over the candidates
 COT_PROTOCOLS = ("cot-rail", "cot-decode")  # a CoT finished by TRACT's cut rule
@@ -145,7 +145,7 @@ class JudgeConfig:
     dtype: str = "auto"
     template: str = "prometheus_absolute"
     system_prompt: str | None = None
-    # How the judge reads a score: one type each in tract_eval.judges.variants (README "Judges")
+    # How the judge reads a score: a type in tract_eval.judges.variants (docs/reference/protocols.md)
     #   cot-rail           CoT, then the expected score over the candidates after the delimiter (TRACT)
     #   cot-decode         CoT, then one score token sampled after the delimiter (CE with CoT)
     #   score-only-rail    score-only prompt, expected score at the first assistant token (RAIL, RAFT)

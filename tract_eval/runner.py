@@ -220,9 +220,9 @@ def check_gold_in_scale(judge: Judge, bench: Benchmark) -> None:
                                   f"[{low}, {high}]")
 
 
-def status_counts(rows: list[dict]) -> dict[str, int]:
+def status_counts(rows: list[Prediction]) -> dict[str, int]:
     """Rows per status (ok, parse_failure, fallback, partial_candidates, too_long): nothing is silent."""
-    counts = Counter(row.get("status") for row in rows)
+    counts = Counter(row.status for row in rows)
     return {status: counts[status] for status in sorted(counts, key=str)}
 
 
@@ -255,7 +255,7 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
 def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdentity, limit, shard, batch_size,
                 progress, too_long: str) -> RunResult:
     predictions_path = target / PREDICTIONS
-    existing = {row["id"]: row for row in read_predictions(predictions_path, repair=True)}
+    existing = {row.id: row for row in read_predictions(predictions_path, repair=True)}
     manifest = _open_manifest(target, identity, has_rows=bool(existing))
     if manifest is None and predictions_path.exists():
         predictions_path.unlink()  # an attempt of another identity that finished nothing (maybe a torn line)
@@ -279,7 +279,7 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
     if todo:
         def on_row(row: Prediction) -> None:
             writer(row)
-            existing[row.id] = row.to_dict()
+            existing[row.id] = row
             if progress:
                 progress(1)
 
@@ -343,15 +343,15 @@ def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
     counts = {m["shard"][1] for m in manifests}
     if len(counts) != 1 or len(shard_dirs) != counts.pop():
         raise ConfigError(f"{bench_dir}: expected every shard of one split, found {[d.name for d in shard_dirs]}")
-    merged: dict[str, dict] = {}
+    merged: dict[str, Prediction] = {}
     main_path = bench_dir / PREDICTIONS
     if main_path.is_file():
-        merged.update({r["id"]: r for r in read_predictions(main_path)})
+        merged.update({r.id: r for r in read_predictions(main_path)})
     for d in shard_dirs:
         for row in read_predictions(d / PREDICTIONS):
-            merged[row["id"]] = row
+            merged[row.id] = row
     order = {s.id: i for i, s in enumerate(bench.samples)}
-    rows = sorted(merged.values(), key=lambda r: order.get(r["id"], len(order)))
+    rows = sorted(merged.values(), key=lambda r: order.get(r.id, len(order)))
     write_jsonl_atomic(main_path, rows)
     manifest = dict(manifests[0], shard=None, merged_from=[str(d) for d in shard_dirs])
     manifest["sessions"] = [s for m in manifests for s in m.get("sessions", [])]

@@ -102,7 +102,7 @@ class Judge:
     # -- judging -------------------------------------------------------------------
     def judge(self, samples: list[Sample], first_cot: int = 0, on_row: OnRow | None = None,
               batch_size: int | str | None = None) -> list[Prediction]:
-        """One prediction row per sample (see README: predictions.jsonl), in order; ``batch_size``
+        """One prediction row per sample (docs/reference/run-files.md), in order; ``batch_size``
         continuations decode at once (default: the config's), the backend refilling finished slots."""
         inputs = [self.build_input(s) for s in samples]
         started = time.perf_counter()

@@ -13,7 +13,6 @@ from ...redaction import redact
 from ..render import caption, counts_text
 from ..runs import Run
 from ..table import Table, bench_title, run_model
-from .samples import typed_rows
 from .svg import Point, scatter_svg
 
 DIAGNOSTICS = "diagnostics.json"
@@ -60,13 +59,13 @@ def table_context(table: Table, judges: list[str] | None = None, benches: list[s
 
 
 def status_counts(run: Run) -> dict[str, int]:
-    counts = Counter(row.status for row in typed_rows(run))
+    counts = Counter(row.status for row in run.rows)
     return {status: counts.get(status, 0) for status in STATUSES}
 
 
 def coverage_text(run: Run, table: Table) -> str:
     """RewardBench: which sections a partial run left out (its metrics.json says); absolute: rows scored."""
-    coverage = run.metrics.get("coverage") if isinstance(run.metrics, dict) else None
+    coverage = run.metrics.raw.get("coverage")
     if isinstance(coverage, dict):
         if coverage.get("complete"):
             return "complete"
@@ -89,23 +88,23 @@ def run_summary(page: RunPage, table: Table) -> dict:
 
 
 def scatter(run: Run) -> str:
-    rows = typed_rows(run)
+    rows = run.rows
     if not run.pairwise:
         points = [Point(r.gold, r.prediction, r.id) for r in rows if r.gold is not None and r.prediction is not None]
         labels = ("gold score", "prediction", f"{run.judge} on {bench_title(run.bench)}: prediction against gold")
     else:
         sides: dict[str, dict[str, float]] = {}
         for r in rows:
-            if r.prediction is not None and "pair_id" in r.meta:
-                sides.setdefault(str(r.meta["pair_id"]), {})[r.meta.get("side")] = r.prediction
+            if r.prediction is not None and r.pair is not None:
+                sides.setdefault(r.pair.pair_id, {})[r.pair.side] = r.prediction
         points = [Point(s["chosen"], s["rejected"], pid) for pid, s in sides.items()
                   if "chosen" in s and "rejected" in s]
         labels = ("chosen response's score", "rejected response's score",
                   f"{run.judge} on {bench_title(run.bench)}: below the diagonal the chosen response won")
     if not points:
         return ""
-    scale = (run.manifest.get("bench") or {}).get("scale") or [1, 5]
-    return scatter_svg(points, (float(scale[0]), float(scale[1])), *labels)
+    low, high = run.manifest.scale or (1, 5)
+    return scatter_svg(points, (float(low), float(high)), *labels)
 
 
 def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
@@ -133,14 +132,14 @@ def _scalar(value) -> str:
 def identity_text(run: Run) -> str:
     """The run's identity, fingerprint and creation time, pretty-printed, secrets replaced by ***."""
     manifest = run.manifest
-    block = {"fingerprint": manifest.get("fingerprint"), "created": manifest.get("created"),
-             "identity": manifest.get("identity"), "model_note": manifest.get("model_note")}
+    block = {"fingerprint": manifest.fingerprint, "created": manifest.created, "identity": manifest.identity,
+             "model_note": manifest.model_note}
     return json.dumps(redact({k: v for k, v in block.items() if v is not None}), indent=2, ensure_ascii=False)
 
 
 def sessions(run: Run) -> list[dict]:
     out = []
-    for session in run.manifest.get("sessions") or []:
+    for session in run.manifest.sessions:
         command = redact(session.get("command") or [])
         out.append({"started": session.get("started", "–"), "host": session.get("host", "–"),
                     "command": " ".join(map(str, command)), "new_samples": session.get("new_samples", "–"),
@@ -150,7 +149,7 @@ def sessions(run: Run) -> list[dict]:
 
 def metrics_lines(run: Run) -> list[tuple[str, str]]:
     """metrics.json as written by the run, less what the table and coverage already show in full."""
-    metrics = {k: v for k, v in (run.metrics or {}).items() if k not in ("coverage", "judge", "bench")}
+    metrics = {k: v for k, v in run.metrics.raw.items() if k not in ("coverage", "judge", "bench")}
     return flatten(metrics)
 
 

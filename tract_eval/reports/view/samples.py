@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ...records import Prediction
-from ..runs import Run, sample_key
+from ..runs import Run
 
 # Where each protocol's score comes from, as the sample browser marks it in a CoT
 READ_AT_END = "score read here"
@@ -25,11 +25,6 @@ _JS_UNSAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2
                             "\u2029": "\\u2029"})
 
 
-def typed_rows(run: Run) -> list[Prediction]:
-    """The one place stored rows become :class:`Prediction` (a no-op once ``Run.rows`` is typed)."""
-    return [row if isinstance(row, Prediction) else Prediction.from_dict(row) for row in run.rows]
-
-
 def _first_error(row: Prediction) -> str:
     return row.errors[0] if row.errors else ""
 
@@ -40,7 +35,7 @@ def sample_record(row: Prediction) -> dict:
     if row.gold is not None and row.prediction is not None:
         error = abs(row.prediction - row.gold)
     return {
-        "key": sample_key(row.to_dict()), "id": row.id, "gold": row.gold, "prediction": row.prediction,
+        "key": row.key, "id": row.id, "gold": row.gold, "prediction": row.prediction,
         "status": row.status, "error": _first_error(row), "abs_error": error, "per_cot": row.per_cot,
         "cots": row.cots, "score_probs": row.score_probs, "candidate_mass": row.candidate_mass,
         "missing_candidates": row.missing_candidates, "finish_reasons": row.finish_reasons,
@@ -55,11 +50,13 @@ def pair_records(records: list[dict]) -> list[dict]:
     chosen minus rejected (negative: the judge preferred the rejected response)."""
     pairs: dict[str, dict] = {}
     for index, record in enumerate(records):
-        meta = record["meta"] or {}
-        pair = pairs.setdefault(str(meta.get("pair_id")), {
-            "id": str(meta.get("pair_id")), "subset": meta.get("subset"), "section": meta.get("section"),
+        meta = record["meta"]
+        if "side" not in meta:  # a row of no pair (Prediction.pair validated those that name a side)
+            continue
+        pair = pairs.setdefault(str(meta["pair_id"]), {
+            "id": str(meta["pair_id"]), "subset": meta["subset"], "section": meta["section"],
             "chosen": None, "rejected": None})
-        pair[meta.get("side")] = index
+        pair[meta["side"]] = index
     for pair in pairs.values():
         sides = [records[pair[s]] if pair[s] is not None else None for s in ("chosen", "rejected")]
         scores = [s["prediction"] if s else None for s in sides]
@@ -68,9 +65,8 @@ def pair_records(records: list[dict]) -> list[dict]:
 
 
 def run_data(run: Run, protocol: str | None) -> dict:
-    records = [sample_record(row) for row in typed_rows(run)]
-    scale = ((run.manifest.get("bench") or {}).get("scale") or (run.manifest.get("judge") or {}).get("scale")
-             or [1, 5])
+    records = [sample_record(row) for row in run.rows]
+    scale = list(run.manifest.scale or (1, 5))
     data = {"judge": run.judge, "bench": run.bench, "kind": "pairwise" if run.pairwise else "absolute",
             "scale": scale, "protocol": protocol, "readout_label": READOUT_LABELS.get(protocol or "", READ_AT_END),
             "rows": records}

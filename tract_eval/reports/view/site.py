@@ -129,7 +129,7 @@ def _run_diagnostics(page: pages.RunPage, out: Path) -> dict:
 
 def _write_run_page(env, page: pages.RunPage, table: Table, out: Path, compare: dict[str, str]) -> None:
     run = page.run
-    protocol = (run.manifest.get("judge") or {}).get("protocol")
+    protocol = run.manifest.judge.get("protocol")
     data = run_data(run, protocol)
     write_data_script(out / "data" / f"{page.slug}.js", page.slug, data)
     statuses = pages.status_counts(run)
