@@ -91,6 +91,41 @@ def _cmd_lambda_sweep(args) -> int:
     return 0
 
 
+def _cmd_view(args) -> int:
+    from .view import write_site
+
+    use_cards(args)
+    site = write_site(args.runs, args.out, metrics=args.metrics, ci=True if args.ci else None,
+                      resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+    print(f"wrote {site.index} ({site.runs} runs, {site.bytes / 1e6:.1f} MB)", file=sys.stderr)
+    if args.serve is not None:
+        return _serve(site.index.parent, args.serve, args.open)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(site.index.resolve().as_uri())
+    return 0
+
+
+def _serve(folder: Path, port: int, open_browser: bool) -> int:
+    from .view.serve import make_server
+
+    server = make_server(folder, port)
+    url = f"http://{server.server_address[0]}:{server.server_address[1]}/"
+    print(f"serving {folder} at {url} (127.0.0.1 only; Ctrl-C stops)", file=sys.stderr)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def register(subparsers) -> None:
     sweep = add_command(
         subparsers, "lambda-sweep", _cmd_lambda_sweep,
@@ -130,3 +165,21 @@ def register(subparsers) -> None:
     _add_allow_different_data(comp)
     add_output_file(comp)
     add_cards_option(comp)
+
+    view = add_command(
+        subparsers, "view", _cmd_view, help="a static HTML site of stored runs: table, samples, CoTs",
+        description="Write a site that opens offline from file:// (no request leaves the machine): the report's "
+                    "table with models, parse failures and coverage; per run its metrics, a scatter of "
+                    "prediction against gold, diagnostics, identity and a sample browser (filter, sort, open a "
+                    "row for its input, CoTs and score distribution); per benchmark two judges side by side.")
+    view.add_argument("runs", nargs="+", help="run folders: OUT, OUT/<judge> or OUT/<judge>/<bench>")
+    view.add_argument("--out", required=True, help="folder for the site (new, empty, or a site written before)")
+    view.add_argument("--open", action="store_true", help="open it in the default browser")
+    view.add_argument("--serve", type=int, default=None, metavar="PORT",
+                      help="then serve it read-only on 127.0.0.1:PORT until Ctrl-C (for a remote machine)")
+    _add_metrics(view)
+    view.add_argument("--ci", action="store_true",
+                      help="bootstrap intervals in the table (default: when the runs were made with --ci, "
+                           "with their settings)")
+    _add_bootstrap_options(view)
+    add_cards_option(view)
