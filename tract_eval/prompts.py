@@ -103,9 +103,9 @@ TEMPLATE_SUFFIX = ".j2"
 def sandboxed_environment(folder: Path, **options) -> jinja2.Environment:
     """Templates are data people share: they render in jinja2's immutable sandbox, where attributes such
     as ``__globals__`` and calls that mutate objects are refused (SecurityError), so no template runs code
-    or reads files. Used for judge prompts and report templates alike."""
-    return ImmutableSandboxedEnvironment(loader=jinja2.FileSystemLoader(str(folder)), keep_trailing_newline=True,
-                                         undefined=jinja2.StrictUndefined, autoescape=False, **options)
+    or reads files. Used for judge prompts and report templates alike (``options`` override the defaults)."""
+    settings = {"keep_trailing_newline": True, "undefined": jinja2.StrictUndefined, "autoescape": False, **options}
+    return ImmutableSandboxedEnvironment(loader=jinja2.FileSystemLoader(str(folder)), **settings)
 
 
 @lru_cache(maxsize=None)

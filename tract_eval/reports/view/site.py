@@ -95,10 +95,11 @@ def overview_table(runs: list[Run], metrics: str, ci: bool | None, resamples: in
 
 
 def _environment():
-    import jinja2
+    from ...prompts import sandboxed_environment
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    # the sandbox as for every template (issue 19): a template renders data, it never runs code
+    env = sandboxed_environment(HERE / "templates", autoescape=True, keep_trailing_newline=False, trim_blocks=True,
+                                lstrip_blocks=True)
     env.filters["bench_title"] = bench_title
     return env
 
