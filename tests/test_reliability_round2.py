@@ -73,6 +73,10 @@ def test_the_report_template_renders_in_the_sandbox(tmp_path, monkeypatch):
     with pytest.raises(UnsafeTemplate, match=f"report template .*{TEMPLATE} refused"):
         to_latex(Table(judges=[], columns=[], cells={}, counts={}, benches=[], averaged=[]))
     assert not marker.exists()
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from tract_eval.reports.view import site
+    assert isinstance(site._environment(), ImmutableSandboxedEnvironment)  # the HTML report's templates too
 
 
 # -- 2. template names are names ----------------------------------------------------------------------
