@@ -229,7 +229,7 @@ def test_finish_cot_is_tracts_cot_splitter_after_the_stop_strings(cot):
 def test_cot_rail_requests_stop_at_result_and_cut(data_dir):
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)),
                               lambda r, i: Completion("x So the overall score is ", "delimiter", 3,
-                                                      candidate_logprobs={s: -1.0 for s in range(1, 6)}))
+                                                      candidate_logprobs={s: -2.0 for s in range(1, 6)}))  # mass 0.68 <= 1
     judge = build_judge("tract", backend=backend)
     judge.judge(load_benchmark("vicuna", data_dir).samples[:1])
     request, _ = backend.generations[0]
@@ -341,7 +341,7 @@ def test_transformers_backend_stops_at_stop_strings_and_reads_after_the_cut(embe
 def test_score_only_training_rows_put_the_score_at_the_opened_assistant_turn(tokenizer, judge_name, objective):
     """Chat fine-tuning renders [user, assistant: score]: the score follows the opened turn. That is
     where the ``generation-prompt`` anchor reads; the reference anchor reads there too on templates
-    that render an empty final turn open (Mistral), not on ChatML (README "Judges")."""
+    that render an empty final turn open (Mistral), not on ChatML (docs/reference/protocols.md)."""
     from tract_eval.training.objectives import IGNORE
     from tract_eval.training.pipeline import encode_rows
     from tract_eval.training.data import TrainingRow

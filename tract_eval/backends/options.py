@@ -18,6 +18,11 @@ _FLAGS = {
 }
 
 
+def flag_for(option: str) -> str:
+    """The flag that sets a backend option, or how a card names it when no flag does."""
+    return _FLAGS[option][0] if option in _FLAGS else f"backend option {option}"
+
+
 def add_backend_flags(parser: argparse.ArgumentParser, renamed: dict[str, str] | None = None) -> None:
     """``renamed``: option -> another flag for it, where the command uses the usual one for itself
     (``serve --api-key-env`` is the server's own key)."""
