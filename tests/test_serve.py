@@ -11,6 +11,7 @@ import functools
 import importlib
 import importlib.util
 import math
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 import tract_eval
+from backend_servers import VENVS
 from serve_helpers import running_server, start_server, stop, free_port, wait_ready
 from tract_eval.cli import main
 from tract_eval.serve.app import _split_response
@@ -153,11 +155,15 @@ def test_get_reward_follows_openrlhf_convention(server, reference):
 def _openrlhf_agent(monkeypatch):
     """OpenRLHF's client module, loaded by itself: its package __init__ imports deepspeed and more, so the
     package is stood in for and only utils/logging_utils.py and utils/agent.py run (they need aiohttp)."""
-    spec = importlib.util.find_spec("openrlhf")
-    if spec is None or importlib.util.find_spec("aiohttp") is None:
-        pytest.skip("OpenRLHF's client is not importable: pip download --no-deps openrlhf, unpack it and aiohttp "
-                    "on PYTHONPATH (see docs/serve.md)")
-    root = spec.submodule_search_locations[0]
+    folder = VENVS / "openrlhf"
+    if not (folder / ".recipe").is_file():
+        reason = f"OpenRLHF's client is not installed at {folder}: run  bash .ci/backends.sh openrlhf"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (.ci/run installs it, so under CI this is an error)")
+        pytest.skip(reason)
+    # appended, so the test environment's own packages win over aiohttp's dependencies there
+    monkeypatch.setattr(sys, "path", [*sys.path, str(folder)])
+    root = str(folder / "openrlhf")
     for name, path in (("openrlhf", root), ("openrlhf.utils", f"{root}/utils")):
         package = types.ModuleType(name)
         package.__path__ = [path]
