@@ -304,10 +304,8 @@ def agreement(rows: list[Prediction], low: int, high: int) -> dict:
     if len(kept) >= 2 and len(set(pred_r) | set(gold_r)) > 1:
         kappa = float(cohen_kappa_score(gold_r, pred_r, labels=points, weights="quadratic"))
     out = {"n": len(kept), "krippendorff_alpha_interval": _alpha([pred, gold], "interval"),
-           "krippendorff_alpha_ordinal": _alpha([pred_r, gold_r], "ordinal", points), "weighted_kappa": kappa}
-    within = within_judge_alpha(rows)
-    if within is not None:
-        out["within_judge_cots_alpha_interval"] = within
+           "krippendorff_alpha_ordinal": _alpha([pred_r, gold_r], "ordinal", points), "weighted_kappa": kappa,
+           "within_judge_cots_alpha_interval": within_judge_alpha(rows)}
     return out
 
 
@@ -422,6 +420,7 @@ def pairwise_diagnostics(rows: list[Prediction], low: int, high: int, path: Path
         "accuracy_by_margin": by_bin,
         "length_bias": pair_length_split(scored),
         "distribution": distribution_summary(rows, np.arange(low, high + 1)),
+        "agreement": {"within_judge_cots_alpha_interval": within_judge_alpha(rows)},
         "failures": {"statuses": dict(sorted(Counter(r.status for r in rows).items())),
                      "failed": sum(is_failed(r) for r in rows)},
         "cost": cost(rows),
@@ -484,7 +483,7 @@ def write_diagnostics(folder: str | Path | Run, between_judges: dict | None = No
     run = folder if isinstance(folder, Run) else load_run(Path(folder))
     diagnostics = diagnose_run(run)
     if between_judges is not None:
-        diagnostics["agreement"]["between_judges"] = between_judges
+        diagnostics.setdefault("agreement", {})["between_judges"] = between_judges
     try:
         diagnostics["plots"] = _write_plots(run, diagnostics)
         write_json_atomic(run.path / DIAGNOSTICS, diagnostics)
