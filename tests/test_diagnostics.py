@@ -364,3 +364,20 @@ def test_pairwise_only_folder_gets_pairwise_diagnostics(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path), "--agreement"]) == 0
     out = capsys.readouterr().out
     assert "Pairwise benchmarks" in out and "Absolute benchmarks" not in out
+
+
+def test_interval_alpha_beyond_the_package_size_is_the_package_value():
+    """Above PACKAGE_ALPHA_CELLS the interval α comes from its closed form; on inputs the package can take
+    (here: forced by a small cell limit) both agree, missing values included."""
+    from tract_eval.reports.diagnostics import _alpha
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(3, 1, size=(3, 80))
+    data[rng.random(data.shape) < 0.2] = np.nan
+    data[:, 0] = [np.nan, np.nan, 2.0]  # a unit with one value: not pairable
+    package = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
+    assert _alpha(data, "interval") == pytest.approx(package, abs=TOL)
+    assert _alpha(data, "interval", package_cells=10) == pytest.approx(package, abs=TOL)
+    pairs = [list(rng.normal(size=50)), list(rng.normal(size=50))]
+    assert _alpha(pairs, "interval", package_cells=10) == pytest.approx(
+        krippendorff.alpha(reliability_data=pairs, level_of_measurement="interval"), abs=TOL)

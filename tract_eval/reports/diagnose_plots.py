@@ -55,7 +55,7 @@ def plot_distribution(diagnostics: dict, points: list[int], by_gold: dict[int, t
     each cell the mean predicted probability, written in the cell."""
     golds = sorted(by_gold)
     matrix = np.array([by_gold[y][0] for y in golds])
-    fig = _figure(1.2 + 0.62 * len(points), 1.4 + 0.5 * len(golds))
+    fig = _figure(max(5.2, 1.6 + 0.62 * len(points)), max(3.2, 1.4 + 0.5 * len(golds)))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues", aspect="auto")
     for i, row in enumerate(matrix):

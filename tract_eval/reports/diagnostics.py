@@ -279,14 +279,41 @@ def failures(rows: list[Prediction], low: int, high: int) -> dict:
     }
 
 
-def _alpha(data, level: str, domain=None) -> float | None:
-    """Krippendorff's α from the ``krippendorff`` package; None where it is undefined (one value in all)."""
+# The krippendorff package builds a (units x values x values) array: continuous predictions have about as
+# many distinct values as units, so 3,000 rows would need 200 GiB. Above this many array cells the interval α
+# is computed by its closed form instead (equal to the package's to 1e-12, tests/test_diagnostics.py).
+PACKAGE_ALPHA_CELLS = 20_000_000
+
+
+def _alpha(data, level: str, domain=None, package_cells: int = PACKAGE_ALPHA_CELLS) -> float | None:
+    """Krippendorff's α (rows of ``data`` are coders, columns units, NaN missing) from the ``krippendorff``
+    package; None where it is undefined (fewer than two units, or one value in all)."""
     import krippendorff
 
     matrix = np.asarray(data, dtype=float)
-    if matrix.shape[1] < 2 or len(np.unique(matrix[~np.isnan(matrix)])) < 2:
+    values = np.unique(matrix[~np.isnan(matrix)])
+    if matrix.shape[1] < 2 or len(values) < 2:
         return None
+    if level == "interval" and matrix.shape[1] * len(values) ** 2 > package_cells:
+        return interval_alpha_closed_form(matrix)
     return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement=level, value_domain=domain))
+
+
+def interval_alpha_closed_form(matrix: np.ndarray) -> float | None:
+    """Interval α = 1 − (n − 1) Σ_u Σ_{i≠j∈u} (v_i − v_j)² / (m_u − 1) / Σ_{i≠j} (v_i − v_j)², over the units
+    with at least two values (m_u of them; n in all): the package's coincidence-matrix sums, written per unit.
+    Each Σ_{i≠j} (v_i − v_j)² over m values is 2 (m Σ v² − (Σ v)²)."""
+    def spread(v: np.ndarray) -> float:
+        return 2.0 * (len(v) * float((v * v).sum()) - float(v.sum()) ** 2)
+
+    units = [col[~np.isnan(col)] for col in matrix.T]
+    units = [u for u in units if len(u) >= 2]
+    pooled = np.concatenate(units) if units else np.array([])
+    expected = spread(pooled)
+    if expected == 0:
+        return None
+    observed = sum(spread(u) / (len(u) - 1) for u in units)
+    return float(1.0 - (len(pooled) - 1) * observed / expected)
 
 
 def agreement(rows: list[Prediction], low: int, high: int) -> dict:
