@@ -381,3 +381,25 @@ def test_interval_alpha_beyond_the_package_size_is_the_package_value():
     pairs = [list(rng.normal(size=50)), list(rng.normal(size=50))]
     assert _alpha(pairs, "interval", package_cells=10) == pytest.approx(
         krippendorff.alpha(reliability_data=pairs, level_of_measurement="interval"), abs=TOL)
+
+
+def test_a_judged_run_records_response_length_and_is_diagnosed(tmp_path, data_dir):
+    """Through the runner (an in-process backend, no model): rows record meta.response_chars, and a run of
+    three CoTs gets the α across its CoTs, calibration on every row, and both plots."""
+    from test_runner import LengthBackend
+
+    from tract_eval.benchmarks import load_benchmark
+    from tract_eval.judges import build_judge
+    from tract_eval.runner import run_benchmark
+
+    bench = load_benchmark("vicuna", data_dir)
+    result = run_benchmark(build_judge("tract", backend=LengthBackend(), n_cot=3), bench, tmp_path, limit=4)
+    rows = [json.loads(line) for line in (result.out_dir / "predictions.jsonl").read_text().splitlines()]
+    lengths = {s.id: len(s.fields.response) for s in bench.samples[:4]}
+    assert {r["id"]: r["meta"]["response_chars"] for r in rows} == lengths
+    out = tract_eval.diagnose(result.out_dir)["tract"]["vicuna"]
+    assert out["calibration"]["n"] == 4 and out["length_bias"]["n"] == 4
+    per_cot = [[r["per_cot"][c] for r in rows] for c in range(3)]
+    assert out["agreement"]["within_judge_cots_alpha_interval"] == pytest.approx(
+        krippendorff.alpha(reliability_data=per_cot, level_of_measurement="interval"), abs=TOL)
+    assert all((result.out_dir / name).is_file() for name in out["plots"]) and len(out["plots"]) == 2
