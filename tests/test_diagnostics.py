@@ -348,6 +348,8 @@ def test_bad_folders_are_one_line_errors(tmp_path, capsys):
     no_scale = write_run(tmp_path / "scale", "j", "own", [_row("A", 1.0, 1.0)])
     (no_scale / "manifest.json").write_text("{}")
     assert "the scale is unknown" in _one_line_error(capsys, ["diagnose", str(no_scale)])
+    (no_scale / "manifest.json").write_text('{"bench": "vicuna"}')
+    assert "'bench' and 'judge' are objects" in _one_line_error(capsys, ["diagnose", str(no_scale)])
     (no_scale / "manifest.json").write_text("{broken")
     assert "manifest.json: not valid JSON" in _one_line_error(capsys, ["diagnose", str(no_scale)])
 

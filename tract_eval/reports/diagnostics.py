@@ -89,10 +89,10 @@ def _is_int_text(key) -> bool:
 def run_scale(run: Run) -> tuple[int, int]:
     """The scale's lowest and highest points: as the run's manifest records its benchmark (``bench.scale``),
     else the benchmark card of the folder's name, else the judge's configured scale."""
-    card = find_card_or_none(run.bench)
-    candidates = ((run.manifest.get("bench") or {}).get("scale"), list(card.scale) if card is not None else None,
-                  (run.manifest.get("judge") or {}).get("scale"))
-    source = next((c for c in candidates if c is not None), None)
+    source = (run.manifest.get("bench") or {}).get("scale")
+    if source is None:
+        card = find_card_or_none(run.bench)
+        source = list(card.scale) if card is not None else (run.manifest.get("judge") or {}).get("scale")
     if (not isinstance(source, (list, tuple)) or len(source) != 2 or not all(isinstance(v, int) for v in source)
             or source[0] >= source[1]):
         raise RunFormatError(f"{run.path}: the scale is unknown (its manifest.json records no bench.scale or "
@@ -474,6 +474,7 @@ def pair_length_split(scored: list[Pair]) -> dict:
 
 def diagnose_run(run: Run) -> dict:
     """Every diagnostic of one run (absolute or pairwise), as ``diagnostics.json`` holds it."""
+    _check_manifest(run)
     low, high = run_scale(run)
     rows = typed_rows(run)
     kind = "pairwise" if run.pairwise else "absolute"
@@ -481,6 +482,12 @@ def diagnose_run(run: Run) -> dict:
     if kind == "pairwise":
         return {**head, **pairwise_diagnostics(rows, low, high, run.path)}
     return {**head, **absolute_diagnostics(rows, low, high)}
+
+
+def _check_manifest(run: Run) -> None:
+    manifest = run.manifest
+    if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k) or {}, dict) for k in ("bench", "judge")):
+        raise RunFormatError(f"{run.path / 'manifest.json'}: expected an object whose 'bench' and 'judge' are objects")
 
 
 def mean_distribution_by_gold(run: Run) -> tuple[list[int], dict[int, tuple[np.ndarray, int]]]:
