@@ -69,7 +69,8 @@ def test_run_page_scatter_identity_and_diagnostics(runs, tmp_path):
     assert "calibration.ece" in page and "0.1235" in page
     assert (tmp_path / "site" / "plots" / "alpha__vicuna" / "reliability.png").read_bytes() == b"\x89PNG fake"
     other = (tmp_path / "site" / "runs" / "beta__vicuna.html").read_text()
-    assert "No diagnostics.json" in other
+    # no diagnostics.json in beta's folder: computed for the site (no model needed), the run folder left alone
+    assert "calibration.ece" in other and not (runs / "beta" / "vicuna" / "diagnostics.json").exists()
     pairwise = (tmp_path / "site" / "runs" / "alpha__rewardbench.html").read_text()
     assert "Chosen against rejected" in pairwise and pairwise.count("<circle") == 18
 
@@ -96,7 +97,9 @@ def test_pages_escape_names_and_ids(tmp_path):
         html = page.read_text()
         for payload in PAYLOADS:
             assert payload not in html, (page, payload)
-        assert "<img" not in html and html.count("<script") == html.count("<script src=")
+        ours = re.compile(r'<img class="plot" src="\.\./plots/[\w.-]+/(reliability|distribution)\.png" alt="\w+\.png">')
+        assert all(ours.fullmatch(tag) for tag in re.findall(r"<img[^>]*>", html)), page  # only our own plots
+        assert html.count("<script") == html.count("<script src=")
     index = (tmp_path / "site" / "index.html").read_text()
     assert "beta&lt;img src=x onerror=" in index
 

@@ -265,4 +265,14 @@ def grade(instruction: str, response: str, rubric: str, reference: str | None = 
     return grade_many([row], judge=judge, model=model, scale=scale, **overrides)[0]
 
 
-__all__ = ["Grade", "evaluate", "grade", "grade_many", "grading_samples"]
+def diagnose(path: str | Path | Sequence[str | Path], agreement: bool = False) -> dict[str, dict[str, dict]]:
+    """Judge diagnostics of stored runs, as ``tract-eval diagnose``: calibration of the score distribution,
+    mean/mode/median readouts, agreement with gold, failures, length bias and cost (docs/diagnose.md).
+    Writes ``diagnostics.json`` and the plots into each run folder under ``path`` and returns
+    ``{judge: {bench: diagnostics}}``; ``agreement`` adds α between every two judges on the same benchmark."""
+    from .reports.diagnostics import diagnose as diagnose_runs  # numpy, scipy: only when asked
+
+    return diagnose_runs(path, agreement=agreement)
+
+
+__all__ = ["Grade", "diagnose", "evaluate", "grade", "grade_many", "grading_samples"]

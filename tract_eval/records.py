@@ -121,6 +121,12 @@ class Prediction:
         return self.status in FAILED_STATUSES
 
     @property
+    def unscored(self) -> bool:
+        """No score of its own: a failure (even with a fallback score standing in) or no prediction at all
+        (too long, partial candidates)."""
+        return self.failed or self.prediction is None
+
+    @property
     def scored(self) -> bool:
         """Both a gold label and a prediction: the row enters correlations and errors."""
         return self.prediction is not None and self.gold is not None

@@ -23,6 +23,7 @@ from pathlib import Path
 from .benchmarks import Benchmark, DataFormatError, Sample
 from .errors import ConfigError, InputNotFoundError, ServerError, UserError
 from .judges import Judge
+from .judges.base import row_meta
 from .metrics import generation_summary
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunFormatError, RunLock,
                       read_json_object, read_predictions, write_json_atomic, write_jsonl_atomic)
@@ -232,7 +233,7 @@ def _too_long_rows(judge: Judge, samples: list[Sample], policy: str) -> list[Pre
         tokens = judge.backend.count_tokens(text)
         if tokens + budget > context:
             rows.append(Prediction(id=sample.id, gold=sample.gold, prediction=None, status="too_long", input=text,
-                                   prompt_tokens=tokens, meta={**sample.meta, "context_length": context,
+                                   prompt_tokens=tokens, meta={**row_meta(sample), "context_length": context,
                                                                "generation_budget": budget}))
     if rows and policy == "refuse":
         listed = ", ".join(f"{r.id} ({r.prompt_tokens} tokens)" for r in rows[:5]) + (" ..." if len(rows) > 5 else "")

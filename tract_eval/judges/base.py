@@ -221,5 +221,11 @@ class Judge:
             prompt_tokens=self.backend.count_tokens(text),
             generated_tokens=sum(c.generated_tokens for c in completions),
             seconds=round(seconds, 3),
-            meta=sample.meta,
+            meta=row_meta(sample),
         )
+
+
+def row_meta(sample: Sample) -> dict:
+    """The sample's meta plus the graded response's length in characters, which `diagnose` relates to the
+    scores (length bias) and which the stored row cannot tell otherwise (its input is the whole prompt)."""
+    return {**sample.meta, "response_chars": len(sample.fields.response)}

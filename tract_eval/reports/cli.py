@@ -1,4 +1,4 @@
-"""Subcommands ``report``, ``compare`` and ``lambda-sweep``: read stored runs, load no model. Heavy imports happen inside the commands."""
+"""Subcommands ``report``, ``compare``, ``lambda-sweep`` and ``diagnose``: read stored runs, load no model. Heavy imports happen inside the commands."""
 from __future__ import annotations
 
 import argparse
@@ -126,7 +126,36 @@ def _serve(folder: Path, port: int, open_browser: bool) -> int:
     return 0
 
 
+def _cmd_diagnose(args) -> int:
+    import json
+
+    from .diagnose_table import render_diagnostics
+    from .diagnostics import diagnose
+
+    use_cards(args)
+    results = diagnose(args.runs, agreement=args.agreement)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_diagnostics(results, args.format, agreement=args.agreement))
+    return 0
+
+
 def register(subparsers) -> None:
+    diag = add_command(
+        subparsers, "diagnose", _cmd_diagnose,
+        help="calibration, readouts, agreement, failures, length bias and cost of stored runs",
+        description="Reads stored runs (no model is loaded), writes diagnostics.json, reliability.png and "
+                    "distribution.png into each OUT/<judge>/<bench>/ folder, adds the diagnostics to its "
+                    "results.json and prints a table. See docs/diagnose.md for each number.")
+    diag.add_argument("runs", nargs="+", help="run folders: OUT, OUT/<judge> or OUT/<judge>/<bench>")
+    diag.add_argument("--format", choices=("table", "markdown", "json"), default="table",
+                      help="json: {judge: {bench: diagnostics}} on stdout")
+    diag.add_argument("--agreement", action="store_true",
+                      help="also Krippendorff's alpha between every two judges on the same benchmark, and each "
+                           "judge's entropy and ECE side by side")
+    add_cards_option(diag)
+
     sweep = add_command(
         subparsers, "lambda-sweep", _cmd_lambda_sweep,
         help="paper Figure 2: average Pearson r against the CoT-RAFT weight λ",

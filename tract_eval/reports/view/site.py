@@ -3,7 +3,6 @@ a comparison per benchmark two or more judges ran). Plain HTML, one stylesheet a
 no request leaves the machine, and it opens from ``file://``."""
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -24,7 +23,6 @@ from .samples import run_data, write_data_script
 HERE = Path(__file__).parent
 MARKER = ".tract-eval-view"  # marks a folder this command wrote, so a rebuild may replace its files
 OWN = ("index.html", "runs", "compare", "data", "plots", "assets", MARKER)
-DIAGNOSTICS_MODULE = "tract_eval.reports.diagnostics"
 
 
 class SiteError(UserError, OSError):
@@ -104,28 +102,28 @@ def _environment():
     return env
 
 
-def diagnostics_module():
-    """Issue 20's ``tract_eval.reports.diagnostics`` computes missing diagnostics; a build without it shows
-    only the diagnostics a ``tract-eval diagnose`` left in the run folders (the page says so)."""
-    try:
-        return importlib.import_module(DIAGNOSTICS_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != DIAGNOSTICS_MODULE:
-            raise
-        return None
-
-
 def _run_diagnostics(page: pages.RunPage, out: Path) -> dict:
+    """The diagnostics a ``tract-eval diagnose`` left in the run folder, else computed here (no model is
+    needed) with their plots written into the site: the run folder is only read."""
+    from ..diagnostics import diagnose_run, write_plots
+
     run = page.run
+    target = out / "plots" / page.slug
     lines = pages.diagnostics_lines(run.path)
-    plots = []
-    for name in pages.DIAGNOSTIC_PLOTS:
-        if (run.path / name).is_file():
-            target = out / "plots" / page.slug / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run.path / name, target)
-            plots.append(f"../plots/{page.slug}/{name}")
-    return {"lines": lines, "plots": plots, "available": diagnostics_module() is not None}
+    if lines is None:
+        try:
+            diagnostics = diagnose_run(run)
+        except UserError as exc:  # e.g. a run of own data whose scale nothing records: the page says why
+            return {"lines": None, "plots": [], "reason": str(exc)}
+        names = write_plots(run, diagnostics, target)
+        lines = pages.flatten(diagnostics)
+    else:
+        names = [name for name in pages.DIAGNOSTIC_PLOTS if (run.path / name).is_file()]
+        for name in names:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run.path / name, target / name)
+    plots = [f"../plots/{page.slug}/{name}" for name in names]
+    return {"lines": lines, "plots": plots}
 
 
 def _write_run_page(env, page: pages.RunPage, table: Table, out: Path, compare: dict[str, str]) -> None:
