@@ -17,8 +17,8 @@ PACKAGE = Path(tract_eval.__file__).parent
 FLOORS = {
     11: ["__main__"],
     10: ["cli"],
-    9: ["experiments"],
-    8: ["commands", "__init__"],
+    9: ["experiments", "serve"],
+    8: ["commands", "__init__", "integrations"],
     7: ["api", "training"],
     6: ["runner"],
     5: ["judges", "reports"],

@@ -229,7 +229,7 @@ def test_finish_cot_is_tracts_cot_splitter_after_the_stop_strings(cot):
 def test_cot_rail_requests_stop_at_result_and_cut(data_dir):
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)),
                               lambda r, i: Completion("x So the overall score is ", "delimiter", 3,
-                                                      candidate_logprobs={s: -1.0 for s in range(1, 6)}))
+                                                      candidate_logprobs={s: -2.0 for s in range(1, 6)}))  # mass 0.68 <= 1
     judge = build_judge("tract", backend=backend)
     judge.judge(load_benchmark("vicuna", data_dir).samples[:1])
     request, _ = backend.generations[0]

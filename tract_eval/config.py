@@ -35,6 +35,9 @@ SCORE_ONLY_ANCHORS = ("reference", "generation-prompt")
 # How prometheus judges parse (and regenerate) verdicts: "reference" as prometheus-eval's eval/
 # code (exactly one [RESULT], then only the score); "lenient" with tract_eval.parse_score's shapes.
 VERDICT_PARSERS = ("reference", "lenient")
+# Every score of a scale is a candidate the judge reads a probability for (and tokenizes up front): a
+# scale is bounded so that a typo like 0-1000000 is refused at once instead of running for minutes
+MAX_SCALE_POINTS = 101  # e.g. 0-100
 
 
 @dataclass
@@ -199,6 +202,9 @@ class JudgeConfig:
         self.stop = tuple(self.stop)
         if self.scale[0] >= self.scale[1]:
             raise ConfigError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
+        if self.scale[1] - self.scale[0] + 1 > MAX_SCALE_POINTS:
+            raise ConfigError(f"judge {self.name!r}: scale {list(self.scale)} has {self.scale[1] - self.scale[0] + 1} "
+                              f"points; at most {MAX_SCALE_POINTS}")
         if not self.delimiter:
             raise ConfigError(f"judge {self.name!r}: delimiter must not be empty")
         if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
@@ -314,9 +320,12 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
         config = JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    from .prompts import resolve_template  # checked here, so a missing template stops before any model loads
+    # checked here, so a missing, misplaced or unsafe template stops before any model loads
+    from .prompts import check_template_renders, resolve_template
 
-    return dataclasses.replace(config, template=resolve_template(config.template, path))
+    config = dataclasses.replace(config, template=resolve_template(config.template, path))
+    check_template_renders(config.template, config.name)
+    return config
 
 
 def builtin_judge_cards() -> list[str]:

@@ -43,10 +43,6 @@ def parse_measures(text: str) -> list[str]:
     return keys
 
 
-def _is_failure(row: Prediction) -> bool:
-    return row.failed or row.prediction is None
-
-
 # -- absolute benchmarks -----------------------------------------------------------------
 
 @dataclass
@@ -75,7 +71,7 @@ def absolute_data(run: Run) -> AbsoluteData:
         gold=np.array([g for _, g, _ in usable]),
         prediction=np.array([p for _, _, p in usable]),
         n_total=len(run.rows),
-        parse_failures=sum(_is_failure(r) for r in run.rows),
+        parse_failures=sum(r.unscored for r in run.rows),
     )
 
 
@@ -150,7 +146,7 @@ def pair_data(run: Run) -> PairData:
         sections=np.array([u[2] for u in usable], dtype=object),
         outcomes=np.array([u[3] for u in usable], dtype=float),
         n_pairs=len(pairs),
-        parse_failures=sum(_is_failure(r) for r in run.rows),
+        parse_failures=sum(r.unscored for r in run.rows),
         scheme=scheme,
     )
 
