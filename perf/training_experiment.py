@@ -9,6 +9,7 @@ Methods (one LoRA run each, same data, same settings):
   seed       no training                                  evaluated with --judge tract (reference row)
 
 Everything else is the recipes' (paper) settings, except what a 2-core CPU forces, all flags:
+MT Bench annotations kept with `force_delimiter` (they never say "So the overall"),
 the shortest-prompt training rows and evaluation samples (--train-rows, --eval-rows), one epoch,
 a larger learning rate (--learning-rate, default 2e-4: the paper's 1e-5 moves a LoRA nothing in a
 few steps), and short CoTs at evaluation and for the self-generated stage-2 data (--max-new-tokens).
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     bench = load_benchmark("vicuna", args.data_dir)
     mt_bench = load_benchmark("mt-bench", args.data_dir)
     mt_file = Path(mt_bench.located.paths[0])
-    rows = shortest(prepare([str(mt_file)]).rows, lambda r: len(r.prompt), args.train_rows)
+    rows = shortest(prepare([str(mt_file)], force_delimiter=True).rows, lambda r: len(r.prompt), args.train_rows)
     data = out / "mt_bench_train.jsonl"
     write_jsonl(data, (r.to_dict() for r in rows))
     eval_samples = shortest(bench.samples, lambda s: len(s.fields.instruction) + len(s.fields.response),
