@@ -33,8 +33,10 @@ SCORE_ONLY_PROTOCOLS = ("score-only-rail", "score-only-decode")  # the score at 
 # it and reads after " "; "generation-prompt" reads after the opened assistant turn instead.
 SCORE_ONLY_ANCHORS = ("reference", "generation-prompt")
 # How prometheus judges parse (and regenerate) verdicts: "reference" as prometheus-eval's eval/
-# code (exactly one [RESULT], then only the score); "lenient" with tract_eval.parse_score's shapes.
-VERDICT_PARSERS = ("reference", "lenient")
+# code (exactly one [RESULT], then only the score); "library" as prometheus-eval's library parser
+# (prometheus_eval/parser.py, what single_absolute_grade users get); "lenient" with
+# tract_eval.parse_score's shapes (tract-eval's own).
+VERDICT_PARSERS = ("reference", "library", "lenient")
 
 
 @dataclass

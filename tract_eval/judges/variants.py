@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..backends import Completion, GenerationRequest, ScoreRequest
 from ..candidates import ScoreCandidates, derive_first_token_candidates, derive_score_candidates
-from ..config import PROTOCOLS
-from ..parsing import parse_bare_score, parse_reference_verdict, parse_score
+from ..config import PROTOCOLS, VERDICT_PARSERS
+from ..parsing import parse_bare_score, parse_library_verdict, parse_reference_verdict, parse_score
 from ..prompts import reference_strip, remove_reference_section, score_only_content
 from ..protocol import finish_cot, readout_text
 
@@ -253,11 +253,14 @@ class Prometheus(JudgeVariant):
             finish(index, group, retries[index])
 
     def score(self, completion: Completion) -> float | None:
-        parse = parse_reference_verdict if self.config.verdict_parser == "reference" else parse_score
-        value = parse(completion.text, tuple(self.config.scale))
+        value = VERDICT_PARSE[self.config.verdict_parser](completion.text, tuple(self.config.scale))
         return None if value is None else float(value)
 
+
+# config.VERDICT_PARSERS: how a prometheus judge reads (and decides to regenerate) a verdict
+VERDICT_PARSE = {"reference": parse_reference_verdict, "library": parse_library_verdict, "lenient": parse_score}
 
 VARIANTS: dict[str, type[JudgeVariant]] = {cls.protocol: cls for cls in
                                            (CotRail, CotDecode, ScoreOnlyRail, ScoreOnlyDecode, Prometheus)}
 assert tuple(sorted(VARIANTS)) == tuple(sorted(PROTOCOLS)), "config.PROTOCOLS and the variant types disagree"
+assert tuple(sorted(VERDICT_PARSE)) == tuple(sorted(VERDICT_PARSERS)), "config.VERDICT_PARSERS and the parsers disagree"
