@@ -265,10 +265,11 @@ def test_prometheus_input_is_prometheus_evals(tokenizer, bench_rows):
     system = reference_text("prometheus/ABS_SYSTEM_PROMPT.txt")
     assert judge.config.system_prompt == system
     for sample, row in zip(bench.samples, rows):
+        instruction = row["instruction"].strip().rstrip('",')  # eval/benchmark/data_loader.py:84
         if "system" in tokenizer.chat_template:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": row["instruction"]}]
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": instruction}]
         else:
-            messages = [{"role": "user", "content": system + row["instruction"]}]
+            messages = [{"role": "user", "content": system + instruction}]
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert judge.build_input_with(tokenizer, sample) == expected
 
@@ -284,7 +285,7 @@ def test_prometheus_regenerates_unparsable_outputs_from_fresh_streams(data_dir, 
         return Completion(text, "eos", 6)
 
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script)
-    judge = build_judge("prometheus-2", backend=backend)
+    judge = build_judge("prometheus-2", backend=backend, n_cot=1)  # one run (the card's default is 3)
     row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
     assert row.retries == [expected_retries]
     assert len(keys) == expected_retries + 1 and len(set(keys)) == len(keys)  # a fresh stream each time
@@ -300,7 +301,7 @@ def test_prometheus_regenerates_on_prometheus_evals_strict_rule_by_default(data_
     is regenerated there (and under the default), while the lenient parser reads it."""
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)),
                               lambda r, i: Completion("Fine. [RESULT] Score: 4", "eos", 6))
-    judge = build_judge("prometheus-2", backend=backend, verdict_parser=parser)
+    judge = build_judge("prometheus-2", backend=backend, verdict_parser=parser, n_cot=1)
     row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
     assert row.retries == [retries]
     assert row.per_cot == ([None] if parser == "reference" else [4.0])
@@ -308,9 +309,73 @@ def test_prometheus_regenerates_on_prometheus_evals_strict_rule_by_default(data_
 
 def test_regeneration_count_is_a_card_setting(data_dir):
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), lambda r, i: Completion("no score", "eos", 2))
-    judge = build_judge("prometheus-2", backend=backend, max_retries=1)
+    judge = build_judge("prometheus-2", backend=backend, max_retries=1, n_cot=1)
     row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
     assert row.retries == [1] and len(backend.generations) == 2
+
+
+def calculate_results_a2a(prometheus_scores: list[list[int]], gpt4_scores: list[float], feedback_bench: bool):
+    """prometheus-eval eval/utils.py:calculate_results, mode a2a (lines 68-98): the row's score is
+    statistics.mean of its runs; Feedback Bench also reports the accuracy of the first run, in %."""
+    import statistics
+
+    means = [statistics.mean(runs) for runs in prometheus_scores if runs]
+    results = {"means": means}
+    if feedback_bench:
+        firsts = [runs[0] for runs in prometheus_scores]
+        results["Accuracy"] = sum(1 for x, y in zip(firsts, gpt4_scores) if x == y) / len(firsts) * 100
+    return results
+
+
+def test_prometheus_card_scores_a_row_with_the_mean_of_three_runs(data_dir):
+    """eval/run_evaluate.py:439 runs=3 for a2a, each run regenerating its own unparsable outputs."""
+    verdicts = {0: ["[RESULT] 3"], 1: ["no verdict", "[RESULT] 4"], 2: ["[RESULT] 4"]}
+    seen: dict = {}
+
+    def script(request, index):
+        attempt = seen.setdefault(index, 0)
+        seen[index] += 1
+        texts = verdicts[index]
+        return Completion("Feedback. " + texts[min(attempt, len(texts) - 1)], "eos", 6)
+
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script)
+    judge = build_judge("prometheus-2", backend=backend)
+    assert judge.config.n_cot == 3 and judge.config.unparsed_runs == "fail-row"
+    row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
+    assert backend.generations[0][0].n == 3
+    assert row.per_cot == [3.0, 4.0, 4.0] and row.retries == [0, 1, 0] and len(row.cots) == 3
+    assert row.prediction == pytest.approx(calculate_results_a2a([[3, 4, 4]], [4.0], False)["means"][0])
+    assert row.status == "ok"
+
+
+def test_prometheus_row_with_a_run_that_stays_unparsed_is_unscored(data_dir):
+    """The reference raises when an output is still unparsable after 5 retries (run_evaluate.py:122-125),
+    so it never means fewer than all runs: the row gets no score (TRACT judges keep the mean of the rest)."""
+    def script(request, index):
+        return Completion("Feedback. " + ("no verdict" if index == 1 else "[RESULT] 4"), "eos", 6)
+
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script)
+    row = build_judge("prometheus-2", backend=backend).judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
+    assert row.per_cot == [4.0, None, 4.0] and row.retries == [0, 5, 0]
+    assert row.prediction is None and row.status == "parse_failure"
+    mean_rule = build_judge("prometheus-2", backend=ScriptedBackend(backend.tokenizer(), script), unparsed_runs="mean")
+    assert mean_rule.judge(load_benchmark("vicuna", data_dir).samples[:1])[0].prediction == 4.0
+
+
+def test_feedback_bench_adds_the_first_runs_accuracy():
+    from tract_eval.metrics import first_run_accuracy
+
+    runs = [[4, 5, 4], [2, 2, 3], [5, 4, 4], [1, 1, 1]]
+    gold = [4.0, 3.0, 4.0, 1.0]
+    rows = [{"per_cot": [float(v) for v in r], "gold": g, "prediction": sum(r) / 3} for r, g in zip(runs, gold)]
+    expected = calculate_results_a2a(runs, gold, feedback_bench=True)
+    assert first_run_accuracy(rows) == pytest.approx(expected["Accuracy"]) == 50.0
+    assert [r["prediction"] for r in rows] == pytest.approx(expected["means"])
+    assert first_run_accuracy([{"per_cot": [3.7], "gold": 4.0}]) is None  # an expected score is no verdict
+    from tract_eval.benchmarks import load_card
+
+    assert load_card("feedback-bench").options["first_run_accuracy"] is True
+    assert not load_card("vicuna").options.get("first_run_accuracy")
 
 
 # -- the backends honour stop strings (slow: the embedded model) --------------------------------

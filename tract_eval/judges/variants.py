@@ -10,6 +10,7 @@ read the score; ``Judge`` (base.py) owns the model, the runs and the prediction 
 | `score-only-rail`   | score-only instruction + the prompt's body      | nothing                 | E[y] at the first assistant token     |
 | `score-only-decode` | same                                            | one token               | the first assistant token             |
 | `prometheus`        | ABS_SYSTEM_PROMPT (system turn or prefix) + row | feedback [RESULT] n     | parsed; regenerated if unparsable     |
+|                     | (the row `.strip().rstrip('",')`)               | n_cot runs (card: 3)    | the mean of the runs                  |
 """
 from __future__ import annotations
 
@@ -224,7 +225,8 @@ class Prometheus(JudgeVariant):
     uses_candidates = False
 
     def user_content(self, sample):
-        return self.judge.grading_prompt(sample.fields)  # the row's instruction unchanged
+        # eval/benchmark/data_loader.py:84 cleans each row's instruction before prepare_inputs uses it
+        return self.judge.grading_prompt(sample.fields).strip().rstrip('",')
 
     def messages_for(self, content, chat_template):
         system, user = self.config.system_prompt or "", content
