@@ -417,7 +417,7 @@ def test_score_only_training_rows_put_the_score_at_the_opened_assistant_turn(tok
     for anchor in ("reference", "generation-prompt"):
         judge = build_judge(judge_name, score_only_anchor=anchor)
         row = TrainingRow("r", prompt, "", 4)
-        candidates, features, _ = encode_rows([row], tokenizer, judge, objective, 100000)
+        candidates, features, _ = encode_rows([row], tokenizer, judge, objective, 100000, template="chat-template")
         chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True).rstrip()
         chat_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
@@ -428,6 +428,81 @@ def test_score_only_training_rows_put_the_score_at_the_opened_assistant_turn(tok
         assert (labels[-2] == IGNORE) == (objective == "raft")
     readout = build_judge(judge_name, score_only_anchor="generation-prompt").training_input_with(tokenizer, prompt)
     assert readout == chat
+
+
+def llama_factory_mistral(tokenizer, user: str, assistant: str) -> tuple[list[int], list[int]]:
+    """LLaMA-Factory @ c6e3c14a, template "mistral" (data/template.py: format_prefix {bos_token},
+    format_user "[INST] {{content}}[/INST]", format_assistant " {{content}}" + {eos_token}; Template._encode
+    encodes each message's slots apart with add_special_tokens=False), as processors/supervised.py
+    ``_encode_supervised_example`` pairs them: (prompt ids, response ids)."""
+    def encode(text):
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    return [tokenizer.bos_token_id] + encode("[INST] " + user + "[/INST]"), encode(" " + assistant) + [tokenizer.eos_token_id]
+
+
+def prepare_dataset_target(output: str) -> str:
+    """TRACT finetuning_utils/prepare_dataset.py --cot_no_result (lines 117-118)."""
+    final_score = output.split("[RESULT]")[-1].strip()
+    return output.split("So the overall")[0].strip() + f" So the overall score is {final_score}"
+
+
+@pytest.mark.parametrize("objective", ["cot_raft", "ce"])
+def test_training_rows_are_tokenized_as_llama_factory_does_by_default(data_dir, objective):
+    from tract_eval.training.data import prepare
+    from tract_eval.training.objectives import IGNORE
+    from tract_eval.training.pipeline import encode_rows
+
+    tokenizer = mistral_style_tokenizer(str(data_dir))
+    judge = build_judge("tract")
+    records = json.loads((data_dir / "prometheus" / "vicuna_eval.json").read_text())[:5]
+    rows = prepare([str(data_dir / "prometheus" / "vicuna_eval.json")], force_delimiter=True, limit=5).rows
+    candidates, features, _ = encode_rows(rows, tokenizer, judge, objective, 100000)
+    for row, feature in zip(rows, features):
+        record = records[int(row.id.split(":")[1])]
+        output = record["gpt4_feedback"][int(row.id.split(":")[2])]
+        output = f"{output.split('[RESULT]')[0].strip()} So the overall. [RESULT] {row.score}"  # Feedback Collection's shape
+        prompt_ids, response_ids = llama_factory_mistral(tokenizer, row.prompt.rstrip(), prepare_dataset_target(output))
+        assert feature["input_ids"] == prompt_ids + response_ids
+        # custom_processor.py: labels = the response, its second-to-last token (the score) masked for CoT-RAFT
+        expected = list(response_ids)
+        if objective == "cot_raft":
+            expected[-2] = IGNORE
+        assert feature["labels"] == [IGNORE] * len(prompt_ids) + expected
+        assert response_ids[-2] == candidates.sequences[candidates.scores.index(row.score)][0]
+    # the layout this replaced: the judge's inference input, the CoT encoded apart ("▁The" vs " The" aside,
+    # "[INST] x [/INST]" there, "[INST] x[/INST]" in LLaMA-Factory's template)
+    _, old, _ = encode_rows(rows, tokenizer, judge, objective, 100000, template="chat-template")
+    assert all(a["input_ids"] != b["input_ids"] for a, b in zip(old, features))
+
+
+def test_score_only_rows_follow_llama_factory_too(data_dir):
+    from tract_eval.training.data import TrainingRow
+    from tract_eval.training.pipeline import encode_rows
+
+    tokenizer = mistral_style_tokenizer(str(data_dir))
+    prompt = reference_text("tract/no_feedback.prompt").format(
+        orig_instruction="Name a prime.", orig_response="7", orig_reference_answer="2", orig_criteria="Correct?",
+        **{f"orig_score{k}_description": f"level {k}" for k in range(1, 6)})
+    _, features, _ = encode_rows([TrainingRow("r", prompt, "", 4)], tokenizer, build_judge("raft"), "raft", 100000)
+    prompt_ids, response_ids = llama_factory_mistral(tokenizer, prompt, "4")  # prepare_dataset.py score_only: "4"
+    assert features[0]["input_ids"] == prompt_ids + response_ids
+
+
+def test_training_template_auto_picks_the_reference_family(data_dir):
+    from tract_eval.training.objectives import resolve_training_template
+
+    assert resolve_training_template("auto", mistral_style_tokenizer(str(data_dir))) == "mistral"
+
+    class Llama3:
+        chat_template = "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}"
+
+    class ChatML:
+        chat_template = "{{ '<|im_start|>' + message['role'] }}"
+
+    assert resolve_training_template("auto", Llama3()) == "llama3"
+    assert resolve_training_template("auto", ChatML()) == "chat-template"
+    assert resolve_training_template("chat-template", Llama3()) == "chat-template"
 
 
 def test_without_a_cut_marker_a_written_delimiter_still_ends_the_cot():

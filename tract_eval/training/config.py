@@ -16,7 +16,7 @@ from transformers import TrainingArguments
 from ..cards import find_card
 from ..config import read_yaml_mapping
 from ..errors import ConfigError
-from .objectives import OBJECTIVES, SCORE_PROBS, SCORE_REDUCTIONS
+from .objectives import OBJECTIVES, SCORE_PROBS, SCORE_REDUCTIONS, TRAINING_TEMPLATES
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ class TrainConfig(TrainingArguments):
         "help": "sequences per device and optimizer step of the released LLaMA-Factory config whose score-term "
                 "weight score_reduction 'reference' reproduces: 8 (cot_raft_mistral.yaml, 8 x 1); "
                 "Llama-3.1 runs used 4 (cot_raft_llama.yaml, 4 x 1)"})
+    training_template: str = field(default="auto", metadata={
+        "help": f"one of {TRAINING_TEMPLATES}: how a row becomes token ids. 'auto': LLaMA-Factory's template for the "
+                "tokenizer's family as the reference trained ('mistral' on an [INST] chat template, 'llama3' on a "
+                "Llama-3 one), else 'chat-template' (the judge's inference input, then the CoT)"})
     validation_ratio: float = field(default=0.0, metadata={
         "help": "hold out this share of the rows (TRACT: 0.05) and evaluate the loss on it during training"})
     two_stage: bool = field(default=False, metadata={"help": "TRACT: stage 1, self-generated CoTs, stage 2"})
@@ -84,6 +88,8 @@ class TrainConfig(TrainingArguments):
             raise ConfigError("ce_weight must be >= 0")
         if self.score_reduction not in SCORE_REDUCTIONS:
             raise ConfigError(f"score_reduction must be one of {SCORE_REDUCTIONS}, not {self.score_reduction!r}")
+        if self.training_template not in TRAINING_TEMPLATES:
+            raise ConfigError(f"training_template must be one of {TRAINING_TEMPLATES}, not {self.training_template!r}")
         self._check_reference_layout()
         if not 0 <= self.validation_ratio < 1:
             raise ConfigError(f"validation_ratio must be in [0, 1), not {self.validation_ratio}")
