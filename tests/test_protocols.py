@@ -123,6 +123,19 @@ def test_no_reference_removes_what_tract_removes(tokenizer, data_dir, judge_name
         assert "###Reference Answer" not in reference and "a reference answer that gets a score of 5" in reference
 
 
+@pytest.mark.parametrize("judge_name", ["rail", "raft", "ce-decode"])
+def test_score_only_judges_keep_the_reference_answer_by_default(tokenizer, data_dir, judge_name):
+    """Issue 18 point 7: TRACT's inference/evaluation_result/results.csv logs 386 runs, all mode feedback_score,
+    remove_reference False in 74 and not yet a column in 312: no logged run removed the reference answer; only
+    inference/run_score_only.sh passes --remove (writing evaluation_result_score_only_no_reference/). The
+    default keeps it; --no-reference is that script's input."""
+    bench = load_benchmark("vicuna", data_dir)
+    judge = build_judge(judge_name)
+    for sample in bench.samples[:3]:
+        assert not sample.fields.remove_reference
+        assert "###Reference Answer (Score 5):" in judge.build_input_with(tokenizer, sample)
+
+
 # -- point 1: score-only protocol ---------------------------------------------------------------
 
 def test_score_only_instruction_is_the_reference_bytes():
