@@ -96,9 +96,9 @@ def test_too_long_prompts_are_marked_or_refused(tmp_path, data_dir):
     backend = ShortContext(context)
     result = run_benchmark(build_judge("tract", backend=backend, max_new_tokens=4), vicuna, tmp_path / "a", limit=4)
     rows = read_predictions(result.out_dir / "predictions.jsonl")
-    too_long = {r["id"] for r in rows if r["status"] == "too_long"}
+    too_long = {r.id for r in rows if r.status == "too_long"}
     assert too_long == {i for i, n in lengths.items() if n + budget > context} and too_long
-    assert all(r["prediction"] is None and r["meta"]["context_length"] == context for r in rows if r["id"] in too_long)
+    assert all(r.prediction is None and r.meta["context_length"] == context for r in rows if r.id in too_long)
     assert backend.judged == 4 - len(too_long)
     assert result.metrics["statuses"]["too_long"] == len(too_long)
     assert result.metrics["n"] == 4 - len(too_long)

@@ -9,6 +9,7 @@ from scipy import stats
 from tract_eval.benchmarks import load_card
 from tract_eval.metrics import LEADERBOARD, absolute_metrics, correlation_metrics, pair_outcomes
 from tract_eval.metrics import pairwise_metrics as _pairwise_metrics
+from tract_eval.records import Prediction
 from tract_eval.reports.stats import pairwise_scores
 
 RB = load_card("rewardbench").section_scheme()  # the card's sections and reward-bench's weights
@@ -38,10 +39,10 @@ def test_constant_predictions_give_undefined_correlation_not_a_crash():
 
 def test_parse_failures_are_excluded_and_counted():
     rows = [
-        {"gold": 1.0, "prediction": 1.5, "status": "ok"},
-        {"gold": 2.0, "prediction": None, "status": "parse_failure"},
-        {"gold": 3.0, "prediction": 2.5, "status": "ok"},
-        {"gold": 4.0, "prediction": 3.0, "status": "fallback"},
+        Prediction(id="a", gold=1.0, prediction=1.5, status="ok"),
+        Prediction(id="b", gold=2.0, prediction=None, status="parse_failure"),
+        Prediction(id="c", gold=3.0, prediction=2.5, status="ok"),
+        Prediction(id="d", gold=4.0, prediction=3.0, status="fallback"),
     ]
     m = absolute_metrics(rows)
     assert (m["n"], m["n_total"], m["parse_failures"], m["fallbacks"]) == (3, 4, 2, 1)
@@ -50,9 +51,12 @@ def test_parse_failures_are_excluded_and_counted():
 
 def _pair(subset, section, pid, chosen, rejected):
     meta = {"subset": subset, "section": section, "pair_id": f"{subset}/{pid}"}
+    status = lambda score: "ok" if score is not None else "parse_failure"  # noqa: E731
     return [
-        {"id": f"{subset}/{pid}/chosen", "prediction": chosen, "meta": {**meta, "side": "chosen"}},
-        {"id": f"{subset}/{pid}/rejected", "prediction": rejected, "meta": {**meta, "side": "rejected"}},
+        Prediction(id=f"{subset}/{pid}/chosen", gold=None, prediction=chosen, status=status(chosen),
+                   meta={**meta, "side": "chosen"}),
+        Prediction(id=f"{subset}/{pid}/rejected", gold=None, prediction=rejected, status=status(rejected),
+                   meta={**meta, "side": "rejected"}),
     ]
 
 

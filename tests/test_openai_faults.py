@@ -22,7 +22,7 @@ def openai_judge(url, tokenizer_dir, **settings):
 
 
 def scores(out_dir):
-    return {r["id"]: (r["status"], r["prediction"], r["per_cot"]) for r in read_predictions(out_dir / "predictions.jsonl")}
+    return {r.id: (r.status, r.prediction, r.per_cot) for r in read_predictions(out_dir / "predictions.jsonl")}
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +88,11 @@ def test_malformed_answers_that_persist_are_counted_failures_with_an_excerpt(tmp
         result = run_benchmark(openai_judge(server.base_url, tokenizer_dir), vicuna, tmp_path, limit=6)
     print(f"\nfaults injected: {dict(server.injected)}; counted failures: 1 of 6 rows")
     rows = read_predictions(result.out_dir / "predictions.jsonl")
-    failed = [r for r in rows if r["status"] != "ok"]
-    assert len(rows) == 6 and [r["id"] for r in failed] == [vicuna.samples[1].id]
+    failed = [r for r in rows if r.status != "ok"]
+    assert len(rows) == 6 and [r.id for r in failed] == [vicuna.samples[1].id]
     for row in failed:
-        assert row["status"] == "parse_failure" and row["prediction"] is None
-        assert "<html><body>502 Bad Gateway" in row["errors"][0] and "4 attempts" in row["errors"][0]
+        assert row.status == "parse_failure" and row.prediction is None
+        assert "<html><body>502 Bad Gateway" in row.errors[0] and "4 attempts" in row.errors[0]
     assert result.metrics["n"] == 6 - len(failed) and result.metrics["parse_failures"] == len(failed)
 
 
@@ -106,12 +106,12 @@ def test_missing_candidates_are_recorded_never_ok(tmp_path, tokenizer_dir, data_
         result = run_benchmark(judge, load_benchmark("vicuna", data_dir), tmp_path, limit=3)
     print(f"\nfaults injected: {dict(server.injected)}; rows marked partial_candidates: 3 of 3")
     rows = read_predictions(result.out_dir / "predictions.jsonl")
-    assert [r["status"] for r in rows] == ["partial_candidates"] * 3
-    assert all(r["missing_candidates"] == [[1, 5]] for r in rows)
+    assert [r.status for r in rows] == ["partial_candidates"] * 3
+    assert all(r.missing_candidates == [[1, 5]] for r in rows)
     if policy == "fail":  # the default for RAIL judges: no score from an incomplete distribution
-        assert all(r["prediction"] is None for r in rows) and result.metrics["n"] == 0
+        assert all(r.prediction is None for r in rows) and result.metrics["n"] == 0
     else:
-        assert all(2 <= r["prediction"] <= 4 for r in rows)
+        assert all(2 <= r.prediction <= 4 for r in rows)
     assert result.metrics["statuses"] == {"partial_candidates": 3}
 
 
@@ -130,5 +130,5 @@ def test_a_server_that_states_its_context_gets_too_long_rows(tmp_path, tokenizer
         result = run_benchmark(judge, vicuna, tmp_path, limit=4)
         assert judge.backend.context_length() == 300
     rows = read_predictions(result.out_dir / "predictions.jsonl")
-    assert {r["status"] for r in rows} <= {"ok", "too_long"} and result.metrics["statuses"].get("too_long")
-    assert all(r["prompt_tokens"] + r["meta"]["generation_budget"] > 300 for r in rows if r["status"] == "too_long")
+    assert {r.status for r in rows} <= {"ok", "too_long"} and result.metrics["statuses"].get("too_long")
+    assert all(r.prompt_tokens + r.meta["generation_budget"] > 300 for r in rows if r.status == "too_long")

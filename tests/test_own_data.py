@@ -10,6 +10,7 @@ import pytest
 from tract_eval.benchmarks import DataFormatError, load_benchmark
 from tract_eval.cli import main
 from tract_eval.errors import ConfigError, InputNotFoundError
+from tract_eval.records import Prediction
 
 ROWS = [
     {"instruction": "What is 2+2?", "response": "4", "rubric": "Is the answer correct?", "score": 5,
@@ -56,7 +57,7 @@ def test_columns_scale_descriptions_and_no_gold(tmp_path):
     bench = load_benchmark(str(_write(tmp_path / "n.jsonl", [{"instruction": "Q", "response": "A", "rubric": block}])),
                            scale="1-2")
     assert bench.samples[0].fields.rubric == block and not bench.has_gold
-    metrics = bench.metrics([{"prediction": 1.5, "gold": None, "status": "ok"}])
+    metrics = bench.metrics([Prediction(id="1", prediction=1.5, gold=None, status="ok")])
     assert metrics["note"] == "no gold scores: predictions only" and metrics["mean_prediction"] == 1.5
 
 

@@ -377,14 +377,16 @@ def test_prometheus_row_with_a_run_that_stays_unparsed_is_unscored(data_dir):
 
 def test_feedback_bench_adds_the_first_runs_accuracy():
     from tract_eval.metrics import first_run_accuracy
+    from tract_eval.records import Prediction
 
     runs = [[4, 5, 4], [2, 2, 3], [5, 4, 4], [1, 1, 1]]
     gold = [4.0, 3.0, 4.0, 1.0]
-    rows = [{"per_cot": [float(v) for v in r], "gold": g, "prediction": sum(r) / 3} for r, g in zip(runs, gold)]
+    rows = [Prediction(id=str(i), gold=g, prediction=sum(r) / 3, status="ok", per_cot=[float(v) for v in r])
+            for i, (r, g) in enumerate(zip(runs, gold))]
     expected = calculate_results_a2a(runs, gold, feedback_bench=True)
     assert first_run_accuracy(rows) == pytest.approx(expected["Accuracy"]) == 50.0
-    assert [r["prediction"] for r in rows] == pytest.approx(expected["means"])
-    assert first_run_accuracy([{"per_cot": [3.7], "gold": 4.0}]) is None  # an expected score is no verdict
+    assert [r.prediction for r in rows] == pytest.approx(expected["means"])
+    assert first_run_accuracy([Prediction(id="x", gold=4.0, prediction=3.7, status="ok", per_cot=[3.7])]) is None  # no verdict
     from tract_eval.benchmarks import load_card
 
     assert load_card("feedback-bench").options["first_run_accuracy"] is True
@@ -419,7 +421,7 @@ def test_transformers_backend_stops_at_stop_strings_and_reads_after_the_cut(embe
 def test_score_only_training_rows_put_the_score_at_the_opened_assistant_turn(tokenizer, judge_name, objective):
     """Chat fine-tuning renders [user, assistant: score]: the score follows the opened turn. That is
     where the ``generation-prompt`` anchor reads; the reference anchor reads there too on templates
-    that render an empty final turn open (Mistral), not on ChatML (README "Judges")."""
+    that render an empty final turn open (Mistral), not on ChatML (docs/reference/protocols.md)."""
     from tract_eval.training.objectives import IGNORE
     from tract_eval.training.pipeline import encode_rows
     from tract_eval.training.data import TrainingRow

@@ -65,9 +65,9 @@ def wait(pid) -> int:
 
 def snapshot(folder):
     rows = read_predictions(folder / "predictions.jsonl")
-    ids = [r["id"] for r in rows]
+    ids = [r.id for r in rows]
     assert len(ids) == len(set(ids)), "a sample was written twice"
-    stripped = {r["id"]: {k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows}
+    stripped = {r.id: {k: v for k, v in r.to_dict().items() if k not in TIMING_FIELDS} for r in rows}
     return stripped, json.loads((folder / "metrics.json").read_text())
 
 

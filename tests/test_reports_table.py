@@ -37,8 +37,8 @@ def test_columns_follow_table2_layout(runs):
 def test_values_recomputed_from_predictions(runs):
     table = build_table(runs, ["r", "tau", "rmse"])
     beta = next(r for r in runs if r.judge == "beta" and r.bench == "vicuna")
-    gold = np.array([r["gold"] for r in beta.rows if r["prediction"] is not None])
-    pred = np.array([r["prediction"] for r in beta.rows if r["prediction"] is not None])
+    gold = np.array([r.gold for r in beta.rows if r.prediction is not None])
+    pred = np.array([r.prediction for r in beta.rows if r.prediction is not None])
     assert table.cells["beta", Column("vicuna", "r")].estimate.value == pytest.approx(stats.pearsonr(gold, pred)[0])
     assert table.cells["beta", Column("vicuna", "tau")].estimate.value == pytest.approx(stats.kendalltau(gold, pred)[0])
     assert table.cells["beta", Column("vicuna", "rmse")].estimate.value == pytest.approx(
@@ -158,7 +158,7 @@ def test_malformed_rows_name_file_line_and_field(tmp_path):
     lines = (folder / "predictions.jsonl").read_text().splitlines()
     lines[2] = lines[2].replace('"prediction": 2.0', '"prediction": "2"')
     (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(RunFormatError, match=r"predictions.jsonl: row 3 field 'prediction'"):
+    with pytest.raises(RunFormatError, match=r"predictions.jsonl: line 3 field 'prediction'"):
         collect_runs([tmp_path / "runs"])
     lines[2] = "{not json"
     (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n")

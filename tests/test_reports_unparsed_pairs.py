@@ -28,7 +28,7 @@ def rewardbench_run(out, judge: str, rule: str, unparsed: int, pairs_per_section
     folder = write_run(out, judge, "rewardbench", rows)
     collected = [r for r in collect_runs([folder]) if r.bench == "rewardbench"][0]
     metrics = {"bench": "rewardbench", "kind": "pairwise",
-               **pairwise_metrics(rows, collected.section_scheme(), rule)}  # as runner.py writes it
+               **pairwise_metrics(collected.rows, collected.section_scheme(), rule)}  # as runner.py writes it
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "manifest.json").write_text(json.dumps({"judge": {"name": judge}, "seed": 0, "bench": {
         "name": "rewardbench", "kind": "pairwise", "options": {"unparsed_pairs": rule}}}))

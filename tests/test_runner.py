@@ -73,7 +73,7 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, vicuna):
     backend = LengthBackend()
     result = run_benchmark(build_judge("tract", backend=backend, batch_size=2), vicuna, tmp_path, limit=10)
     assert backend.judged == 5 and (result.new_samples, result.reused_samples) == (5, 5)
-    ids = [r["id"] for r in read_predictions(path)]
+    ids = [r.id for r in read_predictions(path)]
     assert ids == [s.id for s in vicuna.samples[:10]] and len(set(ids)) == 10
     metrics = json.loads((tmp_path / "tract" / "vicuna" / "metrics.json").read_text())
     assert metrics["n"] == 10 and metrics["pearson"] is not None
@@ -116,13 +116,13 @@ def test_other_config_or_seed_is_refused(tmp_path, vicuna):
 def test_rows_carry_distributions_and_per_cot_predictions(tmp_path, vicuna):
     result = run_benchmark(build_judge("tract", backend=LengthBackend(), n_cot=3), vicuna, tmp_path, limit=2)
     row = read_predictions(result.out_dir / "predictions.jsonl")[0]
-    assert len(row["cots"]) == len(row["score_probs"]) == len(row["per_cot"]) == 3
-    assert sum(row["score_probs"][0].values()) == pytest.approx(1.0)
-    assert row["candidate_mass"][0] == pytest.approx(sum(row["raw_probs"][0].values()))
-    assert max(row["raw_probs"][0].values()) == pytest.approx(math.exp(-1.0))
-    assert row["prediction"] == pytest.approx(sum(row["per_cot"]) / 3)
-    expected = sum(int(s) * p for s, p in row["raw_probs"][1].items())  # raw, as the reference
-    assert row["per_cot"][1] == pytest.approx(expected)
+    assert len(row.cots) == len(row.score_probs) == len(row.per_cot) == 3
+    assert sum(row.score_probs[0].values()) == pytest.approx(1.0)
+    assert row.candidate_mass[0] == pytest.approx(sum(row.raw_probs[0].values()))
+    assert max(row.raw_probs[0].values()) == pytest.approx(math.exp(-1.0))
+    assert row.prediction == pytest.approx(sum(row.per_cot) / 3)
+    expected = sum(int(s) * p for s, p in row.raw_probs[1].items())  # raw, as the reference
+    assert row.per_cot[1] == pytest.approx(expected)
     manifest = json.loads((result.out_dir / "manifest.json").read_text())
     assert manifest["judge"]["n_cot"] == 3 and manifest["seed"] == 0
     assert "transformers" in manifest["sessions"][-1]["versions"]
@@ -132,14 +132,14 @@ def test_rows_carry_distributions_and_per_cot_predictions(tmp_path, vicuna):
 def test_raw_probabilities_option_is_the_unnormalised_expectation(tmp_path, vicuna):
     result = run_benchmark(build_judge("tract", backend=LengthBackend(), renormalize=False), vicuna, tmp_path, limit=1)
     row = read_predictions(result.out_dir / "predictions.jsonl")[0]
-    assert row["per_cot"][0] == pytest.approx(sum(int(s) * p for s, p in row["raw_probs"][0].items()))
+    assert row.per_cot[0] == pytest.approx(sum(int(s) * p for s, p in row.raw_probs[0].items()))
 
 
 def test_shards_are_disjoint_and_merge_into_one_run(tmp_path, data_dir):
     bench = load_benchmark("rewardbench", data_dir)
     for i in range(3):
         run_benchmark(build_judge("tract", backend=LengthBackend()), bench, tmp_path, limit=7, shard=(i, 3))
-    shard_ids = [{r["id"] for r in read_predictions(p)} for p in sorted(tmp_path.glob("tract/rewardbench/shards/*/predictions.jsonl"))]
+    shard_ids = [{r.id for r in read_predictions(p)} for p in sorted(tmp_path.glob("tract/rewardbench/shards/*/predictions.jsonl"))]
     assert sum(len(s) for s in shard_ids) == 14 and not (shard_ids[0] & shard_ids[1])
     metrics = merge_shards(tmp_path / "tract" / "rewardbench", bench)
     assert metrics["n_pairs"] == 7
@@ -157,7 +157,7 @@ def test_parse_failures_follow_the_stated_policy(tmp_path, vicuna):
     fallback = run_benchmark(build_judge("ce-decode-cot", backend=Silent(), parse_failure_policy="fallback",
                                          fallback_score=3.0), vicuna, tmp_path / "b", limit=3)
     rows = read_predictions(fallback.out_dir / "predictions.jsonl")
-    assert [r["status"] for r in rows] == ["fallback"] * 3 and rows[0]["prediction"] == 3.0
+    assert [r.status for r in rows] == ["fallback"] * 3 and rows[0].prediction == 3.0
     assert fallback.metrics["fallbacks"] == 3
 
 
@@ -180,7 +180,7 @@ def test_sigkill_mid_run_then_rerun_loses_nothing(tmp_path, data_dir):
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     rows = read_predictions(path)
     expected = [s.id for s in load_benchmark("vicuna", data_dir).samples[:12]]
-    assert sorted(r["id"] for r in rows) == sorted(expected)  # each sample exactly once
+    assert sorted(r.id for r in rows) == sorted(expected)  # each sample exactly once
     manifest = json.loads((out / "rail" / "vicuna" / "manifest.json").read_text())
     assert manifest["sessions"][-1]["new_samples"] == 12 - done_before
 

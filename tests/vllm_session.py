@@ -15,14 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-def primitive_checks(backend, rows: list[dict], candidates) -> dict:
+def primitive_checks(backend, rows, candidates) -> dict:
     """Log-likelihood of each CoT after its input and the candidates' log-probabilities after input + CoT
     (the test runs the same on other backends and compares)."""
     from tract_eval.experiments.analysis import own_cot_text
 
-    pairs = [(row["input"], own_cot_text(row, i, candidates.delimiter)) for row in rows for i in range(len(row["cots"]))]
+    pairs = [(row.input, own_cot_text(row, i, candidates.delimiter)) for row in rows for i in range(len(row.cots))]
     pairs = [pair for pair in pairs if pair[1]]
-    contexts = [row["input"] + cot for row in rows for cot in row["cots"]]
+    contexts = [row.input + cot for row in rows for cot in row.cots]
     return {"pairs": pairs, "loglikelihood": backend.loglikelihood(pairs), "contexts": contexts,
             "candidate_logprobs": backend.candidate_logprobs(contexts, candidates)}
 
@@ -40,11 +40,13 @@ if __name__ == "__main__":  # vLLM starts worker processes: keep the guard
     from tract_eval.candidates import derive_score_candidates
 
     candidates = derive_score_candidates(backend.tokenizer())
-    rows = [json.loads(line) for line in (out / "tract" / "vicuna" / "predictions.jsonl").read_text().splitlines()]
+    from tract_eval.records import read_predictions
+
+    rows = read_predictions(out / "tract" / "vicuna" / "predictions.jsonl")
     rescored = []
     for row in rows:
-        requests = [ScoreRequest(row["input"], cot[: len(cot) - len(candidates.bridge_text)], candidates)
-                    for cot in row["cots"]]
+        requests = [ScoreRequest(row.input, cot[: len(cot) - len(candidates.bridge_text)], candidates)
+                    for cot in row.cots]
         rescored.append([c.candidate_logprobs for c in backend.score(requests)])
     (out / "rescored.json").write_text(json.dumps(rescored))
     primitives = primitive_checks(backend, rows, candidates)

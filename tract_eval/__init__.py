@@ -1,7 +1,7 @@
 """tract-eval: measure, compare and train LLM-as-a-judge models (TRACT and its baselines).
 
 ``grade`` / ``grade_many`` score your own responses; ``evaluate`` runs judges over benchmarks or your
-own data files and writes what ``tract-eval run`` writes (see the README's "Python API").
+own data files and writes what ``tract-eval run`` writes (see docs/tutorial/python-api.md).
 """
 __version__ = "0.1.0"
 

@@ -109,7 +109,8 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     it comes from ``create_backend``, which keeps the last one loaded, so equal settings load it once."""
     from .backends import check_backend_options
     from .judges import build_judge
-    from .models import check_model_args
+    from .models import check_device, check_model_args
+    from .runner import check_plain_name
 
     settings = {k: v for k, v in dict(overrides or {}).items() if v is not None}
     run_name = settings.pop("run_name", None)
@@ -119,7 +120,9 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     check_backend_options(judge.config.backend, judge.config.backend_options)
     if judge.config.backend == "transformers":
         check_model_args(judge.config.backend_options.get("model_args"))
+        check_device(judge.config.device)
     if run_name:
+        check_plain_name(run_name, "--run-name")
         judge.config = judge.config.with_overrides(name=run_name)
     return judge
 
@@ -172,7 +175,7 @@ def _intervals(folder: Path, resamples: int, seed: int) -> dict:
 def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: int | None = None,
              out: str | Path | None = None, data_dir: str | Path | None = None, columns: str | dict | None = None,
              scale: str | Sequence[int] | None = None, no_reference: bool = False, unparsed_pairs: str = "half",
-             shard: str | None = None, too_long: str = "mark", ci: bool = False,
+             shard: str | None = None, too_long: str = "mark", ci: bool = False, rejudge_failures: bool = False,
              progress: Callable[[int], None] | None = None, **overrides) -> dict:
     """Run judge(s) over benchmark(s) as ``tract-eval run`` does, writing the same files under ``out``
     (default ``runs/``): ``OUT/<judge>/<bench>/{predictions.jsonl, metrics.json, manifest.json, results.json}``.
@@ -198,7 +201,8 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
         for b in benches:
             judged = judge_for(name, overrides, b.card.scale)
             result = run_benchmark(judged, b, Path(out or DEFAULT_OUT), limit=limit, shard=shard_spec,
-                                   batch_size=overrides.get("batch_size"), too_long=too_long, progress=progress)
+                                   batch_size=overrides.get("batch_size"), too_long=too_long,
+                                   rejudge_failures=rejudge_failures, progress=progress)
             write_results(result, judged, b, ci=ci)
             metrics.setdefault(judged.name, {})[b.name] = result.metrics
     return next(iter(metrics.values())) if len(names) == 1 else metrics

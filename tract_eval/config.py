@@ -23,7 +23,7 @@ from .errors import ConfigError, UnknownNameError
 from .protocol import READOUTS, REFERENCE_STOP_STRINGS
 from .redaction import is_secret_name
 
-# How a judge reads a score; one type each in tract_eval.judges.variants (README "Judges").
+# How a judge reads a score; one type each in tract_eval.judges.variants (docs/reference/protocols.md).
 PROTOCOLS = ("cot-rail", "cot-decode", "score-only-rail", "score-only-decode", "prometheus")
 RAIL_PROTOCOLS = ("cot-rail", "score-only-rail")  # the score is the expectation over the candidates
 COT_PROTOCOLS = ("cot-rail", "cot-decode")  # a CoT finished by TRACT's cut rule
@@ -42,6 +42,9 @@ VERDICT_PARSERS = ("reference", "library", "lenient")
 # eval/run_evaluate.py raises when an output stays unparsable after its retries, so no row of its
 # output has fewer than all runs: calculate_results means all of them).
 UNPARSED_RUNS = ("mean", "fail-row")
+# Every score of a scale is a candidate the judge reads a probability for (and tokenizes up front): a
+# scale is bounded so that a typo like 0-1000000 is refused at once instead of running for minutes
+MAX_SCALE_POINTS = 101  # e.g. 0-100
 
 
 @dataclass
@@ -152,7 +155,7 @@ class JudgeConfig:
     dtype: str = "auto"
     template: str = "prometheus_absolute"
     system_prompt: str | None = None
-    # How the judge reads a score: one type each in tract_eval.judges.variants (README "Judges")
+    # How the judge reads a score: a type in tract_eval.judges.variants (docs/reference/protocols.md)
     #   cot-rail           CoT, then the expected score over the candidates after the delimiter (TRACT)
     #   cot-decode         CoT, then one score token sampled after the delimiter (CE with CoT)
     #   score-only-rail    score-only prompt, expected score at the first assistant token (RAIL, RAFT)
@@ -207,6 +210,9 @@ class JudgeConfig:
         self.stop = tuple(self.stop)
         if self.scale[0] >= self.scale[1]:
             raise ConfigError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
+        if self.scale[1] - self.scale[0] + 1 > MAX_SCALE_POINTS:
+            raise ConfigError(f"judge {self.name!r}: scale {list(self.scale)} has {self.scale[1] - self.scale[0] + 1} "
+                              f"points; at most {MAX_SCALE_POINTS}")
         if not self.delimiter:
             raise ConfigError(f"judge {self.name!r}: delimiter must not be empty")
         if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
@@ -324,9 +330,12 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
         config = JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    from .prompts import resolve_template  # checked here, so a missing template stops before any model loads
+    # checked here, so a missing, misplaced or unsafe template stops before any model loads
+    from .prompts import check_template_renders, resolve_template
 
-    return dataclasses.replace(config, template=resolve_template(config.template, path))
+    config = dataclasses.replace(config, template=resolve_template(config.template, path))
+    check_template_renders(config.template, config.name)
+    return config
 
 
 def builtin_judge_cards() -> list[str]:

@@ -9,6 +9,8 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
+from .records import PairMeta, Prediction
+
 ABSOLUTE_METRICS = ("pearson", "spearman", "kendall", "rmse")
 
 
@@ -36,26 +38,26 @@ def correlation_metrics(gold: Iterable[float], pred: Iterable[float]) -> dict:
     return out
 
 
-def absolute_metrics(rows: list[dict]) -> dict:
+def absolute_metrics(rows: list[Prediction]) -> dict:
     """Metrics for an absolute benchmark from prediction rows (parse failures excluded and counted)."""
-    used = [r for r in rows if r.get("prediction") is not None and r.get("gold") is not None]
-    out = correlation_metrics([r["gold"] for r in used], [r["prediction"] for r in used])
+    used = [r for r in rows if r.scored]
+    out = correlation_metrics([r.gold for r in used], [r.prediction for r in used])
     out["n_total"] = len(rows)
-    out["parse_failures"] = sum(r.get("status") in ("parse_failure", "fallback") for r in rows)
-    out["fallbacks"] = sum(r.get("status") == "fallback" for r in rows)
+    out["parse_failures"] = sum(r.failed for r in rows)
+    out["fallbacks"] = sum(r.status == "fallback" for r in rows)
     return out
 
 
-def first_run_accuracy(rows: list[dict]) -> float | None:
-    """prometheus-eval's Feedback Bench exception (eval/utils.py:calculate_results, lines 72-82): besides the
+def first_run_accuracy(rows: list[Prediction]) -> float | None:
+    """prometheus-eval's Feedback Bench exception (eval/utils.py:calculate_results, lines 72-88): besides the
     correlations of the runs' mean, the share of rows whose FIRST run's verdict equals the gold score, over
     all rows (in %, as it prints it). Only for judges whose runs are integer verdicts; None otherwise."""
-    firsts = [(r.get("per_cot") or [None])[0] for r in rows]
+    firsts = [(r.per_cot or [None])[0] for r in rows]
     if not rows or not any(f is not None for f in firsts):
         return None
     if any(f is not None and float(f) != int(f) for f in firsts):
         return None  # expected scores (RAIL), not verdicts
-    hits = sum(f is not None and r.get("gold") is not None and float(f) == float(r["gold"]) for f, r in zip(firsts, rows))
+    hits = sum(f is not None and r.gold is not None and float(f) == float(r.gold) for f, r in zip(firsts, rows))
     return 100.0 * hits / len(rows)
 
 
@@ -99,7 +101,7 @@ class SectionScheme:
         return scores
 
 
-def pair_outcomes(rows: list[dict], unparsed: str = "half") -> dict[str, dict]:
+def pair_outcomes(rows: list[Prediction], unparsed: str = "half") -> dict[str, dict]:
     """Group chosen/rejected prediction rows by pair: {pair_id: {"subset", "section", "outcome", "parsed"}}.
 
     outcome = 1 (chosen scored higher), 0.5 (tie), 0 (rejected higher); a pair with an unscored
@@ -107,22 +109,24 @@ def pair_outcomes(rows: list[dict], unparsed: str = "half") -> dict[str, dict]:
     """
     if unparsed not in UNPARSED_PAIR_POLICIES:
         raise ValueError(f"unparsed pairs: choose one of {UNPARSED_PAIR_POLICIES}, not {unparsed!r}")
-    sides: dict[str, dict] = defaultdict(dict)
+    sides: dict[str, dict[str, Prediction]] = defaultdict(dict)
     for row in rows:
-        meta = row.get("meta", {})
-        sides[meta["pair_id"]][meta["side"]] = row
+        pair = row.pair
+        if pair is None:
+            raise ValueError(f"row {row.id!r} names no pair (meta lacks {', '.join(PairMeta.FIELDS)})")
+        sides[pair.pair_id][pair.side] = row
     pairs = {}
     for pair_id, both in sides.items():
         if set(both) != {"chosen", "rejected"}:
             continue  # the other side is not judged yet (limit / shard / resume)
-        chosen, rejected = both["chosen"]["prediction"], both["rejected"]["prediction"]
-        meta = both["chosen"]["meta"]
+        chosen, rejected = both["chosen"].prediction, both["rejected"].prediction
+        meta = both["chosen"].pair
         parsed = chosen is not None and rejected is not None
         if parsed:
             outcome = 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
         else:
             outcome = 0.5 if unparsed == "half" else None
-        pairs[pair_id] = {"subset": meta["subset"], "section": meta["section"], "outcome": outcome, "parsed": parsed}
+        pairs[pair_id] = {"subset": meta.subset, "section": meta.section, "outcome": outcome, "parsed": parsed}
     return pairs
 
 
@@ -131,7 +135,7 @@ def leaderboard_score(section_scores: dict[str, float]) -> float | None:
     return float(np.mean(list(section_scores.values()))) if section_scores else None
 
 
-def pairwise_metrics(rows: list[dict], scheme: SectionScheme, unparsed: str = "half") -> dict:
+def pairwise_metrics(rows: list[Prediction], scheme: SectionScheme, unparsed: str = "half") -> dict:
     """A pairwise benchmark as reward-bench scores RewardBench: accuracy per subset (ties and, by default,
     unscored pairs count 0.5), sections weighting their subsets by the scheme's weights, leaderboard =
     mean of the sections; ``coverage`` says which subsets and sections a partial run judged."""
@@ -169,16 +173,16 @@ def pairwise_metrics(rows: list[dict], scheme: SectionScheme, unparsed: str = "h
     }
 
 
-def generation_summary(rows: list[dict]) -> dict:
+def generation_summary(rows: list[Prediction]) -> dict:
     """How CoTs ended and how much probability the score candidates held, over all CoTs."""
-    reasons = [r for row in rows for r in row.get("finish_reasons", [])]
-    masses = [m for row in rows for m in row.get("candidate_mass", [])]
-    forced = [f for row in rows for f in row.get("forced", [])]
-    cuts = [c for row in rows for c in row.get("cut", [])]
+    reasons = [r for row in rows for r in row.finish_reasons]
+    masses = [m for row in rows for m in row.candidate_mass]
+    forced = [f for row in rows for f in row.forced]
+    cuts = [c for row in rows for c in row.cut]
     out = {"cots": len(reasons), "finish_reasons": {k: reasons.count(k) for k in sorted(set(reasons))}}
     if masses:
         out["mean_candidate_mass"] = float(np.mean(masses))
         out["delimiter_forced"] = sum(bool(f) for f in forced)
         out["cut_at_marker"] = sum(bool(c) for c in cuts)
-    out["generated_tokens"] = int(sum(row.get("generated_tokens", 0) for row in rows))
+    out["generated_tokens"] = int(sum(row.generated_tokens for row in rows))
     return out

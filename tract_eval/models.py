@@ -132,6 +132,28 @@ def _check_bitsandbytes() -> None:
         raise ConfigError(f"{what} need a CUDA GPU for bitsandbytes' kernels; torch sees none here")
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: one this torch can place a model on (checked before the model loads; torch is
+    imported only for a device other than auto or cpu)."""
+    if device in (None, "auto", "cpu"):
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ConfigError(f"--device {device}: {why}; use --device cpu (or auto)")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"--device {device}: only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: this torch has no usable MPS device; use --device cpu (or auto)")
+
+
 def load_kwargs(source: ModelSource, model_args: dict | None = None) -> dict:
     """``from_pretrained`` keyword arguments for a model source and the user's ``--model-args``."""
     kwargs: dict = {"gguf_file": source.gguf_file} if source.gguf_file else {}

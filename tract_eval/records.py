@@ -29,15 +29,62 @@ LOCK = ".lock"  # held (flock) by the one process writing a run folder
 # readout omitted score candidates, so the distribution is incomplete; ``too_long``: the prompt
 # plus the generation budget exceeds the model's context and the row was not judged.
 STATUSES = ("ok", "parse_failure", "fallback", "partial_candidates", "too_long")
+FAILED_STATUSES = ("parse_failure", "fallback")  # no score could be read from the model's output
+FAILURE_CAUSES = ("server", "model")
 
 
-class CorruptPredictions(UserError, ValueError):
+class RunFormatError(UserError, ValueError):
+    """A run folder or one of its files does not have the shape ``tract-eval run`` writes."""
+
+
+class CorruptPredictions(RunFormatError):
     """A predictions file has a malformed line other than a torn last one."""
+
+
+class RowFormatError(ValueError):
+    """A JSON object that is not a prediction row (a field missing or of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class PairMeta:
+    """Where a pairwise (RewardBench) row belongs: its pair, the pair's side, subset and section."""
+
+    pair_id: str
+    side: str  # "chosen" or "rejected"
+    subset: str
+    section: str
+
+    FIELDS = ("pair_id", "side", "subset", "section")
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "PairMeta | None":
+        """The pair a row's ``meta`` names; None for a row of an absolute benchmark (no ``side``)."""
+        if "side" not in meta:
+            return None
+        missing = [f for f in cls.FIELDS if f not in meta]
+        if missing:
+            raise RowFormatError(f"meta names a side but lacks {', '.join(missing)}")
+        return cls(*(str(meta[f]) for f in cls.FIELDS))
+
+
+def _number_or_none(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+# what a reader relies on, checked when a row is read back: field -> (test, what it must be)
+_ROW_FIELDS = {
+    "id": (lambda v: isinstance(v, str), "a string"),
+    "gold": (_number_or_none, "a number or null"),
+    "prediction": (_number_or_none, "a number or null"),
+    "status": (lambda v: v in STATUSES, f"one of {', '.join(STATUSES)}"),
+    "per_cot": (lambda v: isinstance(v, list) and all(_number_or_none(x) for x in v), "a list of numbers or nulls"),
+    "meta": (lambda v: isinstance(v, dict), "an object"),
+}
 
 
 @dataclass
 class Prediction:
-    """One judged sample: what ``predictions.jsonl`` holds, one JSON object per line (see README)."""
+    """One judged sample: one line of ``predictions.jsonl`` (fields: docs/reference/run-files.md)."""
 
     id: str
     gold: float | None
@@ -55,6 +102,9 @@ class Prediction:
     retries: list[int] = field(default_factory=list)  # per CoT: regenerations after unparsable output
     cot_parse_failures: int = 0
     errors: list[str] = field(default_factory=list)  # per failed CoT: why (e.g. an excerpt of a malformed response)
+    # a failed row (parse_failure, fallback): "server" when the transport or the server failed (a malformed
+    # or impossible answer; retried by the next run), "model" when the model's text had no score (kept)
+    failure: str | None = None
     input: str = ""
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -65,13 +115,152 @@ class Prediction:
         if self.status not in STATUSES:
             raise ValueError(f"prediction {self.id!r}: unknown status {self.status!r}; known: {', '.join(STATUSES)}")
 
+    @property
+    def failed(self) -> bool:
+        """No score could be read from the model's output (a fallback score may stand in for it)."""
+        return self.status in FAILED_STATUSES
+
+    @property
+    def scored(self) -> bool:
+        """Both a gold label and a prediction: the row enters correlations and errors."""
+        return self.prediction is not None and self.gold is not None
+
+    @property
+    def pair(self) -> PairMeta | None:
+        """The pair of a pairwise benchmark's row; None on absolute benchmarks."""
+        return PairMeta.from_meta(self.meta)
+
+    @property
+    def key(self) -> str:
+        """Unique within a run: ``subset/id/side`` where given (RewardBench ids repeat across subsets)."""
+        pair = self.pair
+        return "/".join((pair.subset, self.id, pair.side)) if pair else self.id
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def failure_cause(self) -> str | None:
+        """``failure``, inferred for rows written before it was recorded: a failed row that quotes errors
+        failed at the server (only server answers put text in ``errors``), else at the model."""
+        if self.status not in FAILED_STATUSES:
+            return None
+        return self.failure or ("server" if self.errors else "model")
+
     @classmethod
     def from_dict(cls, data: dict) -> "Prediction":
+        """A row as written; raises :class:`RowFormatError` naming the first field a reader cannot use."""
+        if not isinstance(data, dict):
+            raise RowFormatError(f"is a JSON {type(data).__name__}, not an object")
+        for name, (valid, expected) in _ROW_FIELDS.items():
+            if name in data and not valid(data[name]):
+                raise RowFormatError(f"field {name!r} must be {expected}, not {data[name]!r:.60}")
+        missing = [name for name in ("id", "gold", "prediction", "status") if name not in data]
+        if missing:
+            raise RowFormatError(f"has no field {missing[0]!r}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        row = cls(**{k: v for k, v in data.items() if k in known})
+        row.pair  # a pairwise row names its whole pair
+        return row
+
+
+@dataclass
+class Manifest:
+    """``manifest.json`` read back: what made a run (its identity and fingerprint), the judge's settings,
+    the benchmark as loaded, the backend and candidates, and one entry per session that wrote rows."""
+
+    fingerprint: str | None = None
+    identity: dict[str, Any] = field(default_factory=dict)  # judge / model / bench parts that can change a score
+    judge: dict[str, Any] = field(default_factory=dict)  # the judge's whole configuration (secrets redacted)
+    bench: dict[str, Any] = field(default_factory=dict)  # the benchmark as loaded (kind, scale, options, sections)
+    seed: int | None = None
+    shard: list[int] | None = None
+    model_note: str | None = None
+    created: str | None = None
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    backend: dict[str, Any] = field(default_factory=dict)
+    candidates: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the file as written, every key
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Manifest":
+        known = {f.name for f in dataclasses.fields(cls)} - {"raw"}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        for name in ("identity", "judge", "bench", "backend"):
+            if not isinstance(values.get(name, {}), dict):
+                raise RowFormatError(f"field {name!r} must be an object")
+        return cls(**values, raw=data)
+
+    @property
+    def bench_kind(self) -> str | None:
+        """"absolute" or "pairwise", as the benchmark card said when the run was made."""
+        return self.bench.get("kind")
+
+    @property
+    def scale(self) -> tuple[float, float] | None:
+        scale = self.judge.get("scale") or self.bench.get("scale")
+        return (scale[0], scale[1]) if scale else None
+
+    @property
+    def bench_options(self) -> dict[str, Any]:
+        return self.bench.get("options") or {}
+
+
+@dataclass
+class Metrics:
+    """``metrics.json`` read back. Absolute benchmarks fill the correlations; pairwise ones ``score``,
+    ``sections`` and ``subsets``; ``raw`` keeps every key as written."""
+
+    judge: str | None = None
+    bench: str | None = None
+    kind: str | None = None
+    n: int | None = None
+    n_total: int | None = None
+    pearson: float | None = None
+    spearman: float | None = None
+    kendall: float | None = None
+    rmse: float | None = None
+    parse_failures: int | None = None
+    score: float | None = None
+    sections: dict[str, Any] = field(default_factory=dict)
+    subsets: dict[str, Any] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Metrics":
+        known = {f.name for f in dataclasses.fields(cls)} - {"raw"}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None}, raw=data)
+
+
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object file of a run folder (manifest, metrics); None when absent; anything else fails
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFormatError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RunFormatError(f"{path}: holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    data = read_json_object(path)
+    if data is None:
+        return None
+    try:
+        return Manifest.from_dict(data)
+    except (RowFormatError, TypeError) as exc:
+        raise RunFormatError(f"{path}: {exc}") from exc
+
+
+def read_metrics(path: Path) -> Metrics | None:
+    data = read_json_object(path)
+    return None if data is None else Metrics.from_dict(data)
 
 
 def _replace_atomically(path: Path, text: str) -> None:
@@ -96,9 +285,14 @@ def write_jsonl_atomic(path: Path, records: list[Prediction | dict]) -> None:
         json.dumps(r.to_dict() if isinstance(r, Prediction) else r, ensure_ascii=False) + "\n" for r in records))
 
 
-def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+def read_jsonl(path: Path, repair: bool = False) -> list:
     """Objects of a JSONL file. A torn last line (killed mid-write) is dropped, and with ``repair``
     cut off the file; a bad line anywhere else is an error naming the file and line."""
+    return [value for _, value in _numbered_jsonl(path, repair)]
+
+
+def _numbered_jsonl(path: Path, repair: bool) -> list[tuple[int, object]]:
+    """(line number, object) per non-blank line of :func:`read_jsonl`."""
     if not path.is_file():
         return []
     raw = path.read_bytes()
@@ -109,7 +303,7 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
             good_bytes += len(line) + 1
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append((number, json.loads(line)))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             is_last = all(not rest.strip() for rest in lines[number:])
             if not is_last:
@@ -122,9 +316,23 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
     return rows
 
 
-def read_predictions(path: Path, repair: bool = False) -> list[dict]:
-    """Rows of a predictions file as JSON objects (see :func:`read_jsonl`)."""
-    return read_jsonl(path, repair=repair)
+def read_predictions(path: Path, repair: bool = False) -> list[Prediction]:
+    """Rows of a predictions file as :class:`Prediction` objects (a torn last line as in :func:`read_jsonl`);
+    a line that is JSON but not a row fails naming the file, line and field. A sample written twice is
+    refused the same way by every reader (run, merge, report, compare): which of two rows counts would
+    otherwise depend on the command."""
+    rows, first_line = [], {}
+    for number, data in _numbered_jsonl(Path(path), repair):
+        try:
+            row = Prediction.from_dict(data)
+        except (RowFormatError, TypeError, ValueError) as exc:
+            raise CorruptPredictions(f"{path}: line {number} {exc}") from exc
+        if row.key in first_line:
+            raise CorruptPredictions(f"{path}: line {number} repeats sample {row.key!r} (first on line "
+                                     f"{first_line[row.key]}); remove one of the two lines")
+        first_line[row.key] = number
+        rows.append(row)
+    return rows
 
 
 class JsonlAppender:

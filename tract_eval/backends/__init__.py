@@ -5,7 +5,8 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .base import Backend, Completion, GenerationRequest, ScoreRequest
 
-BACKENDS: Registry = Registry("backend", entry_point_group="tract_eval.backends")
+BACKENDS: Registry = Registry("backend", entry_point_group="tract_eval.backends",
+                              check=lambda plugin: None if callable(plugin) else f"{plugin!r} is not a backend factory")
 
 
 @BACKENDS.register("transformers")
@@ -78,6 +79,12 @@ def check_backend_options(name: str, options: dict) -> None:
     unknown = sorted(set(options) - set(known)) if known is not None else []
     if unknown:
         raise ConfigError(f"unknown {name} backend option(s) {unknown}; known: {', '.join(known)}")
+    if name in _BUILTIN:  # values a built-in backend can check without connecting or loading anything
+        import importlib
+
+        check = getattr(importlib.import_module(f"{__name__}.{_BUILTIN[name][0]}"), "check_options", None)
+        if check is not None:
+            check(options)
 
 
 _last: tuple[tuple, Backend] | None = None

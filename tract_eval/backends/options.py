@@ -18,6 +18,11 @@ _FLAGS = {
 }
 
 
+def flag_for(option: str) -> str:
+    """The flag that sets a backend option, or how a card names it when no flag does."""
+    return _FLAGS[option][0] if option in _FLAGS else f"backend option {option}"
+
+
 def add_backend_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backend options (default: the card's backend_options)")
     for option, (flag, kind, help_text) in _FLAGS.items():

@@ -318,6 +318,8 @@ class TransformersBackend(Backend):
     # -- the judge loop: continuous batching over a preallocated KV cache -------------------------
     def _generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
                   on_done: OnDone | None, batch_size: int | str | None) -> list[list[Completion]]:
+        if not requests:  # the loop would still size its buffers for max_new_tokens
+            return []
         loop = _JudgeLoop(self, requests, sampling, seed, on_done, batch_size)
         loop.run()
         return [[s.completion for s in group] for group in loop.by_request]

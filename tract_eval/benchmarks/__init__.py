@@ -8,6 +8,7 @@ from pathlib import Path
 from ..cards import card_dir
 from ..errors import ConfigError
 from ..metrics import absolute_metrics, first_run_accuracy, pairwise_metrics
+from ..records import Prediction
 from .base import (
     BenchmarkCard,
     DataFormatError,
@@ -62,14 +63,14 @@ class Benchmark:
         pairs = Counter(s.meta["subset"] for s in self.samples if s.meta.get("side") == "chosen")
         return self.card.section_scheme(found, pairs)
 
-    def metrics(self, rows: list[dict]) -> dict:
+    def metrics(self, rows: list[Prediction]) -> dict:
         if self.kind == "pairwise":
             return pairwise_metrics(rows, self.section_scheme(), self.options.get("unparsed_pairs", "half"))
         if not self.has_gold:  # own data without a score column: predictions only
-            scored = [r["prediction"] for r in rows if r.get("prediction") is not None]
+            scored = [r.prediction for r in rows if r.prediction is not None]
             return {"n": 0, "n_total": len(rows), "predicted": len(scored),
                     "mean_prediction": sum(scored) / len(scored) if scored else None,
-                    "parse_failures": sum(r.get("status") in ("parse_failure", "fallback") for r in rows),
+                    "parse_failures": sum(r.failed for r in rows),
                     "note": "no gold scores: predictions only"}
         metrics = absolute_metrics(rows)
         if self.card.options.get("first_run_accuracy"):

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..records import Prediction
 
 
 @dataclass
@@ -139,14 +140,14 @@ def cot_shift(judge, samples: list, annotations: list[AnnotationCot], on_row=Non
     samples = [s for s in samples if s.id in by_sample]
     if not samples:
         raise ConfigError("no sample has annotation CoTs")
-    given_rows = [r.to_dict() for r in judge.score_given_cots(
-        samples, [[a.cot + ANNOTATION_SUFFIX for a in by_sample[s.id]] for s in samples], on_row=on_row)]
+    given_rows = judge.score_given_cots(
+        samples, [[a.cot + ANNOTATION_SUFFIX for a in by_sample[s.id]] for s in samples], on_row=on_row)
     from ..runner import judge_pending
 
-    own: dict[str, dict] = {}
+    own: dict[str, Prediction] = {}
 
-    def keep(row) -> None:
-        own[row.id] = row.to_dict()
+    def keep(row: Prediction) -> None:
+        own[row.id] = row
         if on_row:
             on_row(row)
 
@@ -154,21 +155,21 @@ def cot_shift(judge, samples: list, annotations: list[AnnotationCot], on_row=Non
     own_rows = [own[s.id] for s in samples]
     details, given_err, own_err, failed = [], [], [], 0
     for sample, given, own in zip(samples, given_rows, own_rows):
-        if own["prediction"] is None:
+        if own.prediction is None:
             failed += 1
             continue
-        for item, value in zip(by_sample[sample.id], given["per_cot"]):
+        for item, value in zip(by_sample[sample.id], given.per_cot):
             details.append({"id": sample.id, "gold": item.gold, "given_cot_prediction": value,
-                            "own_cot_prediction": own["prediction"], "own_cots": own["cots"]})
+                            "own_cot_prediction": own.prediction, "own_cots": own.cots})
             given_err.append(value - item.gold)
-            own_err.append(own["prediction"] - item.gold)
+            own_err.append(own.prediction - item.gold)
     rmse = lambda e: float(np.sqrt(np.mean(np.square(e)))) if e else float("nan")  # noqa: E731
     return CotShift(len(details), len(samples) - failed, rmse(given_err), rmse(own_err), failed), details
 
 
-def own_cot_text(row: dict, index: int, delimiter: str) -> str:
+def own_cot_text(row: Prediction, index: int, delimiter: str) -> str:
     """The part of a stored CoT the model wrote: before any forced text and before the delimiter."""
-    text, forced = row["cots"][index], (row.get("forced") or [""] * len(row["cots"]))[index]
+    text, forced = row.cots[index], (row.forced or [""] * len(row.cots))[index]
     if forced:
         text = text[: text.rindex(forced)]
     elif delimiter in text:

@@ -128,8 +128,8 @@ def _cmd_perplexity(args) -> int:
     if args.run:
         for folder in args.run:
             run = load_run(Path(folder))
-            pairs = [(row["input"], own_cot_text(row, i, judge.config.delimiter))
-                     for row in run.rows[: args.limit] for i in range(len(row.get("cots") or []))]
+            pairs = [(row.input, own_cot_text(row, i, judge.config.delimiter))
+                     for row in run.rows[: args.limit] for i in range(len(row.cots))]
             sets[f"run:{run.judge}/{run.bench}"] = [p for p in pairs if p[1]]
     if args.bench:
         for bench in _load_benches(args.bench, args.data_dir):

@@ -45,10 +45,10 @@ class CotCache:
             self._load()
 
     def _load(self) -> None:
-        from ..records import read_predictions
+        from ..records import read_jsonl
 
         # a torn last line (killed mid-write) is cut off, so the next append starts on a clean line
-        for number, entry in enumerate(read_predictions(self.path, repair=True), start=1):
+        for number, entry in enumerate(read_jsonl(self.path, repair=True), start=1):
             try:
                 self._merge(entry["id"], entry["gold"], entry["first_cot"], entry["per_cot"])
             except (KeyError, TypeError) as exc:

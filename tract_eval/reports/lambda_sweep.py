@@ -29,7 +29,7 @@ class SweepPoint:
 
 
 def score_weight_of(run: Run) -> float:
-    model = (run.manifest.get("judge") or {}).get("model")
+    model = run.manifest.judge.get("model")
     if not model:
         raise RunFormatError(f"{run.path}: its manifest names no trained model, so it has no λ")
     folder = Path(model)

@@ -1,49 +1,48 @@
 """Find and read the runs written by ``tract-eval run``: ``OUT/<judge>/<bench>/predictions.jsonl``."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..benchmarks.base import find_card_or_none
 from ..errors import InputNotFoundError, UserError
 from ..metrics import UNPARSED_PAIR_POLICIES, SectionScheme
-from ..records import MANIFEST, METRICS, PREDICTIONS, SHARDS, CorruptPredictions
+from ..records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, Manifest, Metrics, Prediction, RunFormatError,
+                       read_manifest, read_metrics)
 from ..records import read_predictions as read_rows
 
-
-class RunFormatError(UserError, ValueError):
-    """A run folder or one of its files does not have the shape ``tract-eval run`` writes."""
+__all__ = ["Run", "RunFormatError", "load_run", "collect_runs", "read_predictions"]
 
 
 @dataclass
 class Run:
+    """A stored run read back: its rows as :class:`Prediction` objects, its metrics and manifest typed."""
+
     judge: str
     bench: str
     path: Path
-    rows: list[dict]
-    metrics: dict = field(default_factory=dict)  # metrics.json as written by the run (may be absent)
-    manifest: dict = field(default_factory=dict)
+    rows: list[Prediction]
+    metrics: Metrics = field(default_factory=Metrics)  # metrics.json as written by the run (may be absent)
+    manifest: Manifest = field(default_factory=Manifest)
 
     @property
     def pairwise(self) -> bool:
         """RewardBench-style runs score chosen/rejected sides; accuracy replaces correlations.
         The run's manifest says so (as its benchmark card did), else the card of that name; runs of neither
         are told by their rows."""
-        kind = (self.manifest.get("bench") or {}).get("kind")
+        kind = self.manifest.bench_kind
         if kind is not None:
             return kind == "pairwise"
         card = find_card_or_none(self.bench)
         if card is not None:
             return card.kind == "pairwise"
-        return any(isinstance(r.get("meta"), dict) and "side" in r["meta"] for r in self.rows[:1])
+        return any(r.pair is not None for r in self.rows[:1])
 
     @property
     def unparsed_pairs(self) -> str:
         """Pairwise: how the run scored a pair with an unscored side (``--unparsed-pairs``), as its manifest's
         benchmark options record it (metrics.json says the same); runs that record neither used the default."""
-        options = (self.manifest.get("bench") or {}).get("options") or {}
-        rule = options.get("unparsed_pairs", self.metrics.get("unparsed_pairs", "half"))
+        rule = self.manifest.bench_options.get("unparsed_pairs", self.metrics.raw.get("unparsed_pairs", "half"))
         if rule not in UNPARSED_PAIR_POLICIES:
             raise RunFormatError(f"{self.path}: unparsed_pairs {rule!r} is none of {', '.join(UNPARSED_PAIR_POLICIES)}")
         return rule
@@ -51,7 +50,7 @@ class Run:
     def section_scheme(self) -> SectionScheme:
         """Pairwise: the sections (in report order) and subset weights the run was scored with, as its
         manifest records them; runs from before manifests did, by the card of their benchmark's name."""
-        described = self.manifest.get("bench") or {}
+        described = self.manifest.bench
         if "sections" in described and "subset_weights" in described:
             return SectionScheme.from_dict(described)
         card = find_card_or_none(self.bench)
@@ -61,48 +60,10 @@ class Run:
         return card.section_scheme()
 
 
-_REQUIRED = {"id": str, "prediction": (int, float, type(None)), "gold": (int, float, type(None))}
-
-
-def read_predictions(path: Path) -> list[dict]:
+def read_predictions(path: Path) -> list[Prediction]:
     """Rows of a predictions file (a torn last line of a run in progress is left out, never repaired here);
-    a malformed row fails naming the file, row and field."""
-    try:
-        rows = read_rows(path)
-    except CorruptPredictions as exc:
-        raise RunFormatError(str(exc)) from exc
-    seen: dict[str, int] = {}
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise RunFormatError(f"{path}: row {number} is not a JSON object")
-        for name, kinds in _REQUIRED.items():
-            if name not in row:
-                raise RunFormatError(f"{path}: row {number} has no field {name!r}")
-            if not isinstance(row[name], kinds) or isinstance(row[name], bool):
-                raise RunFormatError(f"{path}: row {number} field {name!r} has type {type(row[name]).__name__}")
-        key = sample_key(row)
-        if key in seen:
-            raise RunFormatError(f"{path}: row {number} repeats sample {key!r} (first in row {seen[key]})")
-        seen[key] = number
-    return rows
-
-
-def sample_key(row: dict) -> str:
-    """Rows are keyed on (subset, id) where a subset is given: RewardBench ids repeat across subsets."""
-    meta = row.get("meta") or {}
-    subset = meta.get("subset")
-    side = meta.get("side")
-    parts = [str(p) for p in (subset, row["id"], side) if p is not None]
-    return "/".join(parts)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RunFormatError(f"{path}: not valid JSON: {exc}") from exc
+    a malformed row, or a sample written twice, fails naming the file and line (as in ``run``)."""
+    return read_rows(path)
 
 
 def load_run(folder: Path) -> Run:
@@ -119,8 +80,8 @@ def load_run(folder: Path) -> Run:
         bench=folder.name,
         path=folder,
         rows=rows,
-        metrics=_read_json(folder / METRICS),
-        manifest=_read_json(folder / MANIFEST),
+        metrics=read_metrics(folder / METRICS) or Metrics(),
+        manifest=read_manifest(folder / MANIFEST) or Manifest(),
     )
 
 
@@ -150,6 +111,48 @@ def collect_runs(roots: list[str | Path]) -> list[Run]:
                 "pass one of them")
         seen[key] = run.path
     return runs
+
+
+class MixedBenchmarks(UserError, ValueError):
+    """Runs of one benchmark name were judged on different data or benchmark options."""
+
+
+def bench_identity_of(run: Run) -> dict | None:
+    """The benchmark part of the run's identity (loader, scale, options, data checksums), as its manifest
+    records it; None for runs written before manifests held identities."""
+    bench = run.manifest.identity.get("bench")
+    return bench if isinstance(bench, dict) else None
+
+
+def benchmark_differences(runs: list[Run]) -> list[str]:
+    """For each benchmark name, how the runs' benchmark identities differ from the first run's (one line
+    each, naming both folders and the differing settings): rows of different data must not share a
+    column or be paired by id."""
+    from ..settings import identity_differences
+
+    found = []
+    first: dict[str, Run] = {}
+    for run in runs:
+        ours = bench_identity_of(run)
+        if ours is None:
+            continue
+        reference = first.setdefault(run.bench, run)
+        if reference is run:
+            continue
+        changes = identity_differences(bench_identity_of(reference), ours, "bench")
+        if changes:
+            found.append(f"{run.bench}: {reference.path} and {run.path} were judged on different benchmarks: "
+                         + "; ".join(changes))
+    return found
+
+
+def check_same_benchmarks(runs: list[Run], allow: bool = False, flag: str = "--allow-different-data") -> list[str]:
+    """Refuse runs of one benchmark name judged on different data or options, naming the difference; with
+    ``allow`` return the differences instead, for the caller to print loudly."""
+    found = benchmark_differences(runs)
+    if found and not allow:
+        raise MixedBenchmarks(found[0] + f" (pass {flag} to put them side by side anyway)")
+    return found
 
 
 def bench_order(benches) -> list[str]:

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..metrics import LEADERBOARD, SectionScheme, leaderboard_score
-from .runs import Run, RunFormatError, sample_key
+from ..records import PairMeta, Prediction
+from .runs import Run, RunFormatError
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ def parse_measures(text: str) -> list[str]:
     return keys
 
 
-def _is_failure(row: dict) -> bool:
-    return row.get("status") in ("parse_failure", "fallback") or row.get("prediction") is None
+def _is_failure(row: Prediction) -> bool:
+    return row.failed or row.prediction is None
 
 
 # -- absolute benchmarks -----------------------------------------------------------------
@@ -68,8 +69,7 @@ class AbsoluteData:
 
 def absolute_data(run: Run) -> AbsoluteData:
     """Rows with both a gold label and a prediction (parse failures under the 'exclude' policy drop out)."""
-    usable = sorted((sample_key(r), float(r["gold"]), float(r["prediction"]))
-                    for r in run.rows if r["gold"] is not None and r["prediction"] is not None)
+    usable = sorted((r.key, float(r.gold), float(r.prediction)) for r in run.rows if r.scored)
     return AbsoluteData(
         keys=[k for k, _, _ in usable],
         gold=np.array([g for _, g, _ in usable]),
@@ -133,9 +133,9 @@ def pair_data(run: Run) -> PairData:
     from ..metrics import pair_outcomes
 
     for number, row in enumerate(run.rows, start=1):
-        missing = [f for f in ("subset", "section", "pair_id", "side") if f not in (row.get("meta") or {})]
-        if missing:
-            raise ValueError(f"{run.path}/predictions.jsonl: row {number} (id {row['id']}) lacks meta {missing}")
+        if row.pair is None:
+            raise RunFormatError(f"{run.path}/predictions.jsonl: row {number} (id {row.id}) names no pair "
+                                 f"(meta lacks {', '.join(PairMeta.FIELDS)})")
     pairs = pair_outcomes(run.rows, run.unparsed_pairs)
     scheme = run.section_scheme()
     unknown = sorted({p["subset"] for p in pairs.values()} - set(scheme.weights))

@@ -24,12 +24,15 @@ def bench_title(bench: str) -> str:
 
 
 def run_model(run: Run) -> str:
-    """The model a stored run used, as its manifest records it ("unknown" for runs without one)."""
-    backend = run.manifest.get("backend") or {}
-    identity = (run.manifest.get("identity") or {}).get("model") or {}
-    judge = run.manifest.get("judge") or {}
-    return str(backend.get("model") or identity.get("model") or identity.get("served_model")
-               or judge.get("model") or "unknown")
+    """The model a stored run used, as its manifest records it ("unknown" for runs without one); a credential
+    in it (a URL's user:password) is shown as ***."""
+    from ..redaction import redact_text
+
+    backend = run.manifest.backend
+    identity = run.manifest.identity.get("model") or {}
+    judge = run.manifest.judge
+    return redact_text(str(backend.get("model") or identity.get("model") or identity.get("served_model")
+                           or judge.get("model") or "unknown"))
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,8 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
 
     for run in runs:
         table.models[run.judge, run.bench] = run_model(run)
-        if run.manifest.get("model_note"):
-            table.model_notes[run.judge, run.bench] = run.manifest["model_note"]
+        if run.manifest.model_note:
+            table.model_notes[run.judge, run.bench] = run.manifest.model_note
     section_order: dict[str, list[str]] = {}  # pairwise benchmark -> its sections, then LEADERBOARD
     for judge in judges:
         bench_reps: dict[str, np.ndarray] = {}
