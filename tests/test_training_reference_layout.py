@@ -75,7 +75,7 @@ def reference_step(model, features: list[dict], per_device: int) -> tuple[torch.
         ids, labels, mask = reference_batch(m)
         parts.append(compute_raft_loss(model(input_ids=ids, attention_mask=mask).logits, labels, num_items))
     steps = len(micro)
-    return tuple(sum(p[k] for p in parts) / steps for k in range(3))
+    return tuple(sum(p[k] for p in parts) / steps for k in range(3))  # (total, lm, score), with grad
 
 
 def ours(trainer, model, features: list[dict], per_device: int) -> torch.Tensor:
@@ -104,7 +104,7 @@ def test_every_split_gives_the_released_layouts_loss(tmp_path, per_device, accum
     released, _, _ = reference_step(model, [feature(p, c, s, "ce") for p, c, s in data], per_device=8)
     trainer = make(tmp_path, model, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation)
     loss = ours(trainer, model, [feature(p, c, s, "cot_raft") for p, c, s in data], per_device)
-    assert float(loss) == pytest.approx(float(released), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(released.detach()), rel=1e-5)
 
 
 def test_the_reference_itself_weighs_the_score_term_by_the_split(tmp_path):
@@ -113,8 +113,9 @@ def test_the_reference_itself_weighs_the_score_term_by_the_split(tmp_path):
     model = tiny_model()
     model.train()
     data = [feature(p, c, s, "ce") for p, c, s in rows()]
-    _, lm_8x1, score_8x1 = reference_step(model, data, per_device=8)
-    _, lm_1x8, score_1x8 = reference_step(model, data, per_device=1)
+    with torch.no_grad():
+        _, lm_8x1, score_8x1 = reference_step(model, data, per_device=8)
+        _, lm_1x8, score_1x8 = reference_step(model, data, per_device=1)
     assert float(score_1x8) == pytest.approx(8 * float(score_8x1), rel=1e-5)
     items = sum(int((torch.tensor(f["labels"][1:]) != IGNORE).sum()) for f in data)
     # 1 x 8: each micro-batch's CE over (items - 1), then the mean over 8 steps; 8 x 1: CE over (items - 8)
