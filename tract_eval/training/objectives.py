@@ -37,9 +37,9 @@ from ..candidates import ScoreCandidates
 OBJECTIVES = ("ce", "raft", "cot_raft")
 SCORE_PROBS = ("raw", "renormalized")
 # How the squared-error term is normalised. "mean": over the sequences of the effective (accumulated)
-# batch, like the CE term over its tokens. "reference": as TRACT's compute_raft_loss, mse(mean over the
-# micro-batch) / micro-batch size per micro-batch, summed over the accumulation steps (with batch 1 and
-# 8 steps: the sum of the 8 sequences' squared errors) while CE stays a token mean.
+# batch, like the CE term over its tokens. "reference": TRACT's compute_raft_loss on the released layout
+# (one micro-batch of TrainConfig.reference_batch sequences per device): mse(mean over them) / their number,
+# CE a token mean, the same under any split of that window into micro-batches (trainer.py).
 SCORE_REDUCTIONS = ("mean", "reference")
 IGNORE = -100
 SCORE_COLUMN = -2  # the score token's column after left padding: right before EOS
