@@ -84,8 +84,9 @@ def add_judge_overrides(p: argparse.ArgumentParser, renamed_backend_flags: dict[
                    help="score-only judges: read after the empty assistant turn as the reference code rendered "
                         "it (default) or after the opened assistant turn ('generation-prompt')")
     g.add_argument("--verdict-parser", choices=VERDICT_PARSERS, default=None,
-                   help="prometheus judges: prometheus-eval's strict '[RESULT] n' rule (default) or "
-                        "tract_eval.parse_score's wider shapes ('lenient')")
+                   help="prometheus judges: prometheus-eval's eval/ rule, exactly '[RESULT] n' (default); "
+                        "'library': its library parser's (prometheus_eval/parser.py); 'lenient': "
+                        "tract_eval.parse_score's wider shapes")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
     add_backend_flags(p, renamed_backend_flags)

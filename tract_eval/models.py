@@ -115,9 +115,21 @@ def check_model_args(model_args: dict | None) -> dict:
     unknown = sorted(set(model_args) - set(MODEL_ARGS))
     if unknown:
         raise ConfigError(f"--model-args: unknown option(s) {unknown}; known: {', '.join(MODEL_ARGS)}")
-    if any(model_args.get(k) for k in QUANTIZATION_ARGS) and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("--model-args load_in_4bit/load_in_8bit need bitsandbytes: pip install bitsandbytes")
+    if any(model_args.get(k) for k in QUANTIZATION_ARGS):
+        _check_bitsandbytes()
     return model_args
+
+
+def _check_bitsandbytes() -> None:
+    """load_in_4bit is how the reference read RAIL scores (TRACT inference.py:233-237); say what it needs."""
+    what = ("--model-args load_in_4bit/load_in_8bit (bitsandbytes quantization; the reference's RAIL readout "
+            "loads its model with load_in_4bit=True)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{what} need bitsandbytes: pip install bitsandbytes, on a machine with a CUDA GPU")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{what} need a CUDA GPU for bitsandbytes' kernels; torch sees none here")
 
 
 def check_device(device: str | None) -> None:

@@ -32,8 +32,22 @@ def _openai(model: str | None = None, **options) -> Backend:
     return OpenAIBackend(model, **_not_for("openai", dict(options), "device", "dtype"))
 
 
+def check_vllm_quantization(options: dict) -> None:
+    """engine_options={quantization: fp8} is the reference's CoT precision (TRACT inference_utils/
+    generation_utils.py:35-36, unless --v100); vLLM's fp8 kernels need a CUDA GPU, so say so before loading."""
+    quantization = (options.get("engine_options") or {}).get("quantization")
+    if not quantization:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"vllm engine_options quantization={quantization!r} needs a CUDA GPU (fp8: compute "
+                          "capability 8.0 or newer, as the reference's A6000); torch sees none here")
+
+
 @BACKENDS.register("vllm")
 def _vllm(model: str | None = None, **options) -> Backend:
+    check_vllm_quantization(options)
     from .vllm_backend import VLLMBackend  # vllm loads only when asked for (it lives in its own venv)
 
     return VLLMBackend(model, **_not_for("vllm", dict(options), "device"))

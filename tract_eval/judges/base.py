@@ -187,6 +187,8 @@ class Judge:
                 per_cot.append(self.variant.score(completion))
         self._check_readouts(sample, completions, per_cot)
         parsed = [p for p in per_cot if p is not None]
+        if cfg.unparsed_runs == "fail-row" and len(parsed) < len(per_cot):
+            parsed = []  # the row is scored from all of its runs or not at all (prometheus-eval)
         fallback = float(cfg.fallback_score) if cfg.parse_failure_policy == "fallback" else None
         if partial:  # recorded whatever the policy made of it; never a silent ok
             prediction, status = (sum(parsed) / len(parsed) if parsed else fallback), "partial_candidates"

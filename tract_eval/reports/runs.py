@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..benchmarks.base import find_card_or_none
 from ..errors import InputNotFoundError, UserError
-from ..metrics import SectionScheme
+from ..metrics import UNPARSED_PAIR_POLICIES, SectionScheme
 from ..records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, Manifest, Metrics, Prediction, RunFormatError,
                        read_manifest, read_metrics)
 from ..records import read_predictions as read_rows
@@ -37,6 +37,15 @@ class Run:
         if card is not None:
             return card.kind == "pairwise"
         return any(r.pair is not None for r in self.rows[:1])
+
+    @property
+    def unparsed_pairs(self) -> str:
+        """Pairwise: how the run scored a pair with an unscored side (``--unparsed-pairs``), as its manifest's
+        benchmark options record it (metrics.json says the same); runs that record neither used the default."""
+        rule = self.manifest.bench_options.get("unparsed_pairs", self.metrics.raw.get("unparsed_pairs", "half"))
+        if rule not in UNPARSED_PAIR_POLICIES:
+            raise RunFormatError(f"{self.path}: unparsed_pairs {rule!r} is none of {', '.join(UNPARSED_PAIR_POLICIES)}")
+        return rule
 
     def section_scheme(self) -> SectionScheme:
         """Pairwise: the sections (in report order) and subset weights the run was scored with, as its
