@@ -22,7 +22,7 @@ import numpy as np
 from ..benchmarks.base import find_card_or_none
 from ..errors import UserError
 from ..metrics import correlation_metrics
-from ..records import RESULTS, Prediction, write_json_atomic
+from ..records import RESULTS, Prediction, read_json_object, write_json_atomic
 from .runs import Run, RunFormatError, collect_runs, load_run
 
 DIAGNOSTICS = "diagnostics.json"
@@ -527,14 +527,8 @@ def _update_results(run: Run, diagnostics: dict) -> None:
     """``results.json`` (written by ``run``) gains a ``diagnostics`` key; a run without one gets a results.json
     holding its judge, benchmark, metrics.json and the diagnostics."""
     path = run.path / RESULTS
-    if path.is_file():
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunFormatError(f"{path}: not valid JSON ({exc}); fix or remove it") from exc
-        if not isinstance(results, dict):
-            raise RunFormatError(f"{path}: expected a JSON object")
-    else:
+    results = read_json_object(path)
+    if results is None:
         results = {"judge": run.judge, "bench": run.bench, "metrics": run.metrics.raw}
     results["diagnostics"] = diagnostics
     write_json_atomic(path, results)
