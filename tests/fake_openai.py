@@ -12,6 +12,10 @@ clean one). Faults, chosen per POST by ``faults`` (a list consumed in order, or 
 * ``"stall"``: nothing is sent for ``stall_seconds`` (bounded), then the connection closes
 * ``"badjson"``, ``"html"``, ``"nochoices"``, ``"nulllogprobs"``: a 200 the API does not allow
 * ``"partial"``: a log-probability answer that omits two score candidates
+* ``"echoauth"``: a 200 error page (not JSON) that echoes the request's ``Authorization`` header, as
+  some proxies do
+* ``"impossible"``: log-probabilities above 0 (``impossible_logprob``, default +2.0) for every score
+  candidate, in completions and chat answers alike
 
 Listed faults that only a score readout can have (``LOGPROB_ONLY``) wait for the next readout.
 
@@ -30,6 +34,7 @@ MALFORMED = ("badjson", "html", "nochoices", "nulllogprobs")
 TRANSIENT = (429, 500, 503, "drop", "stall")
 LOGPROB_ONLY = ("nulllogprobs", "partial")  # faults of score readouts (max_tokens=1 with logprobs)
 MODEL_ID = "fake-judge"
+DELIMITER = "So the overall score is"  # the TRACT judges' (chat answers put the score after it)
 
 
 def score_logprobs(prompt: str) -> dict[str, float]:
@@ -59,7 +64,11 @@ def echo_tokens(prompt, tokens: str) -> list[str]:
 
 class FaultyOpenAIServer:
     def __init__(self, faults=None, stall_seconds: float = 1.5, max_model_len: int | None = None,
-                 owned_by: str = "tract-eval-tests", echo: str = "chars"):
+                 owned_by: str = "tract-eval-tests", echo: str = "chars", model_id: str = MODEL_ID,
+                 answer_model: str | None = None, impossible_logprob: float = 2.0):
+        self.model_id = model_id  # the id /models lists
+        self.answer_model = answer_model or model_id  # the ``model`` field answers carry
+        self.impossible_logprob = impossible_logprob
         self.owned_by = owned_by  # "vllm" makes the backend take it for vLLM (token-id prompts)
         self.echo = echo  # prompt tokens of an echo request: "chars", "pairs", or "ignore" (no prompt logprobs)
         self.faults = faults if callable(faults) else list(faults or [])
@@ -87,7 +96,7 @@ class FaultyOpenAIServer:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": server.owned_by}
+                    model = {"id": server.model_id, "object": "model", "created": 0, "owned_by": server.owned_by}
                     if server.max_model_len:
                         model["max_model_len"] = server.max_model_len
                     data = {"object": "list", "data": [model]}
@@ -124,8 +133,15 @@ class FaultyOpenAIServer:
                 if fault == "badjson":
                     self._send(200, b'{"id": "cmpl-1", "choices": [{"text": "cot')
                     return
+                if fault == "echoauth":
+                    echoed = f"<html>proxy error; your request: Authorization: {self.headers.get('Authorization')}</html>"
+                    self._send(200, echoed.encode())
+                    return
                 if fault == "html":
                     self._send(200, b"<html><body>502 Bad Gateway</body></html>")
+                    return
+                if "messages" in body:
+                    self._send(200, json.dumps(server._chat(number, body, fault)).encode())
                     return
                 choice = {"index": 0, "finish_reason": "stop", "logprobs": None}
                 if body.get("echo"):
@@ -138,6 +154,8 @@ class FaultyOpenAIServer:
                                             "text_offset": [0]})
                 elif logprob_request:
                     top = score_logprobs(body["prompt"])
+                    if fault == "impossible":
+                        top = {k: server.impossible_logprob for k in top}
                     if fault == "partial":
                         top = {k: v for k, v in top.items() if k not in ("1", "5")}
                     choice.update(text=max(top, key=top.get), finish_reason="length",
@@ -147,7 +165,7 @@ class FaultyOpenAIServer:
                 else:
                     stop = body.get("stop") or []
                     choice.update(text="cot words", stop_reason=stop[0] if stop else None)
-                data = {"id": f"cmpl-{number}", "object": "text_completion", "created": 0, "model": MODEL_ID,
+                data = {"id": f"cmpl-{number}", "object": "text_completion", "created": 0, "model": server.answer_model,
                         "choices": [] if fault == "nochoices" else [choice],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
                 self._send(200, json.dumps(data).encode())
@@ -156,6 +174,22 @@ class FaultyOpenAIServer:
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _chat(self, number: int, body: dict, fault) -> dict:
+        """A chat answer: ``cot words`` + the delimiter + a score token whose top log-probabilities are
+        the score candidates' (``impossible``: all at ``impossible_logprob``)."""
+        top = score_logprobs(body["messages"][-1]["content"])
+        if fault == "impossible":
+            top = {k: self.impossible_logprob for k in top}
+        best = max(top, key=top.get)
+        tokens = [("cot words ", -0.1, {}), (DELIMITER, -0.1, {}), (" " + best, top[best], top)]
+        content = [{"token": t, "logprob": lp, "bytes": None,
+                    "top_logprobs": [{"token": " " + k, "logprob": v, "bytes": None} for k, v in alts.items()]
+                    or [{"token": t, "logprob": lp, "bytes": None}]} for t, lp, alts in tokens]
+        choice = {"index": 0, "finish_reason": "stop", "logprobs": {"content": content},
+                  "message": {"role": "assistant", "content": "".join(t for t, _, _ in tokens)}}
+        return {"id": f"chat-{number}", "object": "chat.completion", "created": 0, "model": self.answer_model,
+                "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}}
 
     def _echo(self, body: dict) -> dict:
         """A completion that echoes the prompt (plus one generated token unless ``max_tokens`` is 0)."""

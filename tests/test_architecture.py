@@ -17,8 +17,8 @@ PACKAGE = Path(tract_eval.__file__).parent
 FLOORS = {
     11: ["__main__"],
     10: ["cli"],
-    9: ["experiments"],
-    8: ["commands", "__init__"],
+    9: ["experiments", "serve"],
+    8: ["commands", "__init__", "integrations"],
     7: ["api", "training"],
     6: ["runner"],
     5: ["judges", "reports"],
@@ -106,3 +106,14 @@ def test_the_architecture_page_shows_these_floors():
         for unit in units:
             shown = "the package's `__init__`" if unit == "__init__" else f"`{unit}`"
             assert shown in row, f"docs/architecture.md floor {floor} does not list {shown}"
+
+
+def test_the_engine_sits_below_the_backend_adapters():
+    """backends/engine (the transformers judge loop behind its contract) imports, of the backends, only
+    ``backends.base`` (requests and completions): the adapters (transformers_backend, ...) import it."""
+    engine = PACKAGE / "backends" / "engine"
+    hits = [f"{p.relative_to(PACKAGE.parent)}:{line}: {target}" for p in sorted(engine.rglob("*.py"))
+            for line, target in _imported(p)
+            if target.startswith("tract_eval.backends") and not target.startswith("tract_eval.backends.engine")
+            and target != "tract_eval.backends.base"]
+    assert not hits, "the engine imports a backend adapter:\n" + "\n".join(hits)

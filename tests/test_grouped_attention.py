@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from tract_eval.backends.grouped_attention import NAME, grouped_sdpa_attention_forward, use_grouped_attention
+from tract_eval.backends.engine.grouped_attention import NAME, grouped_sdpa_attention_forward, use_grouped_attention
 
 
 class _Attention(torch.nn.Module):

@@ -20,8 +20,9 @@ from torch.utils._pytree import tree_flatten
 
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.backends.base import stream_seed
-from tract_eval.backends.sampling import logits_processors, sample_top_p, stream_uniforms
-from tract_eval.backends.transformers_backend import TransformersBackend, _candidate_variants, _JudgeLoop
+from tract_eval.backends.engine.sampling import logits_processors, sample_top_p, stream_uniforms
+from tract_eval.backends.engine import JudgeLoop, candidate_variants, run_judge_loop
+from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.config import SamplingConfig
 from tract_eval.protocol import finish_cot
@@ -82,7 +83,7 @@ def reference_cot(backend, request: GenerationRequest, index: int, sampling: Sam
             scores = processors(ids, backend.model(input_ids=ids).logits[:, -1].float())
             u = stream_uniforms(np.array([seed_of_stream], dtype=np.uint64), np.array([len(generated)], dtype=np.uint64))
             token = int(sample_top_p(scores, torch.from_numpy(u), sampling.top_p)[0])
-            if token in backend._eos_ids:
+            if token in backend.eos_ids:
                 break
             generated.append(token)
             if request.candidates and backend.decode(generated).endswith(request.candidates.delimiter):
@@ -111,7 +112,7 @@ def test_uniforms_depend_only_on_stream_and_draw():
 
 def test_order_keys_sort_as_the_scores_do():
     """The sampler's int32 keys: equal for equal scores (-0.0 and +0.0 too), ordered as the scores."""
-    from tract_eval.backends.sampling import _order_keys
+    from tract_eval.backends.engine.sampling import _order_keys
 
     scores = torch.cat([torch.randn(5000) * 30, torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-45,
                                                               -1e-45, 3.4e38, -3.4e38])])
@@ -126,7 +127,7 @@ def test_bucketed_top_p_draws_what_the_full_sort_draws(scale):
     """The sampler buckets tokens instead of sorting the vocabulary; it must draw what the full stable
     sort (its definition) draws: peaked and near-uniform rows, ties at the top, in the middle and at
     a bucket's edge, -inf scores, and every u of a grid (so top-p boundaries are crossed)."""
-    from tract_eval.backends.sampling import sample_top_p_sorted
+    from tract_eval.backends.engine.sampling import sample_top_p_sorted
 
     torch.manual_seed(int(scale * 10))
     scores = torch.randn(6, 1000) * scale
@@ -175,6 +176,30 @@ def test_loop_draws_what_the_unbatched_reference_draws(backend64, prompts, batch
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
+def test_static_batching_keeps_idle_slots_and_the_same_cots(backend64, prompts, monkeypatch):
+    """run_judge_loop(shrink_idle_slots=False), perf's static batching, keeps every slot in every step
+    where the default drops idle ones once half are idle; the CoTs are the same either way."""
+    backend = backend64
+    widths = []
+    step = JudgeLoop._decode_step
+
+    def counting_step(loop, continuing):
+        widths.append(len(loop.slot_streams))
+        return step(loop, continuing)
+
+    monkeypatch.setattr(JudgeLoop, "_decode_step", counting_step)
+    # one id in five ends a CoT: lengths vary (geometric, capped at 7), so slots go idle at different steps
+    monkeypatch.setattr(backend, "eos_ids", backend.eos_ids | set(range(0, len(backend.tokenizer()), 5)))
+    requests = [GenerationRequest(f"s{i}", p, n=2) for i, p in enumerate(prompts[:2])]
+    static = run_judge_loop(backend, requests, SAMPLING, seed=4, batch_size=4, shrink_idle_slots=False)
+    static_widths, widths[:] = list(widths), []
+    shrinking = run_judge_loop(backend, requests, SAMPLING, seed=4, batch_size=4)
+    assert set(static_widths) == {4} and min(widths) < 4, (static_widths, widths)
+    assert len({c.generated_tokens for g in static for c in g}) > 1
+    assert [[c.token_ids for c in g] for g in static] == [[c.token_ids for c in g] for g in shrinking]
+
+
+@pytest.mark.slow  # builds a model and loads the embedded tokenizer
 def test_later_cots_are_the_ones_a_larger_request_makes(backend64, prompts):
     backend = backend64
     both = backend.generate([GenerationRequest("a", prompts[0], n=4)], SAMPLING, seed=2)[0]
@@ -196,14 +221,14 @@ def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut
     variant each), or over copies of them, which ``in_place=False`` forces for every readout."""
     monkeypatch.setattr(backend, "batch_prefill", batch_prefill)
     paths = []
-    choose = _JudgeLoop._readout_cache
+    choose = JudgeLoop._readout_cache
 
     def readout_cache(loop, rows, span):
         cache = choose(loop, rows, span) if in_place else loop.cache.gather(torch.tensor(rows), span)
         paths.append(cache.layers[0].buffer_keys.data_ptr() == loop.cache.layers[0].buffer_keys[rows[0]].data_ptr())
         return cache
 
-    monkeypatch.setattr(_JudgeLoop, "_readout_cache", readout_cache)
+    monkeypatch.setattr(JudgeLoop, "_readout_cache", readout_cache)
     candidates = derive_score_candidates(backend.tokenizer(), scale=scale)
     assert scale == (1, 5) or not candidates.single_token
     requests = [GenerationRequest(f"r{i}", p, n=2, candidates=candidates, cut_marker=cut_marker)
@@ -218,7 +243,7 @@ def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut
             assert completion.finish_reason == "length"
             check_readout(backend, request, completion, candidates)
     # in place exactly where each slot has one row (one candidate variant: 1-5, or 1-10 with its one "10")
-    assert set(paths) == {in_place and len(_candidate_variants(candidates)) == 1}
+    assert set(paths) == {in_place and len(candidate_variants(candidates)) == 1}
 
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
@@ -256,7 +281,7 @@ def test_delimiter_and_eos_finish_cots_of_varying_length(backend64, prompts, mon
     tok = backend.tokenizer()
     candidates = derive_score_candidates(tok, delimiter="e", scale=(1, 10))
     eos = set(tok(" the, and. to of", add_special_tokens=False)["input_ids"])
-    monkeypatch.setattr(backend, "_eos_ids", backend._eos_ids | eos)
+    monkeypatch.setattr(backend, "eos_ids", backend.eos_ids | eos)
     requests = [GenerationRequest(f"d{i}", p, n=3, candidates=candidates, readout=readout)
                 for i, p in enumerate(prompts)]
     out = backend.generate(requests, SAMPLING, seed=11, batch_size=2)
@@ -339,9 +364,9 @@ def test_batch_size_auto_counts_what_a_slot_holds(backend):
     """--batch-size auto divides free GPU memory by what a slot holds. The parts are checked here against
     what the loop allocates: a slot's KV cache exactly, and the sampler's peak per row as measured on
     typical rows and on the worst, a row of equal scores whose top-p bucket is the whole vocabulary."""
-    from tract_eval.backends.transformers_backend import _slot_cache_class
+    from tract_eval.backends.engine import slot_cache_class
 
-    cache = _slot_cache_class().allocate(backend.model, 3, 100)
+    cache = slot_cache_class().allocate(backend.model, 3, 100)
     kv = sum(b.nbytes for layer in cache.layers for b in (layer.buffer_keys, layer.buffer_values))
     assert backend.slot_bytes(100) - backend.slot_bytes(0) == kv // 3
     vocab = backend.model.config.vocab_size

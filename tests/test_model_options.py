@@ -57,3 +57,34 @@ def test_hub_offline_is_honoured_without_a_socket(monkeypatch):
     assert hub.hub_offline() and not hub.hub_reachable()
     with pytest.raises(ModelUnavailable, match="hub is unreachable \\(or HF_HUB_OFFLINE is set\\)"):
         resolve_model("no-such-org/no-such-model-xyz")
+
+
+# -- the reference's precision (issue 18, point 6): named options whose refusals say what they need ------------
+
+def test_four_bit_readout_says_what_it_needs():
+    """TRACT inference.py:233-237 reads RAIL from AutoModelForCausalLM.from_pretrained(..., load_in_4bit=True);
+    tract-eval offers it as --model-args load_in_4bit=true, and where it cannot run says why."""
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ConfigError, match="need bitsandbytes: pip install bitsandbytes, on a machine with a CUDA GPU"):
+            check_model_args({"load_in_4bit": True})
+    elif not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="need a CUDA GPU"):
+            check_model_args({"load_in_4bit": True})
+    else:
+        assert check_model_args({"load_in_4bit": True}) == {"load_in_4bit": True}
+
+
+def test_vllm_fp8_says_what_it_needs():
+    """TRACT generation_utils.py:35-36 samples CoTs with vLLM quantization='fp8' (a6000_parameters)."""
+    import torch
+
+    from tract_eval.backends import check_vllm_quantization
+
+    check_vllm_quantization({"engine_options": {"enforce_eager": True}})  # no quantization asked: nothing to check
+    if torch.cuda.is_available():
+        check_vllm_quantization({"engine_options": {"quantization": "fp8"}})
+    else:
+        with pytest.raises(ConfigError, match="quantization='fp8' needs a CUDA GPU"):
+            check_vllm_quantization({"engine_options": {"quantization": "fp8"}})

@@ -1,8 +1,8 @@
-"""The CPU output layer through a transposed copy (backends/output_head.py): same logits, the model left as
+"""The CPU output layer through a transposed copy (backends/engine/output_head.py): same logits, the model left as
 it was, and a weight changed in place or replaced is picked up."""
 import torch
 
-from tract_eval.backends.output_head import transposed_head
+from tract_eval.backends.engine.output_head import transposed_head
 
 
 def tiny_llama(tie: bool):

@@ -123,6 +123,19 @@ def test_no_reference_removes_what_tract_removes(tokenizer, data_dir, judge_name
         assert "###Reference Answer" not in reference and "a reference answer that gets a score of 5" in reference
 
 
+@pytest.mark.parametrize("judge_name", ["rail", "raft", "ce-decode"])
+def test_score_only_judges_keep_the_reference_answer_by_default(tokenizer, data_dir, judge_name):
+    """Issue 18 point 7: TRACT's inference/evaluation_result/results.csv logs 386 runs, all mode feedback_score,
+    remove_reference False in 74 and not yet a column in 312: no logged run removed the reference answer; only
+    inference/run_score_only.sh passes --remove (writing evaluation_result_score_only_no_reference/). The
+    default keeps it; --no-reference is that script's input."""
+    bench = load_benchmark("vicuna", data_dir)
+    judge = build_judge(judge_name)
+    for sample in bench.samples[:3]:
+        assert not sample.fields.remove_reference
+        assert "###Reference Answer (Score 5):" in judge.build_input_with(tokenizer, sample)
+
+
 # -- point 1: score-only protocol ---------------------------------------------------------------
 
 def test_score_only_instruction_is_the_reference_bytes():
@@ -229,7 +242,7 @@ def test_finish_cot_is_tracts_cot_splitter_after_the_stop_strings(cot):
 def test_cot_rail_requests_stop_at_result_and_cut(data_dir):
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)),
                               lambda r, i: Completion("x So the overall score is ", "delimiter", 3,
-                                                      candidate_logprobs={s: -1.0 for s in range(1, 6)}))
+                                                      candidate_logprobs={s: -2.0 for s in range(1, 6)}))  # mass 0.68 <= 1
     judge = build_judge("tract", backend=backend)
     judge.judge(load_benchmark("vicuna", data_dir).samples[:1])
     request, _ = backend.generations[0]
@@ -265,10 +278,11 @@ def test_prometheus_input_is_prometheus_evals(tokenizer, bench_rows):
     system = reference_text("prometheus/ABS_SYSTEM_PROMPT.txt")
     assert judge.config.system_prompt == system
     for sample, row in zip(bench.samples, rows):
+        instruction = row["instruction"].strip().rstrip('",')  # eval/benchmark/data_loader.py:84
         if "system" in tokenizer.chat_template:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": row["instruction"]}]
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": instruction}]
         else:
-            messages = [{"role": "user", "content": system + row["instruction"]}]
+            messages = [{"role": "user", "content": system + instruction}]
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert judge.build_input_with(tokenizer, sample) == expected
 
@@ -284,7 +298,7 @@ def test_prometheus_regenerates_unparsable_outputs_from_fresh_streams(data_dir, 
         return Completion(text, "eos", 6)
 
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script)
-    judge = build_judge("prometheus-2", backend=backend)
+    judge = build_judge("prometheus-2", backend=backend, n_cot=1)  # one run (the card's default is 3)
     row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
     assert row.retries == [expected_retries]
     assert len(keys) == expected_retries + 1 and len(set(keys)) == len(keys)  # a fresh stream each time
@@ -300,7 +314,7 @@ def test_prometheus_regenerates_on_prometheus_evals_strict_rule_by_default(data_
     is regenerated there (and under the default), while the lenient parser reads it."""
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)),
                               lambda r, i: Completion("Fine. [RESULT] Score: 4", "eos", 6))
-    judge = build_judge("prometheus-2", backend=backend, verdict_parser=parser)
+    judge = build_judge("prometheus-2", backend=backend, verdict_parser=parser, n_cot=1)
     row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
     assert row.retries == [retries]
     assert row.per_cot == ([None] if parser == "reference" else [4.0])
@@ -308,9 +322,75 @@ def test_prometheus_regenerates_on_prometheus_evals_strict_rule_by_default(data_
 
 def test_regeneration_count_is_a_card_setting(data_dir):
     backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), lambda r, i: Completion("no score", "eos", 2))
-    judge = build_judge("prometheus-2", backend=backend, max_retries=1)
+    judge = build_judge("prometheus-2", backend=backend, max_retries=1, n_cot=1)
     row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
     assert row.retries == [1] and len(backend.generations) == 2
+
+
+def calculate_results_a2a(prometheus_scores: list[list[int]], gpt4_scores: list[float], feedback_bench: bool):
+    """prometheus-eval eval/utils.py:calculate_results, mode a2a (lines 68-98): the row's score is
+    statistics.mean of its runs; Feedback Bench also reports the accuracy of the first run, in %."""
+    import statistics
+
+    means = [statistics.mean(runs) for runs in prometheus_scores if runs]
+    results = {"means": means}
+    if feedback_bench:
+        firsts = [runs[0] for runs in prometheus_scores]
+        results["Accuracy"] = sum(1 for x, y in zip(firsts, gpt4_scores) if x == y) / len(firsts) * 100
+    return results
+
+
+def test_prometheus_card_scores_a_row_with_the_mean_of_three_runs(data_dir):
+    """eval/run_evaluate.py:439 runs=3 for a2a, each run regenerating its own unparsable outputs."""
+    verdicts = {0: ["[RESULT] 3"], 1: ["no verdict", "[RESULT] 4"], 2: ["[RESULT] 4"]}
+    seen: dict = {}
+
+    def script(request, index):
+        attempt = seen.setdefault(index, 0)
+        seen[index] += 1
+        texts = verdicts[index]
+        return Completion("Feedback. " + texts[min(attempt, len(texts) - 1)], "eos", 6)
+
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script)
+    judge = build_judge("prometheus-2", backend=backend)
+    assert judge.config.n_cot == 3 and judge.config.unparsed_runs == "fail-row"
+    row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
+    assert backend.generations[0][0].n == 3
+    assert row.per_cot == [3.0, 4.0, 4.0] and row.retries == [0, 1, 0] and len(row.cots) == 3
+    assert row.prediction == pytest.approx(calculate_results_a2a([[3, 4, 4]], [4.0], False)["means"][0])
+    assert row.status == "ok"
+
+
+def test_prometheus_row_with_a_run_that_stays_unparsed_is_unscored(data_dir):
+    """The reference raises when an output is still unparsable after 5 retries (run_evaluate.py:122-125),
+    so it never means fewer than all runs: the row gets no score (TRACT judges keep the mean of the rest)."""
+    def script(request, index):
+        return Completion("Feedback. " + ("no verdict" if index == 1 else "[RESULT] 4"), "eos", 6)
+
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), script)
+    row = build_judge("prometheus-2", backend=backend).judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
+    assert row.per_cot == [4.0, None, 4.0] and row.retries == [0, 5, 0]
+    assert row.prediction is None and row.status == "parse_failure"
+    mean_rule = build_judge("prometheus-2", backend=ScriptedBackend(backend.tokenizer(), script), unparsed_runs="mean")
+    assert mean_rule.judge(load_benchmark("vicuna", data_dir).samples[:1])[0].prediction == 4.0
+
+
+def test_feedback_bench_adds_the_first_runs_accuracy():
+    from tract_eval.metrics import first_run_accuracy
+    from tract_eval.records import Prediction
+
+    runs = [[4, 5, 4], [2, 2, 3], [5, 4, 4], [1, 1, 1]]
+    gold = [4.0, 3.0, 4.0, 1.0]
+    rows = [Prediction(id=str(i), gold=g, prediction=sum(r) / 3, status="ok", per_cot=[float(v) for v in r])
+            for i, (r, g) in enumerate(zip(runs, gold))]
+    expected = calculate_results_a2a(runs, gold, feedback_bench=True)
+    assert first_run_accuracy(rows) == pytest.approx(expected["Accuracy"]) == 50.0
+    assert [r.prediction for r in rows] == pytest.approx(expected["means"])
+    assert first_run_accuracy([Prediction(id="x", gold=4.0, prediction=3.7, status="ok", per_cot=[3.7])]) is None  # no verdict
+    from tract_eval.benchmarks import load_card
+
+    assert load_card("feedback-bench").options["first_run_accuracy"] is True
+    assert not load_card("vicuna").options.get("first_run_accuracy")
 
 
 # -- the backends honour stop strings (slow: the embedded model) --------------------------------
@@ -352,7 +432,7 @@ def test_score_only_training_rows_put_the_score_at_the_opened_assistant_turn(tok
     for anchor in ("reference", "generation-prompt"):
         judge = build_judge(judge_name, score_only_anchor=anchor)
         row = TrainingRow("r", prompt, "", 4)
-        candidates, features, _ = encode_rows([row], tokenizer, judge, objective, 100000)
+        candidates, features, _ = encode_rows([row], tokenizer, judge, objective, 100000, template="chat-template")
         chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True).rstrip()
         chat_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
@@ -363,6 +443,81 @@ def test_score_only_training_rows_put_the_score_at_the_opened_assistant_turn(tok
         assert (labels[-2] == IGNORE) == (objective == "raft")
     readout = build_judge(judge_name, score_only_anchor="generation-prompt").training_input_with(tokenizer, prompt)
     assert readout == chat
+
+
+def llama_factory_mistral(tokenizer, user: str, assistant: str) -> tuple[list[int], list[int]]:
+    """LLaMA-Factory @ c6e3c14a, template "mistral" (data/template.py: format_prefix {bos_token},
+    format_user "[INST] {{content}}[/INST]", format_assistant " {{content}}" + {eos_token}; Template._encode
+    encodes each message's slots apart with add_special_tokens=False), as processors/supervised.py
+    ``_encode_supervised_example`` pairs them: (prompt ids, response ids)."""
+    def encode(text):
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    return [tokenizer.bos_token_id] + encode("[INST] " + user + "[/INST]"), encode(" " + assistant) + [tokenizer.eos_token_id]
+
+
+def prepare_dataset_target(output: str) -> str:
+    """TRACT finetuning_utils/prepare_dataset.py --cot_no_result (lines 117-118)."""
+    final_score = output.split("[RESULT]")[-1].strip()
+    return output.split("So the overall")[0].strip() + f" So the overall score is {final_score}"
+
+
+@pytest.mark.parametrize("objective", ["cot_raft", "ce"])
+def test_training_rows_are_tokenized_as_llama_factory_does_by_default(data_dir, objective):
+    from tract_eval.training.data import prepare
+    from tract_eval.training.objectives import IGNORE
+    from tract_eval.training.pipeline import encode_rows
+
+    tokenizer = mistral_style_tokenizer(str(data_dir))
+    judge = build_judge("tract")
+    records = json.loads((data_dir / "prometheus" / "vicuna_eval.json").read_text())[:5]
+    rows = prepare([str(data_dir / "prometheus" / "vicuna_eval.json")], force_delimiter=True, limit=5).rows
+    candidates, features, _ = encode_rows(rows, tokenizer, judge, objective, 100000)
+    for row, feature in zip(rows, features):
+        record = records[int(row.id.split(":")[1])]
+        output = record["gpt4_feedback"][int(row.id.split(":")[2])]
+        output = f"{output.split('[RESULT]')[0].strip()} So the overall. [RESULT] {row.score}"  # Feedback Collection's shape
+        prompt_ids, response_ids = llama_factory_mistral(tokenizer, row.prompt.rstrip(), prepare_dataset_target(output))
+        assert feature["input_ids"] == prompt_ids + response_ids
+        # custom_processor.py: labels = the response, its second-to-last token (the score) masked for CoT-RAFT
+        expected = list(response_ids)
+        if objective == "cot_raft":
+            expected[-2] = IGNORE
+        assert feature["labels"] == [IGNORE] * len(prompt_ids) + expected
+        assert response_ids[-2] == candidates.sequences[candidates.scores.index(row.score)][0]
+    # the layout this replaced: the judge's inference input, the CoT encoded apart ("▁The" vs " The" aside,
+    # "[INST] x [/INST]" there, "[INST] x[/INST]" in LLaMA-Factory's template)
+    _, old, _ = encode_rows(rows, tokenizer, judge, objective, 100000, template="chat-template")
+    assert all(a["input_ids"] != b["input_ids"] for a, b in zip(old, features))
+
+
+def test_score_only_rows_follow_llama_factory_too(data_dir):
+    from tract_eval.training.data import TrainingRow
+    from tract_eval.training.pipeline import encode_rows
+
+    tokenizer = mistral_style_tokenizer(str(data_dir))
+    prompt = reference_text("tract/no_feedback.prompt").format(
+        orig_instruction="Name a prime.", orig_response="7", orig_reference_answer="2", orig_criteria="Correct?",
+        **{f"orig_score{k}_description": f"level {k}" for k in range(1, 6)})
+    _, features, _ = encode_rows([TrainingRow("r", prompt, "", 4)], tokenizer, build_judge("raft"), "raft", 100000)
+    prompt_ids, response_ids = llama_factory_mistral(tokenizer, prompt, "4")  # prepare_dataset.py score_only: "4"
+    assert features[0]["input_ids"] == prompt_ids + response_ids
+
+
+def test_training_template_auto_picks_the_reference_family(data_dir):
+    from tract_eval.training.objectives import resolve_training_template
+
+    assert resolve_training_template("auto", mistral_style_tokenizer(str(data_dir))) == "mistral"
+
+    class Llama3:
+        chat_template = "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}"
+
+    class ChatML:
+        chat_template = "{{ '<|im_start|>' + message['role'] }}"
+
+    assert resolve_training_template("auto", Llama3()) == "llama3"
+    assert resolve_training_template("auto", ChatML()) == "chat-template"
+    assert resolve_training_template("chat-template", Llama3()) == "chat-template"
 
 
 def test_without_a_cut_marker_a_written_delimiter_still_ends_the_cot():

@@ -185,7 +185,7 @@ def test_checkpoints_resume(tmp_path):
         model = add_lora(tiny_model(), 4, 8, 0.0, "all-linear")
         args = TrainConfig(output_dir=str(out), max_steps=max_steps, learning_rate=1e-2, warmup_ratio=0.0,
                            per_device_train_batch_size=1, gradient_accumulation_steps=2, save_steps=1,
-                           logging_steps=1, bf16=False, use_cpu=True, seed=0, lr_scheduler_type="constant")
+                           reference_batch=2, logging_steps=1, bf16=False, use_cpu=True, seed=0, lr_scheduler_type="constant")
         trainer = ScoreTrainer(model=model, args=args, train_dataset=features, data_collator=LeftPadCollator(0),
                                candidates=CANDIDATES, objective="cot_raft")
         trainer.train(resume_from_checkpoint=resume)
@@ -215,8 +215,9 @@ def test_score_reductions_over_an_accumulated_batch_equal_hand_computations(tmp_
     """Two micro-batches of one row (per-device batch 1, 2 accumulation steps), summed as the Trainer does.
 
     mean:      ce_weight * CE_sum / CE_tokens + lambda * (se_1 + se_2) / 2
-    reference: ce_weight * CE_sum / CE_tokens + lambda * (se_1 / 1**2 + se_2 / 1**2)  (compute_raft_loss:
-               mse mean over the micro-batch / micro-batch size, summed over the accumulation steps)
+    reference: ce_weight * CE_sum / CE_tokens + lambda * (se_1 + se_2) / 2**2  (compute_raft_loss on the
+               released layout, the window as one micro-batch: mse mean over it / its size; issue 18
+               replaced the per-micro-batch sum se_1 / 1**2 + se_2 / 1**2, 4x the released weight here)
     """
     model = tiny_model()
     features = [feature(p, c, s, "cot_raft") for p, c, s in ROWS]
@@ -225,10 +226,11 @@ def test_score_reductions_over_an_accumulated_batch_equal_hand_computations(tmp_
     model.train()
     singles = [LeftPadCollator(0)([f]) for f in features]
     trainer._window = (sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in singles), len(singles))
+    trainer._local_window = trainer._window  # one process
     loss = sum(float(trainer.compute_loss(model, b)) for b in singles)
     model.eval()
     ce_sum, tokens, squared = _hand(model, features)
-    score_term = sum(squared) / len(squared) if score_reduction == "mean" else sum(squared)
+    score_term = sum(squared) / len(squared) if score_reduction == "mean" else sum(squared) / len(squared) ** 2
     assert loss == pytest.approx(ce_weight * ce_sum / tokens + 2.0 * score_term, rel=1e-4, abs=1e-5)
 
 
@@ -265,7 +267,7 @@ def test_held_out_rows_are_evaluated_during_training(tmp_path):
     features = [feature(p, c, s, "cot_raft") for p, c, s in ROWS]
     args = TrainConfig(output_dir=str(tmp_path), max_steps=2, learning_rate=1e-2, warmup_ratio=0.0,
                        per_device_train_batch_size=1, gradient_accumulation_steps=1, logging_steps=1,
-                       save_strategy="no", bf16=False, use_cpu=True, validation_ratio=0.5)
+                       save_strategy="no", bf16=False, use_cpu=True, validation_ratio=0.5, reference_batch=1)
     assert args.eval_strategy == "steps" and args.prediction_loss_only
     trainer = ScoreTrainer(model=add_lora(tiny_model(), 4, 8, 0.0, "all-linear"), args=args,
                            train_dataset=features[:1], eval_dataset=features[1:], data_collator=LeftPadCollator(0),

@@ -99,7 +99,7 @@ def test_optimizer_steps_lower_the_loss(seed, shared_rows, tmp_path):
     model = add_lora(model, 8, 16, 0.0, "all-linear")
     args = TrainConfig(output_dir=str(tmp_path), max_steps=4, learning_rate=2e-3, warmup_ratio=0.0,
                        per_device_train_batch_size=2, gradient_accumulation_steps=1, logging_steps=1,
-                       save_strategy="no", seed=0)
+                       save_strategy="no", seed=0, reference_batch=2)
     collator = LeftPadCollator(tokenizer.pad_token_id)
     trainer = ScoreTrainer(model=model, args=args, train_dataset=features, data_collator=collator,
                            candidates=candidates, objective="cot_raft")
@@ -128,7 +128,8 @@ def test_two_stage_recipe_end_to_end(shared_rows, tmp_path):
     rows = sorted(shared_rows, key=lambda r: len(r.prompt))[:4]
     data = tmp_path / "stage1.jsonl"
     write_jsonl(data, (r.to_dict() for r in rows))
-    config = build_config("tract", {"max_steps": 1, "gradient_accumulation_steps": 2, "logging_steps": 1,
+    config = build_config("tract", {"max_steps": 1, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2,
+                                    "reference_batch": 2, "logging_steps": 1,
                                     "self_cot_max_new_tokens": 6, "save_steps": 1000})
     out = tmp_path / "run"
     summaries = run_recipe(config, data, out)

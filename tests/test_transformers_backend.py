@@ -57,7 +57,7 @@ def test_eos_ends_the_cot_and_is_never_fed(embedded_backend, prompts, monkeypatc
     c = derive_score_candidates(tok)
     # treat "." and "," as end-of-sequence so the EOS path is taken within a few tokens
     eos = {tok.convert_tokens_to_ids("."), tok.convert_tokens_to_ids(",")}
-    monkeypatch.setattr(embedded_backend, "_eos_ids", embedded_backend._eos_ids | eos)
+    monkeypatch.setattr(embedded_backend, "eos_ids", embedded_backend.eos_ids | eos)
     request = GenerationRequest("eos", prompts[1], n=2, candidates=c, cut_marker="So the overall")
     completions = embedded_backend.generate([request], SamplingConfig(max_new_tokens=60), seed=0)[0]
     assert any(comp.finish_reason == "eos" for comp in completions)

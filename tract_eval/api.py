@@ -109,7 +109,8 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     it comes from ``create_backend``, which keeps the last one loaded, so equal settings load it once."""
     from .backends import check_backend_options
     from .judges import build_judge
-    from .models import check_model_args
+    from .models import check_device, check_model_args
+    from .runner import check_plain_name
 
     settings = {k: v for k, v in dict(overrides or {}).items() if v is not None}
     run_name = settings.pop("run_name", None)
@@ -119,7 +120,9 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     check_backend_options(judge.config.backend, judge.config.backend_options)
     if judge.config.backend == "transformers":
         check_model_args(judge.config.backend_options.get("model_args"))
+        check_device(judge.config.device)
     if run_name:
+        check_plain_name(run_name, "--run-name")
         judge.config = judge.config.with_overrides(name=run_name)
     return judge
 
@@ -172,7 +175,7 @@ def _intervals(folder: Path, resamples: int, seed: int) -> dict:
 def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: int | None = None,
              out: str | Path | None = None, data_dir: str | Path | None = None, columns: str | dict | None = None,
              scale: str | Sequence[int] | None = None, no_reference: bool = False, unparsed_pairs: str = "half",
-             shard: str | None = None, too_long: str = "mark", ci: bool = False,
+             shard: str | None = None, too_long: str = "mark", ci: bool = False, rejudge_failures: bool = False,
              progress: Callable[[int], None] | None = None, **overrides) -> dict:
     """Run judge(s) over benchmark(s) as ``tract-eval run`` does, writing the same files under ``out``
     (default ``runs/``): ``OUT/<judge>/<bench>/{predictions.jsonl, metrics.json, manifest.json, results.json}``.
@@ -198,7 +201,8 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
         for b in benches:
             judged = judge_for(name, overrides, b.card.scale)
             result = run_benchmark(judged, b, Path(out or DEFAULT_OUT), limit=limit, shard=shard_spec,
-                                   batch_size=overrides.get("batch_size"), too_long=too_long, progress=progress)
+                                   batch_size=overrides.get("batch_size"), too_long=too_long,
+                                   rejudge_failures=rejudge_failures, progress=progress)
             write_results(result, judged, b, ci=ci)
             metrics.setdefault(judged.name, {})[b.name] = result.metrics
     return next(iter(metrics.values())) if len(names) == 1 else metrics
@@ -207,14 +211,14 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
 Row = Mapping[str, Any] | Sequence[Any]
 
 
-def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None = None,
-               scale: str | Sequence[int] | None = None, **overrides) -> list[Grade]:
-    """Grade several responses in batches. Each row is a mapping with ``instruction``, ``response``,
-    ``rubric`` and optional ``reference`` (as in own-data files), or a tuple in that order."""
+def grading_samples(rows: Iterable[Row], scale: tuple[int, int] = (1, 5), source: str = "rows") -> list:
+    """Own-data samples from rows (mappings with ``instruction``, ``response``, ``rubric`` and optional
+    ``reference`` and ``id``, or tuples in that order), checked as own-data files are; a row's id, which
+    seeds its CoTs' random streams, is its 1-based position unless it names one. ``grade_many`` and
+    ``tract-eval serve`` both build their samples here, so equal rows get equal scores."""
     from .benchmarks import LocatedData
-    from .benchmarks.base import BenchmarkCard, parse_scale
+    from .benchmarks.base import BenchmarkCard
     from .benchmarks.own_data import TABLE_LOADER, load_table
-    from .runner import judge_pending
 
     table = []
     for number, row in enumerate(rows, start=1):
@@ -228,10 +232,22 @@ def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None =
             table.append(dict(zip(("instruction", "response", "rubric", "reference"), values), id=str(number)))
     if not table:
         return []
-    card = BenchmarkCard(name="api", title="tract_eval.grade", kind="absolute", loader=TABLE_LOADER,
-                         scale=parse_scale(scale) if scale is not None else (1, 5))
-    samples = load_table(card, LocatedData("rows", hub_rows=table), {})
-    judged = judge_for(judge, {**overrides, "model": model}, card.scale)
+    card = BenchmarkCard(name="api", title="tract_eval.grade", kind="absolute", loader=TABLE_LOADER, scale=scale)
+    return load_table(card, LocatedData(source, hub_rows=table), {})
+
+
+def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None = None,
+               scale: str | Sequence[int] | None = None, **overrides) -> list[Grade]:
+    """Grade several responses in batches. Each row is a mapping with ``instruction``, ``response``,
+    ``rubric`` and optional ``reference`` (as in own-data files), or a tuple in that order."""
+    from .benchmarks.base import parse_scale
+    from .runner import judge_pending
+
+    bounds = parse_scale(scale) if scale is not None else (1, 5)
+    samples = grading_samples(rows, bounds)
+    if not samples:
+        return []
+    judged = judge_for(judge, {**overrides, "model": model}, bounds)
     by_id: dict[str, Prediction] = {}
     judge_pending(judged, samples, lambda row: by_id.__setitem__(row.id, row), batch_size=overrides.get("batch_size"))
     return [Grade.from_prediction(by_id[s.id]) for s in samples]
@@ -249,4 +265,14 @@ def grade(instruction: str, response: str, rubric: str, reference: str | None = 
     return grade_many([row], judge=judge, model=model, scale=scale, **overrides)[0]
 
 
-__all__ = ["Grade", "evaluate", "grade", "grade_many"]
+def diagnose(path: str | Path | Sequence[str | Path], agreement: bool = False) -> dict[str, dict[str, dict]]:
+    """Judge diagnostics of stored runs, as ``tract-eval diagnose``: calibration of the score distribution,
+    mean/mode/median readouts, agreement with gold, failures, length bias and cost (docs/diagnose.md).
+    Writes ``diagnostics.json`` and the plots into each run folder under ``path`` and returns
+    ``{judge: {bench: diagnostics}}``; ``agreement`` adds α between every two judges on the same benchmark."""
+    from .reports.diagnostics import diagnose as diagnose_runs  # numpy, scipy: only when asked
+
+    return diagnose_runs(path, agreement=agreement)
+
+
+__all__ = ["Grade", "diagnose", "evaluate", "grade", "grade_many", "grading_samples"]

@@ -14,6 +14,27 @@ from dataclasses import dataclass, field
 
 DEFAULT_DELIMITER = "So the overall score is"
 
+# Log-probabilities are at most 0 and the candidates' probabilities add up to at most 1; a readout
+# beyond these bounds by more than rounding (float16/bfloat16 softmaxes, a server's JSON) is impossible.
+LOGPROB_TOLERANCE = 1e-3
+
+
+def impossible_logprobs(logprobs: dict) -> str | None:
+    """Why a candidate readout ``{score: log-probability}`` cannot be a distribution, quoting its values;
+    None when it can (log-probabilities <= 0, none NaN, total probability <= 1, all up to rounding)."""
+    import math
+
+    values = list(logprobs.values())
+    quoted = "{" + ", ".join(f"{k}: {v!r}" for k, v in logprobs.items()) + "}"
+    if any(not isinstance(v, (int, float)) or math.isnan(v) for v in values):
+        return f"log-probabilities that are not numbers: {quoted}"
+    if any(v > LOGPROB_TOLERANCE for v in values):
+        return f"log-probabilities above 0: {quoted}"
+    mass = sum(math.exp(v) for v in values)
+    if mass > 1 + LOGPROB_TOLERANCE:
+        return f"candidate probabilities adding up to {mass:.4g} > 1: {quoted}"
+    return None
+
 
 @dataclass(frozen=True)
 class ScoreCandidates:

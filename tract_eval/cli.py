@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "tract_eval.reports.cli",
     "tract_eval.experiments.cli",
     "tract_eval.training.cli",
+    "tract_eval.serve.cli",
 ]
 
 USER_ERROR_STATUS = 2  # argparse's status for usage errors: every mistake a user can fix exits with it

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
 from .cliargs import add_cards_option, add_command, add_data_options, use_cards
-from .config import SCORE_ONLY_ANCHORS, VERDICT_PARSERS
+from .config import MAX_SCALE_POINTS, SCORE_ONLY_ANCHORS, VERDICT_PARSERS
 from .errors import ConfigError, InputNotFoundError
 from .protocol import READOUTS
 from .progress import progress_reporter
@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
                    help="own data: map roles to your column names, e.g. rubric=criteria,score=label")
     p.add_argument("--scale", default=None, metavar="LOW-HIGH",
-                   help="own data: the score scale, e.g. 1-10 (default 1-5); the judge's score candidates follow it")
+                   help=f"own data: the score scale, e.g. 1-10 (default 1-5), at most {MAX_SCALE_POINTS} scores "
+                        f"(0-{MAX_SCALE_POINTS - 1}); the judge's score candidates follow it")
     add_cards_option(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="output folder")
     p.add_argument("--run-name", default=None,
@@ -46,6 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--too-long", choices=["mark", "refuse"], default="mark",
                    help="a prompt + --max-new-tokens beyond the model's context: record the row as too_long "
                         "(excluded, counted) or stop the run")
+    p.add_argument("--rejudge-failures", action="store_true",
+                   help="judge failed rows again, the model's (unparsable verdicts) too; rows the server "
+                        "failed (malformed or impossible answers, outages) are judged again by default")
     add_judge_overrides(p)
     p.set_defaults(func=cmd_run)
 
@@ -54,8 +58,9 @@ def register(subparsers) -> None:
     add_data_options(p, limit_help="")
 
 
-def add_judge_overrides(p: argparse.ArgumentParser) -> None:
-    """Flags that override a judge card (None = keep the card's value)."""
+def add_judge_overrides(p: argparse.ArgumentParser, renamed_backend_flags: dict[str, str] | None = None) -> None:
+    """Flags that override a judge card (None = keep the card's value); ``renamed_backend_flags`` as
+    ``add_backend_flags`` takes it."""
     g = p.add_argument_group("judge overrides (default: the card's values)")
     g.add_argument("--model", default=None, help="HF id, local folder, .gguf file or LoRA adapter folder")
     g.add_argument("--backend", default=None)
@@ -79,11 +84,12 @@ def add_judge_overrides(p: argparse.ArgumentParser) -> None:
                    help="score-only judges: read after the empty assistant turn as the reference code rendered "
                         "it (default) or after the opened assistant turn ('generation-prompt')")
     g.add_argument("--verdict-parser", choices=VERDICT_PARSERS, default=None,
-                   help="prometheus judges: prometheus-eval's strict '[RESULT] n' rule (default) or "
-                        "tract_eval.parse_score's wider shapes ('lenient')")
+                   help="prometheus judges: prometheus-eval's eval/ rule, exactly '[RESULT] n' (default); "
+                        "'library': its library parser's (prometheus_eval/parser.py); 'lenient': "
+                        "tract_eval.parse_score's wider shapes")
     g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
     g.add_argument("--fallback-score", type=float, default=None)
-    add_backend_flags(p)
+    add_backend_flags(p, renamed_backend_flags)
 
 
 def _batch_size(text: str) -> int | str:
@@ -160,7 +166,7 @@ def cmd_run(args) -> int:
             with progress_reporter(console, f"{judge.name} × {bench.name}", total) as advance:
                 result = run_benchmark(judge, bench, args.out, limit=args.limit, shard=shard,
                                        batch_size=args.batch_size, too_long=args.too_long,
-                                       progress=advance)
+                                       rejudge_failures=args.rejudge_failures, progress=advance)
             write_results(result, judge, bench, ci=args.ci)
             results.append(result)
             if judge.model_note:
@@ -221,16 +227,13 @@ def print_summary(results, skipped) -> None:
 def cmd_merge(args) -> int:
     from .benchmarks import reload_benchmark
     from .records import MANIFEST, SHARDS
-    from .runner import merge_shards
+    from .runner import merge_shards, read_shard_manifest
 
     # the shards' manifest says what ran (a card, a data file or hf: dataset, columns, scale, options)
     manifests = sorted((args.run_dir / SHARDS).glob(f"*-of-*/{MANIFEST}"))
     if not manifests:
         raise InputNotFoundError(f"{args.run_dir}/{SHARDS} holds no shard folders with a {MANIFEST}")
-    try:
-        described = json.loads(manifests[0].read_text(encoding="utf-8"))["bench"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{manifests[0]}: no readable benchmark description ({exc}); rerun that shard") from exc
+    described = read_shard_manifest(manifests[0].parent)["bench"]
     bench = reload_benchmark(described, args.data_dir)
     json.dump(merge_shards(args.run_dir, bench), sys.stdout, indent=2)
     print()

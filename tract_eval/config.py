@@ -33,8 +33,18 @@ SCORE_ONLY_PROTOCOLS = ("score-only-rail", "score-only-decode")  # the score at 
 # it and reads after " "; "generation-prompt" reads after the opened assistant turn instead.
 SCORE_ONLY_ANCHORS = ("reference", "generation-prompt")
 # How prometheus judges parse (and regenerate) verdicts: "reference" as prometheus-eval's eval/
-# code (exactly one [RESULT], then only the score); "lenient" with tract_eval.parse_score's shapes.
-VERDICT_PARSERS = ("reference", "lenient")
+# code (exactly one [RESULT], then only the score); "library" as prometheus-eval's library parser
+# (prometheus_eval/parser.py, what single_absolute_grade users get); "lenient" with
+# tract_eval.parse_score's shapes (tract-eval's own).
+VERDICT_PARSERS = ("reference", "library", "lenient")
+# A row of several runs (n_cot) some of which stay unscored: "mean" scores it with the mean of the scored
+# runs (TRACT averages the CoTs it can read); "fail-row" leaves it unscored (prometheus-eval's
+# eval/run_evaluate.py raises when an output stays unparsable after its retries, so no row of its
+# output has fewer than all runs: calculate_results means all of them).
+UNPARSED_RUNS = ("mean", "fail-row")
+# Every score of a scale is a candidate the judge reads a probability for (and tokenizes up front): a
+# scale is bounded so that a typo like 0-1000000 is refused at once instead of running for minutes
+MAX_SCALE_POINTS = 101  # e.g. 0-100
 
 
 @dataclass
@@ -165,6 +175,7 @@ class JudgeConfig:
     # prometheus: unparsable outputs are regenerated up to this many times (prometheus-eval: 5)
     max_retries: int = 5
     verdict_parser: str = "reference"  # prometheus: VERDICT_PARSERS
+    unparsed_runs: str = "mean"  # UNPARSED_RUNS: a row whose runs are not all scored
     # RAIL over the raw full-vocabulary probabilities of the candidates, as the reference (default),
     # or renormalised over the candidates (a named departure: --renormalize)
     renormalize: bool = False
@@ -199,6 +210,9 @@ class JudgeConfig:
         self.stop = tuple(self.stop)
         if self.scale[0] >= self.scale[1]:
             raise ConfigError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
+        if self.scale[1] - self.scale[0] + 1 > MAX_SCALE_POINTS:
+            raise ConfigError(f"judge {self.name!r}: scale {list(self.scale)} has {self.scale[1] - self.scale[0] + 1} "
+                              f"points; at most {MAX_SCALE_POINTS}")
         if not self.delimiter:
             raise ConfigError(f"judge {self.name!r}: delimiter must not be empty")
         if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
@@ -207,7 +221,7 @@ class JudgeConfig:
             raise ConfigError(f"judge {self.name!r}: protocol must be one of {', '.join(PROTOCOLS)}, "
                               f"not {self.protocol!r}")
         for name, allowed in (("readout", READOUTS), ("score_only_anchor", SCORE_ONLY_ANCHORS),
-                              ("verdict_parser", VERDICT_PARSERS)):
+                              ("verdict_parser", VERDICT_PARSERS), ("unparsed_runs", UNPARSED_RUNS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"judge {self.name!r}: {name} must be one of {', '.join(allowed)}, "
                                   f"not {getattr(self, name)!r}")
@@ -266,6 +280,8 @@ class JudgeConfig:
             data["sampling"] = sampling
             if not self.protocol.startswith("score-only"):  # score-only judges read one score: n_cot is unused
                 data["n_cot"] = self.n_cot
+                if self.unparsed_runs != "mean":  # the default stays out: earlier runs keep their identity
+                    data["unparsed_runs"] = self.unparsed_runs
             if self.protocol in COT_PROTOCOLS:
                 data.update(cut_marker=self.cut_marker, stop=self.stop)
             if self.protocol == "prometheus":
@@ -314,9 +330,12 @@ def load_judge_card(name_or_path: str) -> JudgeConfig:
         config = JudgeConfig(**data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    from .prompts import resolve_template  # checked here, so a missing template stops before any model loads
+    # checked here, so a missing, misplaced or unsafe template stops before any model loads
+    from .prompts import check_template_renders, resolve_template
 
-    return dataclasses.replace(config, template=resolve_template(config.template, path))
+    config = dataclasses.replace(config, template=resolve_template(config.template, path))
+    check_template_renders(config.template, config.name)
+    return config
 
 
 def builtin_judge_cards() -> list[str]:

@@ -30,4 +30,9 @@ class InputNotFoundError(UserError, FileNotFoundError):
         return str(self.args[0]) if self.args else ""
 
 
-__all__ = ["ConfigError", "InputNotFoundError", "UnknownNameError", "UserError"]
+class ServerError(UserError, RuntimeError):
+    """A server the user pointed at (``--base-url``) cannot be reached, or keeps failing after the retries;
+    the message names its URL (credentials redacted) and what happened."""
+
+
+__all__ = ["ConfigError", "InputNotFoundError", "ServerError", "UnknownNameError", "UserError"]

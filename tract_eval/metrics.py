@@ -53,6 +53,19 @@ def absolute_metrics(rows: list[Prediction]) -> dict:
     return out
 
 
+def first_run_accuracy(rows: list[Prediction]) -> float | None:
+    """prometheus-eval's Feedback Bench exception (eval/utils.py:calculate_results, lines 72-88): besides the
+    correlations of the runs' mean, the share of rows whose FIRST run's verdict equals the gold score, over
+    all rows (in %, as it prints it). Only for judges whose runs are integer verdicts; None otherwise."""
+    firsts = [(r.per_cot or [None])[0] for r in rows]
+    if not rows or not any(f is not None for f in firsts):
+        return None
+    if any(f is not None and float(f) != int(f) for f in firsts):
+        return None  # expected scores (RAIL), not verdicts
+    hits = sum(f is not None and r.gold is not None and float(f) == float(r.gold) for f, r in zip(firsts, rows))
+    return 100.0 * hits / len(rows)
+
+
 # A pair whose chosen or rejected side has no score: reward-bench scores it 0.5 like a tie
 # (scripts/run_generative.py); "exclude" leaves it out of the accuracies instead (a named departure).
 UNPARSED_PAIR_POLICIES = ("half", "exclude")

@@ -115,9 +115,43 @@ def check_model_args(model_args: dict | None) -> dict:
     unknown = sorted(set(model_args) - set(MODEL_ARGS))
     if unknown:
         raise ConfigError(f"--model-args: unknown option(s) {unknown}; known: {', '.join(MODEL_ARGS)}")
-    if any(model_args.get(k) for k in QUANTIZATION_ARGS) and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("--model-args load_in_4bit/load_in_8bit need bitsandbytes: pip install bitsandbytes")
+    if any(model_args.get(k) for k in QUANTIZATION_ARGS):
+        _check_bitsandbytes()
     return model_args
+
+
+def _check_bitsandbytes() -> None:
+    """load_in_4bit is how the reference read RAIL scores (TRACT inference.py:233-237); say what it needs."""
+    what = ("--model-args load_in_4bit/load_in_8bit (bitsandbytes quantization; the reference's RAIL readout "
+            "loads its model with load_in_4bit=True)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{what} need bitsandbytes: pip install bitsandbytes, on a machine with a CUDA GPU")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{what} need a CUDA GPU for bitsandbytes' kernels; torch sees none here")
+
+
+def check_device(device: str | None) -> None:
+    """``--device``: one this torch can place a model on (checked before the model loads; torch is
+    imported only for a device other than auto or cpu)."""
+    if device in (None, "auto", "cpu"):
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ConfigError(f"--device {device}: {why}; use --device cpu (or auto)")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"--device {device}: only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: this torch has no usable MPS device; use --device cpu (or auto)")
 
 
 def load_kwargs(source: ModelSource, model_args: dict | None = None) -> dict:

@@ -65,6 +65,42 @@ def parse_reference_verdict(text: str | None, scale: tuple[int, int] = (1, 5)) -
     return int(result) if result in {str(k) for k in range(scale[0], scale[1] + 1)} else None
 
 
+def _library_pattern(high: int) -> re.Pattern:
+    # prometheus-eval libs/prometheus-eval/prometheus_eval/parser.py:_parse_output_absolute, its alternatives in
+    # its order: a marker, brackets or spaces, the number, optionally a closing bracket / space / "/5" /
+    # "out of 5", then only whitespace to the end of the text (re.search, no MULTILINE: "$" also matches
+    # before a final newline). The library's 5 is the scale's high end here.
+    return re.compile(
+        r"(?:\[RESULT\]|\[SCORE\]|Score:?|score:?|Result:?|\[Result\]:?|score\s+of)\s*(?:\(|\[|\s)*(\d+)"
+        rf"(?:(?:\)|\]|\s|$)|(?:/\s*{high}|\s*out\s*of\s*{high}))?(?:\s*$)",
+        re.IGNORECASE)
+
+
+def parse_library_verdict(text: str | None, scale: tuple[int, int] = (1, 5)) -> int | None:
+    """prometheus-eval's library parser (``prometheus_eval/parser.py``, absolute mode: what
+    ``PrometheusEval.single_absolute_grade`` users get): the first place where a marker (``[RESULT]``,
+    ``[SCORE]``, ``Score``, ``Result``, ``[Result]``, ``score of``; any case, optional colon) and a number
+    end the text, up to a closing bracket, ``/5`` or ``out of 5`` and whitespace; the number must lie in
+    the scale. So ``[SCORE] 4``, ``Score 4`` and ``Result: 2`` are verdicts, while ``[RESULT] 4.``,
+    ``[RESULT] **4**``, ``[RESULT] 4 / 5`` and a verdict followed by more text are not. On a 1-5
+    scale this is the library's rule exactly; other scales put their high end where it has 5."""
+    if text is None:
+        return None
+    match = _library_pattern(scale[1]).search(text)
+    if match is None:
+        return None
+    value = int(match.group(1))
+    return value if scale[0] <= value <= scale[1] else None
+
+
+def parse_training_label(output: str, scale: tuple[int, int] = (1, 5)) -> int | None:
+    """TRACT's training label (``finetuning_utils/prepare_dataset.py``: ``output.split('[RESULT]')[-1].strip()``,
+    which becomes the score token the RAFT loss looks up): the text after the last ``[RESULT]``, stripped,
+    must be a score of the scale and nothing else; None otherwise (the reference's lookup would fail)."""
+    label = (output or "").split("[RESULT]")[-1].strip()
+    return int(label) if label in {str(k) for k in range(scale[0], scale[1] + 1)} else None
+
+
 def parse_bare_score(text: str | None) -> float | None:
     """A score written alone, as TRACT reads its one sampled score token (``evaluation_utils.
     try_convert_to_float``: ``float(text.strip().strip('.'))``); None where that is not a finite

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .cards import card_dir, user_card_dirs
 from .errors import ConfigError
@@ -99,27 +100,40 @@ def format_rubric(criteria: str, descriptions: list[str], low: int = 1) -> str:
 TEMPLATE_SUFFIX = ".j2"
 
 
-def _environment_at(folder: Path) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)),
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-    )
+def sandboxed_environment(folder: Path, **options) -> jinja2.Environment:
+    """Templates are data people share: they render in jinja2's immutable sandbox, where attributes such
+    as ``__globals__`` and calls that mutate objects are refused (SecurityError), so no template runs code
+    or reads files. Used for judge prompts and report templates alike (``options`` override the defaults)."""
+    settings = {"keep_trailing_newline": True, "undefined": jinja2.StrictUndefined, "autoescape": False, **options}
+    return ImmutableSandboxedEnvironment(loader=jinja2.FileSystemLoader(str(folder)), **settings)
 
 
 @lru_cache(maxsize=None)
 def _template(template: str) -> jinja2.Template:
     path = Path(template)
     if path.is_absolute():  # a user card's template, resolved when the card was read
-        return _environment_at(path.parent).get_template(path.name)
-    return _environment_at(card_dir("judges") / "templates").get_template(template)
+        return sandboxed_environment(path.parent).get_template(path.name)
+    return sandboxed_environment(card_dir("judges") / "templates").get_template(template)
+
+
+# a template is named, never pathed: a plain file name looked up in the documented folders
+_PLAIN_TEMPLATE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_template_name(template: str, card: str) -> str:
+    if not isinstance(template, str) or not _PLAIN_TEMPLATE.fullmatch(template) or ".." in template:
+        raise ConfigError(f"{card}: template {template!r} is not a plain name (letters, digits and . _ + -, no "
+                          "path separators or '..'); put the file next to the card, in its templates/ or a "
+                          "--cards folder and name it")
+    return template
 
 
 def resolve_template(template: str, card_path: Path | None) -> str:
     """Where a judge card's ``template`` lives: next to the card (or in its ``templates/``), then in the
     ``--cards`` folders, then among the built-in templates. A built-in template keeps its name; any other
-    becomes the file's absolute path, so rendering does not depend on which folders are added later."""
+    becomes the file's absolute path, so rendering does not depend on which folders are added later.
+    The name is a plain file name (no folders, no ``..``): a card cannot point outside those folders."""
+    check_template_name(template, str(card_path or "judge card"))
     name = template if template.endswith(TEMPLATE_SUFFIX) else template + TEMPLATE_SUFFIX
     folders = [card_path.parent, card_path.parent / "templates"] if card_path is not None else []
     for folder in user_card_dirs():
@@ -134,11 +148,34 @@ def resolve_template(template: str, card_path: Path | None) -> str:
     raise ConfigError(f"{card_path or 'judge card'}: template {template!r} not found (looked for {name} in {looked})")
 
 
-def render_prompt(template: str, fields: GradingFields) -> str:
+class UnsafeTemplate(ConfigError):
+    """A card's template tried what the sandbox forbids (private attributes, mutation), or does not parse."""
+
+
+def render_prompt(template: str, fields: GradingFields, card: str = "judge card") -> str:
     """Render a judge card's template (a built-in name from ``judges/templates/``, or a user template's
-    path, as ``resolve_template`` gives it) with the grading fields."""
+    path, as ``resolve_template`` gives it) with the grading fields, in the sandbox."""
     name = template if template.endswith(TEMPLATE_SUFFIX) else template + TEMPLATE_SUFFIX
-    return _template(name).render(**fields.as_template_vars())
+    try:
+        return _template(name).render(**fields.as_template_vars())
+    except jinja2.exceptions.SecurityError as exc:
+        raise UnsafeTemplate(f"judge card {card}: template {template} refused: {exc} (templates render in a "
+                             "sandbox: no private attributes, no code)") from None
+    except jinja2.exceptions.TemplateSyntaxError as exc:
+        raise UnsafeTemplate(f"judge card {card}: template {template} line {exc.lineno}: {exc.message}") from None
+
+
+SAMPLE_FIELDS = GradingFields(instruction="instruction", response="response", rubric="rubric",
+                              reference_answer="reference answer")
+
+
+def check_template_renders(template: str, card: str) -> None:
+    """Render once with placeholder fields, so a template the sandbox refuses stops the run before any
+    model loads (a missing field is the data's business, found per row)."""
+    try:
+        render_prompt(template, SAMPLE_FIELDS, card)
+    except jinja2.exceptions.UndefinedError:
+        pass
 
 
 # --- the reference's text operations on model inputs (d223302/TRACT inference/) -----------------

@@ -30,6 +30,7 @@ LOCK = ".lock"  # held (flock) by the one process writing a run folder
 # plus the generation budget exceeds the model's context and the row was not judged.
 STATUSES = ("ok", "parse_failure", "fallback", "partial_candidates", "too_long")
 FAILED_STATUSES = ("parse_failure", "fallback")  # no score could be read from the model's output
+FAILURE_CAUSES = ("server", "model")
 
 
 class RunFormatError(UserError, ValueError):
@@ -101,6 +102,9 @@ class Prediction:
     retries: list[int] = field(default_factory=list)  # per CoT: regenerations after unparsable output
     cot_parse_failures: int = 0
     errors: list[str] = field(default_factory=list)  # per failed CoT: why (e.g. an excerpt of a malformed response)
+    # a failed row (parse_failure, fallback): "server" when the transport or the server failed (a malformed
+    # or impossible answer; retried by the next run), "model" when the model's text had no score (kept)
+    failure: str | None = None
     input: str = ""
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -115,6 +119,12 @@ class Prediction:
     def failed(self) -> bool:
         """No score could be read from the model's output (a fallback score may stand in for it)."""
         return self.status in FAILED_STATUSES
+
+    @property
+    def unscored(self) -> bool:
+        """No score of its own: a failure (even with a fallback score standing in) or no prediction at all
+        (too long, partial candidates)."""
+        return self.failed or self.prediction is None
 
     @property
     def scored(self) -> bool:
@@ -134,6 +144,14 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def failure_cause(self) -> str | None:
+        """``failure``, inferred for rows written before it was recorded: a failed row that quotes errors
+        failed at the server (only server answers put text in ``errors``), else at the model."""
+        if self.status not in FAILED_STATUSES:
+            return None
+        return self.failure or ("server" if self.errors else "model")
 
     @classmethod
     def from_dict(cls, data: dict) -> "Prediction":
@@ -306,13 +324,20 @@ def _numbered_jsonl(path: Path, repair: bool) -> list[tuple[int, object]]:
 
 def read_predictions(path: Path, repair: bool = False) -> list[Prediction]:
     """Rows of a predictions file as :class:`Prediction` objects (a torn last line as in :func:`read_jsonl`);
-    a line that is JSON but not a row fails naming the file, line and field."""
-    rows = []
+    a line that is JSON but not a row fails naming the file, line and field. A sample written twice is
+    refused the same way by every reader (run, merge, report, compare): which of two rows counts would
+    otherwise depend on the command."""
+    rows, first_line = [], {}
     for number, data in _numbered_jsonl(Path(path), repair):
         try:
-            rows.append(Prediction.from_dict(data))
+            row = Prediction.from_dict(data)
         except (RowFormatError, TypeError, ValueError) as exc:
             raise CorruptPredictions(f"{path}: line {number} {exc}") from exc
+        if row.key in first_line:
+            raise CorruptPredictions(f"{path}: line {number} repeats sample {row.key!r} (first on line "
+                                     f"{first_line[row.key]}); remove one of the two lines")
+        first_line[row.key] = number
+        rows.append(row)
     return rows
 
 

@@ -19,15 +19,30 @@ def is_secret_name(name: str) -> bool:
     return parts[-1] in _SECRET_WORDS or any(p in ("secret", "password", "passwd") for p in parts)
 
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s]+@")
+# user-info ends at the authority's LAST "@" (as urllib.parse splits it): a password may hold "@" and ":"
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/?#\s\"'<>]*@")
 _ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z][\w\-.]*)=(?P<value>[^\s&,;'\"]+)")
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\"]+")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\"\\]+")
+_API_KEY_SHAPE = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")  # OpenAI-style keys, wherever they appear
+
+# Secret values in use (an API key read from its environment variable): hidden wherever they appear.
+_secret_values: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Hide ``value`` from every text redacted from now on (too short a value would hide ordinary text)."""
+    if value and len(value) >= 6:
+        _secret_values.add(value)
 
 
 def redact_text(text: str) -> str:
-    """``scheme://user:pass@host`` -> ``scheme://***@host``; ``api_key=...`` and ``Bearer ...`` values hidden."""
+    """``scheme://user:pass@host`` -> ``scheme://***@host``; ``api_key=...`` and ``Bearer ...`` values, keys
+    shaped like ``sk-...`` and the registered secret values hidden."""
+    for secret in sorted(_secret_values, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
     text = _URL_USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _API_KEY_SHAPE.sub(REDACTED, text)
     return _ASSIGNMENT.sub(lambda m: f"{m.group('name')}={REDACTED}" if is_secret_name(m.group("name"))
                            else m.group(0), text)
 

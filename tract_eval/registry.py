@@ -17,9 +17,11 @@ class PluginWarning(UserWarning):
 class Registry(Generic[T]):
     """Maps names to factories of ``T``; plugins come from an entry-point group."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 check: Callable[[object], str | None] | None = None):
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.check = check  # a loaded plugin -> why it is not a usable T (None: it is)
         self._items: dict[str, T] = {}
         self.broken: dict[str, str] = {}  # plugin name -> why it failed to load (warned once)
         self._plugins_loaded = False
@@ -41,12 +43,20 @@ class Registry(Generic[T]):
             if ep.name in self._items:
                 continue
             try:
-                self._items[ep.name] = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any error in third-party code: the built-ins still work
+                loaded = ep.load()
+                problem = self.check(loaded) if self.check else None
+            except KeyboardInterrupt:  # the user's, not the plugin's
+                raise
+            # any error in third-party code, even sys.exit() at import (SystemExit): the built-ins still work
+            except BaseException as exc:  # noqa: BLE001
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem:
                 message = (f"{self.kind} plugin {ep.name!r} ({ep.value}) from entry-point group "
-                           f"{self.entry_point_group!r} failed to load and is skipped: {type(exc).__name__}: {exc}")
+                           f"{self.entry_point_group!r} failed to load and is skipped: {problem}")
                 self.broken[ep.name] = message
                 warnings.warn(message, PluginWarning, stacklevel=2)
+            else:
+                self._items[ep.name] = loaded
 
     def get(self, name: str) -> T:
         self._load_plugins()

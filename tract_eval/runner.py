@@ -7,7 +7,7 @@ at most the samples in flight; a torn last line is dropped on the next start.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import platform
 import re
@@ -21,13 +21,14 @@ from importlib import metadata
 from pathlib import Path
 
 from .benchmarks import Benchmark, DataFormatError, Sample
-from .errors import ConfigError, InputNotFoundError, UserError
+from .errors import ConfigError, InputNotFoundError, ServerError, UserError
 from .judges import Judge
+from .judges.base import row_meta
 from .metrics import generation_summary
-from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunLock, read_predictions,
-                      write_json_atomic, write_jsonl_atomic)
-from .redaction import redact
-from .settings import RunIdentity, bench_identity, run_identity
+from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunFormatError, RunLock,
+                      read_json_object, read_predictions, write_json_atomic, write_jsonl_atomic)
+from .redaction import redact, redact_text
+from .settings import LOCAL_BACKENDS, RunIdentity, bench_identity, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +96,35 @@ def shard_samples(samples: list[Sample], shard: tuple[int, int] | None) -> list[
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+MAX_NAME_CHARS = 128  # file systems take 255 bytes per name; a run folder's name stays well inside
 
 
 def check_plain_name(name: str, what: str) -> str:
     """Judge and benchmark names become folder names under --out: letters, digits and ``._+-`` only
-    (no ``/``, no ``..``), so no name can write outside --out."""
+    (no ``/``, no ``..``), so no name can write outside --out; at most ``MAX_NAME_CHARS`` of them."""
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(f"{what} name {name!r} cannot be a folder name: use letters, digits and . _ + - "
+        raise ConfigError(f"{what} {name!r} cannot be a folder name: use letters, digits and . _ + - "
                           "(no path separators or '..')")
+    if len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"{what} {name[:24]!r}... is {len(name)} characters long; a folder name takes at "
+                          f"most {MAX_NAME_CHARS}")
     return name
 
 
+def check_out_dir(out: Path) -> Path:
+    """``--out``: a folder that exists or can be made (checked before any model loads)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create this folder ({exc.strerror or exc})") from None
+    return out
+
+
 def run_dir(out: Path, judge: str, bench: str, shard: tuple[int, int] | None = None) -> Path:
-    base = Path(out) / check_plain_name(judge, "judge") / check_plain_name(bench, "benchmark")
+    base = Path(out) / check_plain_name(judge, "judge name") / check_plain_name(bench, "benchmark name")
     return base / SHARDS / f"{shard[0]}-of-{shard[1]}" if shard else base
 
 
@@ -124,10 +141,10 @@ def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict 
                               "use another --out, or delete that folder to start over")
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        manifest = read_json_object(path)
+    except RunFormatError as exc:  # not JSON, or JSON but not an object
         if has_rows:
-            raise RunConflict(f"{path} is not valid JSON ({exc}); the folder's run cannot be identified") from exc
+            raise RunConflict(f"{exc}; the folder's run cannot be identified") from exc
         return None
     if manifest.get("fingerprint") == identity.fingerprint:
         return manifest
@@ -168,6 +185,9 @@ def judge_pending(judge: Judge, samples: list[Sample], sink: Callable[[Predictio
     ``first_cot`` > 0 adds CoTs ``first_cot ..`` to samples that have the earlier ones.
     """
     pending = [s for s in samples if s.id not in done]
+    if not pending:  # nothing to ask the backend (which would still size its buffers for the budget)
+        return 0
+    check_budget_fits(judge)
     # the whole queue goes to the backend, which keeps ``batch_size`` sequences decoding and gives a
     # finished sequence's slot to the next one (continuous batching)
     judge.judge(pending, first_cot=first_cot, on_row=sink, batch_size=batch_size or judge.config.batch_size)
@@ -187,20 +207,33 @@ def _generation_budget(judge: Judge) -> int:
     return budget
 
 
+def check_budget_fits(judge: Judge) -> int:
+    """The generation budget, refused when it alone fills the model's context (unknown context: not
+    checked): no prompt could fit, so the setting is the mistake, and the backend would size its
+    buffers for it (``--max-new-tokens 100000000000`` asked for 1.2 TB)."""
+    budget = _generation_budget(judge)
+    context = judge.backend.context_length()
+    if context is not None and budget >= context:
+        raise ConfigError(f"--max-new-tokens {judge.config.sampling.max_new_tokens}: the generation budget of "
+                          f"{budget} tokens leaves no room for a prompt in the model's context of {context} "
+                          "tokens; lower --max-new-tokens")
+    return budget
+
+
 def _too_long_rows(judge: Judge, samples: list[Sample], policy: str) -> list[Prediction]:
     """``too_long`` rows for the samples whose prompt + generation budget exceeds the model's context
     (``policy`` "mark"); "refuse" stops the run naming them instead. Unknown context: nothing is checked."""
     context = judge.backend.context_length()
     if context is None:
         return []
-    budget = _generation_budget(judge)
+    budget = check_budget_fits(judge)
     rows = []
     for sample in samples:
         text = judge.build_input(sample)
         tokens = judge.backend.count_tokens(text)
         if tokens + budget > context:
             rows.append(Prediction(id=sample.id, gold=sample.gold, prediction=None, status="too_long", input=text,
-                                   prompt_tokens=tokens, meta={**sample.meta, "context_length": context,
+                                   prompt_tokens=tokens, meta={**row_meta(sample), "context_length": context,
                                                                "generation_budget": budget}))
     if rows and policy == "refuse":
         listed = ", ".join(f"{r.id} ({r.prompt_tokens} tokens)" for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
@@ -233,11 +266,12 @@ def check_limit(limit: int | None) -> None:
 
 def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None = None,
                   shard: tuple[int, int] | None = None, batch_size: int | None = None,
-                  progress=None, too_long: str = "mark") -> RunResult:
+                  progress=None, too_long: str = "mark", rejudge_failures: bool = False) -> RunResult:
     """Judge the selected samples that are not yet in the predictions file, then score all of them.
 
     ``too_long``: what to do with a sample whose prompt + generation budget exceeds the model's
     context: "mark" writes a ``too_long`` row (no prediction, counted in the metrics), "refuse" stops.
+    Failed rows the server caused are judged again; ``rejudge_failures`` redoes the model's too.
     """
     # everything checkable is checked before the model loads
     check_limit(limit)
@@ -246,20 +280,36 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
     if too_long not in TOO_LONG_POLICIES:
         raise ConfigError(f"--too-long must be one of {', '.join(TOO_LONG_POLICIES)}, not {too_long!r}")
     check_gold_in_scale(judge, bench)
-    target = run_dir(out, judge.name, bench.name, shard)
+    target = run_dir(check_out_dir(out), judge.name, bench.name, shard)
     identity = run_identity(judge, bench)  # an unavailable model fails here
-    with RunLock(target):
-        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long)
+    with RunLock(target), _saying_what_is_kept(target):
+        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long,
+                           rejudge_failures)
+
+
+@contextlib.contextmanager
+def _saying_what_is_kept(target: Path):
+    """A server that failed for good ends the run in one line that also says the finished rows are kept."""
+    try:
+        yield
+    except ServerError as exc:
+        kept = len(read_predictions(target / PREDICTIONS))
+        if not kept:
+            raise
+        raise ServerError(f"{exc}; the {kept} finished row(s) in {target / PREDICTIONS} are kept: rerun the "
+                          "same command to resume") from exc
 
 
 def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdentity, limit, shard, batch_size,
-                progress, too_long: str) -> RunResult:
+                progress, too_long: str, rejudge_failures: bool = False) -> RunResult:
     predictions_path = target / PREDICTIONS
+    _remove_stale_temporaries(target)
     existing = {row.id: row for row in read_predictions(predictions_path, repair=True)}
     manifest = _open_manifest(target, identity, has_rows=bool(existing))
     if manifest is None and predictions_path.exists():
         predictions_path.unlink()  # an attempt of another identity that finished nothing (maybe a torn line)
     selected = shard_samples(bench.select(limit), shard)
+    _drop_failures_to_redo(predictions_path, existing, {s.id for s in selected}, rejudge_failures)
     todo = [s for s in selected if s.id not in existing]
     started = time.perf_counter()
     session = _session(judge, limit, batch_size)
@@ -275,29 +325,11 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
             "created": session["started"],
             "sessions": [],
         }
-        write_json_atomic(target / MANIFEST, manifest)
+    _close_unfinished_sessions(manifest)
     if todo:
-        def on_row(row: Prediction) -> None:
-            writer(row)
-            existing[row.id] = row
-            if progress:
-                progress(1)
-
-        with JsonlAppender(predictions_path) as writer:
-            for row in _too_long_rows(judge, todo, too_long):
-                on_row(row)
-            judge_pending(judge, todo, on_row, done=existing, batch_size=batch_size)
-        manifest.update({
-            "backend": redact(judge.backend.describe()),
-            "model_note": judge.model_note,
-            "candidates": judge.candidates.to_dict() if judge.variant.uses_candidates else None,
-        })
-        manifest.setdefault("sessions", []).append({
-            **session,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "new_samples": len(todo),
-            "seconds": round(time.perf_counter() - started, 2),
-        })
+        _judge_session(judge, todo, existing, predictions_path, target, manifest, session,
+                       batch_size, progress, too_long, started)
+    else:
         write_json_atomic(target / MANIFEST, manifest)
     rows = [existing[s.id] for s in selected]
     metrics = {"judge": judge.name, "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
@@ -305,6 +337,115 @@ def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdent
     write_json_atomic(target / METRICS, metrics)
     return RunResult(judge.name, bench.name, target, metrics, len(todo), len(selected) - len(todo),
                      time.perf_counter() - started, bench.kind)
+
+
+def _judge_session(judge: Judge, todo: list[Sample], existing: dict, predictions_path: Path, target: Path,
+                   manifest: dict, session: dict, batch_size, progress, too_long: str, started: float) -> None:
+    """Judge ``todo`` as one session of the manifest: recorded (``ended: running``) before the first row,
+    so a run killed or stopped by a full disk still shows; marked completed or failed when it ends."""
+    answered_before = _answering_models(judge)
+    _expect_answering_models(judge, manifest)
+    session = {**session, "ended": "running"}
+    manifest.setdefault("sessions", []).append(session)
+    write_json_atomic(target / MANIFEST, manifest)
+
+    def on_row(row: Prediction) -> None:
+        writer(row)
+        existing[row.id] = row
+        if progress:
+            progress(1)
+
+    def end(how: str) -> None:
+        answered = (_answering_models(judge) or Counter()) - (answered_before or Counter())
+        manifest.update({
+            "backend": redact(judge.backend.describe()),
+            "model_note": judge.model_note,
+            "candidates": judge.candidates.to_dict() if judge.variant.uses_candidates else None,
+        })
+        session.update({"ended": how, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "new_samples": len(todo), "seconds": round(time.perf_counter() - started, 2),
+                        **({"answered_by": sorted(answered)} if answered_before is not None else {})})
+        write_json_atomic(target / MANIFEST, manifest)
+
+    try:
+        with JsonlAppender(predictions_path) as writer:
+            for row in _too_long_rows(judge, todo, too_long):
+                on_row(row)
+            judge_pending(judge, todo, on_row, done=existing, batch_size=batch_size)
+    except BaseException as exc:
+        try:  # best effort: a full disk may refuse this too, and the next run marks the session
+            end(redact_text(f"failed: {type(exc).__name__}: {exc}")[:300])
+        except Exception:  # noqa: BLE001 - the original error is the one to show
+            log.warning("%s: could not mark the session as failed in %s", target, MANIFEST)
+        raise
+    end("completed")
+
+
+UNFINISHED = "interrupted (killed, or its end could not be recorded)"
+
+
+def _close_unfinished_sessions(manifest: dict) -> None:
+    """Sessions still ``running`` when the folder's lock is free were killed (SIGKILL) or could not write
+    their end (disk full): say so."""
+    for session in manifest.get("sessions", []):
+        if session.get("ended") == "running":
+            session["ended"] = UNFINISHED
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """``*.tmp`` files an atomic write left when it failed (disk full) or was killed: never read, removed."""
+    for tmp in target.glob("*.tmp"):
+        log.info("%s: removing %s, left by an interrupted write", target, tmp.name)
+        tmp.unlink(missing_ok=True)
+
+
+def _answering_models(judge: Judge) -> Counter | None:
+    """The models that answered a served backend's requests so far (None for local backends)."""
+    answered = getattr(judge.backend, "answered_by", None) if judge.config.backend not in LOCAL_BACKENDS else None
+    return Counter(answered) if answered is not None else None
+
+
+def _expect_answering_models(judge: Judge, manifest: dict) -> None:
+    """A served model that answered this folder's earlier rows must answer the new ones."""
+    earlier = {m for s in manifest.get("sessions", []) for m in s.get("answered_by", [])}
+    if earlier and hasattr(judge.backend, "expected_answer_models"):
+        judge.backend.expected_answer_models = earlier
+
+
+def _drop_failures_to_redo(path: Path, existing: dict, selected: set[str], rejudge_failures: bool) -> None:
+    """Failed rows to judge again: those the server caused (a transient outage must not leave permanent
+    failures), and with ``rejudge_failures`` those the model caused too. They leave the file first (one
+    atomic rewrite), so it never holds two rows of one sample."""
+    redo = []
+    for sample_id in selected & existing.keys():
+        cause = existing[sample_id].failure_cause
+        if cause == "server" or (cause == "model" and rejudge_failures):
+            redo.append(sample_id)
+    if redo:
+        log.info("%s: judging %d failed row(s) again", path.parent, len(redo))
+        for sample_id in redo:
+            del existing[sample_id]
+        write_jsonl_atomic(path, list(existing.values()))
+
+
+SHARD_MANIFEST_FIELDS = ("identity", "fingerprint", "shard", "bench", "judge")  # what merging reads
+
+
+def read_shard_manifest(folder: Path) -> dict:
+    """A shard's manifest as ``run`` wrote it; anything else fails naming the file."""
+    path = folder / MANIFEST
+    try:
+        manifest = read_json_object(path)
+    except RunFormatError as exc:
+        raise RunFormatError(f"{exc}; rerun that shard") from exc
+    if manifest is None:
+        raise RunFormatError(f"{folder}: no {MANIFEST}; rerun that shard")
+    missing = [name for name in SHARD_MANIFEST_FIELDS if name not in manifest]
+    identity = manifest.get("identity")
+    if missing or not isinstance(identity, dict) or set(identity) != {"judge", "model", "bench"}:
+        what = f"no field {missing[0]!r}" if missing else "no run identity (judge, model, bench)"
+        raise RunFormatError(f"{path}: has {what}; rerun that shard")
+    return manifest
 
 
 def merge_shards(bench_dir: Path, bench: Benchmark) -> dict:
@@ -319,12 +460,7 @@ def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
         raise InputNotFoundError(f"{bench_dir}/shards holds no shard folders")
     for d in shard_dirs:  # a shard still being written would be merged half done
         RunLock(d).acquire().release()
-    manifests = []
-    for d in shard_dirs:
-        try:
-            manifests.append(json.loads((d / MANIFEST).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunConflict(f"{d}: no readable {MANIFEST} ({exc}); rerun that shard") from exc
+    manifests = [read_shard_manifest(d) for d in shard_dirs]
     first = RunIdentity(**manifests[0]["identity"])
     for d, m in zip(shard_dirs[1:], manifests[1:]):
         if m["fingerprint"] != first.fingerprint:
@@ -336,7 +472,7 @@ def _merge_locked(bench_dir: Path, bench: Benchmark) -> dict:
                                       .differences(first.to_dict())))
     main_manifest = bench_dir / MANIFEST
     if (bench_dir / PREDICTIONS).is_file() and read_predictions(bench_dir / PREDICTIONS):
-        existing = json.loads(main_manifest.read_text(encoding="utf-8")) if main_manifest.is_file() else {}
+        existing = read_json_object(main_manifest) or {}
         if existing.get("fingerprint") != first.fingerprint:
             raise RunConflict(f"{bench_dir} already holds a run of another identity "
                               f"({existing.get('fingerprint')}) than its shards ({first.fingerprint})")

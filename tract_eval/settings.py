@@ -155,9 +155,14 @@ class RunIdentity:
         """``path: theirs -> ours`` for every setting that differs from the identity ``other``."""
         if not other:
             return ["the folder's manifest has no run identity (written by an older tract-eval)"]
-        theirs, ours = _flatten(normalise(other)), _flatten(self.to_dict())
-        return [f"{key}: {_short(theirs.get(key, _ABSENT))} -> {_short(ours.get(key, _ABSENT))}"
-                for key in sorted(set(theirs) | set(ours)) if theirs.get(key, _ABSENT) != ours.get(key, _ABSENT)]
+        return identity_differences(other, self.to_dict())
+
+
+def identity_differences(theirs: dict, ours: dict, prefix: str = "") -> list[str]:
+    """``path: theirs -> ours`` for every leaf that differs between two identity parts (JSON-like)."""
+    theirs, ours = _flatten(normalise(theirs), prefix), _flatten(normalise(ours), prefix)
+    return [f"{key}: {_short(theirs.get(key, _ABSENT))} -> {_short(ours.get(key, _ABSENT))}"
+            for key in sorted(set(theirs) | set(ours)) if theirs.get(key, _ABSENT) != ours.get(key, _ABSENT)]
 
 
 def judge_identity(config: JudgeConfig) -> tuple[dict, dict]:
@@ -166,5 +171,10 @@ def judge_identity(config: JudgeConfig) -> tuple[dict, dict]:
 
 
 def run_identity(judge, bench) -> RunIdentity:
+    """The run's identity. A served model (openai backend) is asked which model id its requests name:
+    the /models listing picks it when neither --model nor api_model does, so the config alone cannot say."""
     judge_part, model_part = judge_identity(judge.config)
+    served = getattr(judge.backend, "served_model", None) if judge.config.backend not in LOCAL_BACKENDS else None
+    if served is not None:
+        model_part = normalise({**model_part, "served_model": served()})
     return RunIdentity(judge_part, model_part, bench_identity(bench))

@@ -5,7 +5,8 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .base import Backend, Completion, GenerationRequest, ScoreRequest
 
-BACKENDS: Registry = Registry("backend", entry_point_group="tract_eval.backends")
+BACKENDS: Registry = Registry("backend", entry_point_group="tract_eval.backends",
+                              check=lambda plugin: None if callable(plugin) else f"{plugin!r} is not a backend factory")
 
 
 @BACKENDS.register("transformers")
@@ -31,8 +32,22 @@ def _openai(model: str | None = None, **options) -> Backend:
     return OpenAIBackend(model, **_not_for("openai", dict(options), "device", "dtype"))
 
 
+def check_vllm_quantization(options: dict) -> None:
+    """engine_options={quantization: fp8} is the reference's CoT precision (TRACT inference_utils/
+    generation_utils.py:35-36, unless --v100); vLLM's fp8 kernels need a CUDA GPU, so say so before loading."""
+    quantization = (options.get("engine_options") or {}).get("quantization")
+    if not quantization:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"vllm engine_options quantization={quantization!r} needs a CUDA GPU (fp8: compute "
+                          "capability 8.0 or newer, as the reference's A6000); torch sees none here")
+
+
 @BACKENDS.register("vllm")
 def _vllm(model: str | None = None, **options) -> Backend:
+    check_vllm_quantization(options)
     from .vllm_backend import VLLMBackend  # vllm loads only when asked for (it lives in its own venv)
 
     return VLLMBackend(model, **_not_for("vllm", dict(options), "device"))
@@ -64,6 +79,12 @@ def check_backend_options(name: str, options: dict) -> None:
     unknown = sorted(set(options) - set(known)) if known is not None else []
     if unknown:
         raise ConfigError(f"unknown {name} backend option(s) {unknown}; known: {', '.join(known)}")
+    if name in _BUILTIN:  # values a built-in backend can check without connecting or loading anything
+        import importlib
+
+        check = getattr(importlib.import_module(f"{__name__}.{_BUILTIN[name][0]}"), "check_options", None)
+        if check is not None:
+            check(options)
 
 
 _last: tuple[tuple, Backend] | None = None

@@ -22,16 +22,19 @@ import logging
 import math
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 
-from ..candidates import ScoreCandidates
+from ..candidates import ScoreCandidates, impossible_logprobs
 from ..config import SamplingConfig
+from ..errors import UserError
 from ..models import load_tokenizer, resolve_model
-from ..redaction import redact_text
+from ..redaction import redact_text, register_secret
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, request_seed)
 from ..protocol import (exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids, readout_text,
                         supplied_cot_context)
+from ..errors import ConfigError, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,55 @@ _OWNERS = {"vllm": "vllm", "me": "llama.cpp", "llamacpp": "llama.cpp"}
 EXCERPT_CHARS = 300  # of a malformed response body, quoted in the row and the log
 
 
+def check_options(options: dict) -> None:
+    """The options a user can get wrong, checked before anything connects (flags named as typed)."""
+    from .options import flag_for
+
+    def need(name: str, ok, wanted: str) -> None:
+        value = options.get(name)
+        if name in options and value is not None and not ok(value):
+            raise ConfigError(f"{flag_for(name)} {value!r}: {wanted}")
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need("mode", lambda v: v in MODES, f"the openai backend's mode is one of {', '.join(MODES)}")
+    need("server", lambda v: v in SERVERS + ("auto",), f"one of auto, {', '.join(SERVERS)}")
+    need("concurrency", lambda v: whole(v) and v >= 1, "need at least 1 request in flight")
+    need("max_retries", lambda v: whole(v) and v >= 0, "need 0 or more retries")
+    need("timeout", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+         "need a number of seconds > 0")
+    need("top_logprobs", lambda v: whole(v) and v >= 1, "need 1 or more")
+    name = options.get("api_key_env")
+    if name and os.environ.get(name) is None:
+        raise ConfigError(f"{flag_for('api_key_env')} {name}: the environment variable {name} is not set "
+                          "(export the API key in it)")
+
+
+def server_error(what: str, exc: Exception, timeout: float) -> ServerError:
+    """One line for a request that failed for good: what was asked of which server, and what happened."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        happened = f"no answer within {timeout:g} s (--request-timeout)"
+    elif isinstance(exc, openai.APIConnectionError):
+        happened = f"cannot connect ({exc.__cause__ or exc})"
+    elif isinstance(exc, openai.APIStatusError):
+        happened = f"HTTP {exc.status_code}: {exc.message}"
+        if exc.status_code in (401, 403):
+            happened += f"; set the API key in ${DEFAULT_KEY_ENV}, or name its variable with --api-key-env"
+    else:
+        happened = f"{type(exc).__name__}: {exc}"
+    text = " ".join(redact_text(f"openai backend: {what}: {happened}").split())  # one line
+    return ServerError(text if len(text) <= 400 else text[:397] + "...")
+
+
 class MalformedResponse(RuntimeError):
     """The server answered 200 with a body that is not what the API promises, on every attempt."""
+
+
+class ServedModelChanged(UserError, RuntimeError):
+    """The server answers as another model than the one that answered this run's earlier rows."""
 
 
 @dataclass
@@ -71,12 +121,8 @@ class OpenAIBackend(Backend):
                  top_logprobs: int = 20, prices: dict | None = None):
         import openai
 
-        if mode not in MODES:
-            raise ValueError(f"openai backend: mode must be one of {MODES}, not {mode!r}")
-        if server not in SERVERS + ("auto",):
-            raise ValueError(f"openai backend: server must be 'auto' or one of {SERVERS}, not {server!r}")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0 or top_logprobs < 1:
-            raise ValueError("openai backend: concurrency >= 1, max_retries >= 0, timeout > 0, top_logprobs >= 1")
+        check_options(dict(mode=mode, server=server, concurrency=concurrency, max_retries=max_retries,
+                           timeout=timeout, top_logprobs=top_logprobs))
         self.mode = mode
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         self._shown_url = redact_text(self.base_url)  # for messages, logs and describe(): no credentials
@@ -86,12 +132,16 @@ class OpenAIBackend(Backend):
             if api_key_env:  # named explicitly: it must be there
                 raise ValueError(f"openai backend: environment variable {api_key_env} (api_key_env) is not set")
             log.info("%s is not set: sending no API key (fine for local servers)", DEFAULT_KEY_ENV)
+        register_secret(api_key)  # a server or proxy may echo it back: hidden in every excerpt and log
         self._api_key = api_key or "no-key"  # the client insists on a value; local servers ignore it
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout = float(timeout)
         self.top_logprobs = top_logprobs
         self.usage = Usage()
+        self.answered_by: Counter = Counter()  # the ``model`` field of the answers, counted
+        # set by the runner from the folder's earlier sessions: an answer from any other model stops the run
+        self.expected_answer_models: set[str] | None = None
         self.notes: list[str] = []
         self._chats: dict[str, tuple[list[dict], str]] = {}  # rendered text -> chat, for single mode
 
@@ -101,7 +151,7 @@ class OpenAIBackend(Backend):
         try:
             served = list(sync_client.models.list())
         except openai.OpenAIError as exc:
-            raise ConnectionError(redact_text(f"openai backend: cannot list models at {self.base_url}/models: {exc}")) from exc
+            raise server_error(f"cannot list models at {self._shown_url}/models", exc, self.timeout) from exc
         finally:
             sync_client.close()
         self.server = server if server != "auto" else self._detect_server(served)
@@ -340,24 +390,43 @@ class OpenAIBackend(Backend):
                 try:
                     raw = await resource.with_raw_response.create(model=self.api_model, **body)
                 except openai.OpenAIError as exc:
-                    raise RuntimeError(redact_text(f"openai backend: {endpoint} request to {self.base_url} failed "
-                                                   f"after {self.max_retries} retries: {exc}")) from exc
+                    raise server_error(f"{endpoint} request to {self._shown_url} failed after {self.max_retries} "
+                                       "retries", exc, self.timeout) from exc
             try:
                 response = raw.parse()
                 problem = _malformed(endpoint, response, body)
             except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not the API's shape
                 problem = f"unreadable body ({type(exc).__name__}: {exc})"
             if not problem:
+                self._check_answer_model(getattr(response, "model", None))
                 if getattr(response, "usage", None) is not None:
                     self.usage.prompt_tokens += response.usage.prompt_tokens or 0
                     self.usage.completion_tokens += response.usage.completion_tokens or 0
                 return response
             self.usage.malformed += 1
-            excerpt = raw.text[:EXCERPT_CHARS] + ("..." if len(raw.text) > EXCERPT_CHARS else "")
+            # redacted: some proxies echo the request (its Authorization header) in an error page
+            # (whole, then cut: a key cut in half would no longer match)
+            body_text = redact_text(raw.text)
+            excerpt = body_text[:EXCERPT_CHARS] + ("..." if len(body_text) > EXCERPT_CHARS else "")
             log.warning("openai backend: malformed %s response from %s (attempt %d of %d): %s; body: %r",
                         endpoint, self._shown_url, attempt + 1, self.max_retries + 1, problem, excerpt)
         raise MalformedResponse(f"{endpoint} response from {self._shown_url}: {problem} "
                                 f"({self.max_retries + 1} attempts); the server sent: {excerpt!r}")
+
+    def _check_answer_model(self, model) -> None:
+        """Count which model answered; refuse one that differs from what answered the folder's rows, before
+        its answer becomes a row (the first such answer stops the run)."""
+        model = model if isinstance(model, str) and model else "(not said)"
+        expected = self.expected_answer_models
+        if expected and model not in expected:
+            raise ServedModelChanged(
+                f"{self._shown_url} now answers as model {model!r}, but this folder's rows were answered by "
+                f"{', '.join(map(repr, sorted(expected)))}; use another --out, or point --base-url at that model")
+        self.answered_by[model] += 1
+
+    def served_model(self) -> str:
+        """The model id requests name (part of the run identity)."""
+        return self.api_model
 
     # -- sampling parameters -----------------------------------------------------------
     def _sampling_body(self, sampling: SamplingConfig) -> dict:
@@ -453,7 +522,20 @@ class OpenAIBackend(Backend):
     async def _candidate_logprobs(self, context: str | list[int],
                                   candidates: ScoreCandidates) -> tuple[dict[int, float], list[int]]:
         """Raw log-probabilities of each candidate after ``context`` (text or token ids, ending with
-        delimiter + bridge)."""
+        delimiter + bridge). Values no distribution can have are the server's fault: a counted failure
+        quoting them (MalformedResponse), never a score."""
+        logprobs, missing = await self._read_candidate_logprobs(context, candidates)
+        self._refuse_impossible(logprobs)
+        return logprobs, missing
+
+    def _refuse_impossible(self, logprobs: dict[int, float]) -> None:
+        problem = impossible_logprobs(logprobs)
+        if problem:
+            self.usage.malformed += 1
+            raise MalformedResponse(f"score readout from {self._shown_url}: {problem}")
+
+    async def _read_candidate_logprobs(self, context: str | list[int],
+                                       candidates: ScoreCandidates) -> tuple[dict[int, float], list[int]]:
         if candidates.single_token:
             found = await self._next_token_logprobs(context, candidates.first_token_ids)
             logprobs = {s: found[seq[0]] for s, seq in zip(candidates.scores, candidates.sequences) if seq[0] in found}
@@ -528,11 +610,14 @@ class OpenAIBackend(Backend):
             return Completion(text=text, finish_reason=reason, generated_tokens=generated, candidate_logprobs=None)
         offset, token = found
         probs: dict[int, float] = {}
+        raw_logprobs: dict[str, float] = {}  # as the server sent them, for the check and its message
         for alternative in token.top_logprobs or []:
             label = alternative.token.strip()
             for score in candidates.scores:
                 if label == str(score):  # " 4" and "4" both spell 4: add them up
+                    raw_logprobs[repr(alternative.token)] = alternative.logprob
                     probs[score] = probs.get(score, 0.0) + math.exp(alternative.logprob)
+        self._refuse_impossible(raw_logprobs)
         logprobs = {s: math.log(p) for s, p in probs.items()}
         return Completion(text=text[:offset], finish_reason="delimiter", generated_tokens=generated,
                           candidate_logprobs=logprobs, missing_candidates=[s for s in candidates.scores if s not in probs])
@@ -541,7 +626,7 @@ class OpenAIBackend(Backend):
 def _failed(exc: MalformedResponse, text: str = "", forced_text: str = "", cut: bool = False) -> Completion:
     """A completion that carries no score, only why (the row becomes a counted failure)."""
     return Completion(text=text, finish_reason="error", generated_tokens=0, forced_text=forced_text, cut=cut,
-                      error=str(exc))
+                      error=redact_text(str(exc)))
 
 
 def _malformed(endpoint: str, response, body: dict) -> str:

@@ -18,9 +18,17 @@ _FLAGS = {
 }
 
 
-def add_backend_flags(parser: argparse.ArgumentParser) -> None:
+def flag_for(option: str) -> str:
+    """The flag that sets a backend option, or how a card names it when no flag does."""
+    return _FLAGS[option][0] if option in _FLAGS else f"backend option {option}"
+
+
+def add_backend_flags(parser: argparse.ArgumentParser, renamed: dict[str, str] | None = None) -> None:
+    """``renamed``: option -> another flag for it, where the command uses the usual one for itself
+    (``serve --api-key-env`` is the server's own key)."""
     group = parser.add_argument_group("backend options (default: the card's backend_options)")
     for option, (flag, kind, help_text) in _FLAGS.items():
+        flag = (renamed or {}).get(option, flag)
         group.add_argument(flag, dest=f"backend_{option}", metavar=option.upper(), type=kind, default=None,
                            help=help_text)
     group.add_argument("--model-args", dest="model_args", default=None, metavar="KEY=VALUE,...",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..cards import card_dir
 from ..errors import ConfigError
-from ..metrics import absolute_metrics, pairwise_metrics
+from ..metrics import absolute_metrics, first_run_accuracy, pairwise_metrics
 from ..records import Prediction
 from .base import (
     BenchmarkCard,
@@ -72,7 +72,12 @@ class Benchmark:
                     "mean_prediction": sum(scored) / len(scored) if scored else None,
                     "parse_failures": sum(r.failed for r in rows),
                     "note": "no gold scores: predictions only"}
-        return absolute_metrics(rows)
+        metrics = absolute_metrics(rows)
+        if self.card.options.get("first_run_accuracy"):
+            accuracy = first_run_accuracy(rows)
+            if accuracy is not None:
+                metrics["first_run_accuracy"] = accuracy
+        return metrics
 
     def describe(self) -> dict:
         # pairwise: the sections and weights the metrics used, so reports need no card to read the run

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cards import card_dir, card_dirs, card_names
-from ..config import read_yaml_mapping
+from ..config import MAX_SCALE_POINTS, read_yaml_mapping
 from ..errors import ConfigError, InputNotFoundError, UnknownNameError, UserError
 from ..hub import hub_reachable, url_reachable
 from ..prompts import GradingFields
@@ -163,7 +163,8 @@ class BenchmarkCard:
 
 
 def parse_scale(value, what: str = "--scale") -> tuple[int, int]:
-    """``1-10``, ``[1, 10]`` or ``(1, 10)`` as (low, high) integers with low < high."""
+    """``1-10``, ``[1, 10]`` or ``(1, 10)`` as (low, high) integers with low < high, at most
+    ``MAX_SCALE_POINTS`` scores."""
     try:
         if isinstance(value, str):
             low, high = (int(v) for v in value.replace(" ", "").split("-"))
@@ -173,6 +174,9 @@ def parse_scale(value, what: str = "--scale") -> tuple[int, int]:
         raise ConfigError(f"{what} takes LOW-HIGH integers (e.g. 1-10), not {value!r}") from None
     if low >= high:
         raise ConfigError(f"{what} {value!r}: need LOW < HIGH")
+    if high - low + 1 > MAX_SCALE_POINTS:
+        raise ConfigError(f"{what} {value!r}: {high - low + 1} scores; a scale has at most {MAX_SCALE_POINTS} "
+                          f"(e.g. 0-{MAX_SCALE_POINTS - 1})")
     return low, high
 
 
@@ -309,30 +313,48 @@ def read_text_utf8(path: Path) -> str:
                               f"({data[exc.start:exc.start + 4]!r}); re-save the file as UTF-8") from None
 
 
-def read_json_rows(path: Path) -> list[dict]:
-    """A JSON array, or JSON Lines (some upstream .json files are JSONL)."""
+def read_json_rows(path: Path, lines: bool | None = None) -> list[dict]:
+    """A JSON array, or JSON Lines (``lines``; None: JSON Lines unless the text opens an array, as some
+    upstream .json files are JSONL). Errors name the line (JSON Lines, or where an array stops parsing)
+    or the array's row."""
     text = read_text_utf8(path)
     stripped = text.lstrip()
     if stripped.startswith("version https://git-lfs"):
         raise DataFormatError(str(path), None, None, "is a Git LFS pointer, not the data: fetch the real file")
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(str(path), None, None, f"invalid JSON: {exc}") from exc
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(str(path), number, None, f"invalid JSON line: {exc}") from exc
-    for number, row in enumerate(rows, start=1):
+    if not lines and (lines is False or stripped.startswith("[")):
+        rows = _parse_json(path, text, None)
+        if not isinstance(rows, list):
+            raise DataFormatError(str(path), None, None, f"holds {_excerpt(rows)}, not a list of rows")
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise DataFormatError(str(path), number, None, f"{_excerpt(row)} is not a JSON object of columns")
+        return rows
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = _parse_json(path, line, number)
         if not isinstance(row, dict):
-            raise DataFormatError(str(path), number, None, "row is not a JSON object")
+            raise DataFormatError(str(path), None, None,
+                                  f"line {number}: {_excerpt(row)} is not a JSON object of columns")
+        rows.append(row)
     return rows
+
+
+def _parse_json(path: Path, text: str, line: int | None):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {line if line is not None else exc.lineno}, column {exc.colno}"
+        raise DataFormatError(str(path), None, None, f"cannot read it as json: {where}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. a number beyond int's digit limit, or nesting too deep
+        where = f"line {line}: " if line is not None else ""
+        raise DataFormatError(str(path), None, None, f"cannot read it as json: {where}{exc}") from None
+
+
+def _excerpt(value, width: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def load_card(name: str) -> BenchmarkCard:

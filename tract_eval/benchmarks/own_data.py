@@ -1,6 +1,6 @@
 """Your own data as a benchmark: a table of (instruction, response, rubric[, reference][, score]) rows.
 
-``--bench my.jsonl`` (or ``.json``, ``.csv``, ``.parquet``, read through ``datasets``) or
+``--bench my.jsonl`` (or ``.json``, ``.csv``, ``.parquet``) or
 ``--bench hf:ORG/NAME[:SPLIT]``. Columns are found by their default names (``COLUMNS``) or mapped with
 ``--columns rubric=criteria,score=label``. Without a score column the run writes predictions only.
 A rubric is either a Prometheus block (``[criteria]`` then ``Score k: ...`` lines) or plain text, which
@@ -14,10 +14,10 @@ from pathlib import Path
 
 from ..errors import ConfigError, InputNotFoundError
 from ..prompts import GradingFields, format_rubric
-from .base import BenchmarkCard, DataFormatError, LocatedData, Sample, parse_scale
+from .base import BenchmarkCard, DataFormatError, LocatedData, Sample, parse_scale, read_json_rows, read_text_utf8
 
 HUB_PREFIX = "hf:"
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # suffix -> datasets builder
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # suffix -> format
 # role -> default column name; --columns maps a role to another column
 COLUMNS = {"id": "id", "instruction": "instruction", "response": "response", "rubric": "rubric",
            "reference": "reference", "score": "score"}
@@ -68,31 +68,58 @@ def data_card(spec: str, columns: str | dict | None = None, scale=None) -> Bench
 
 
 def read_table(path: Path) -> list[dict]:
-    """Rows of a .jsonl/.json/.csv/.parquet file, read by ``datasets``."""
+    """Rows of a .jsonl/.json/.csv/.parquet file. JSON and CSV are read here (the JSON parser and ``csv``
+    name the line or row at fault, and a UTF-8 byte-order mark is accepted); Parquet through ``datasets``."""
     builder = FORMATS.get(path.suffix.lower())
     if builder is None:
         raise DataFormatError(str(path), None, None, f"unknown table format; use one of {', '.join(FORMATS)}")
+    if builder == "json":
+        rows = read_json_rows(path, lines=True if path.suffix.lower() == ".jsonl" else None)
+    elif builder == "csv":
+        rows = _read_csv(path)
+    else:
+        rows = _read_with_datasets(path, builder)
+    if not rows:
+        raise DataFormatError(str(path), None, None, "holds no rows" + (" (only a header)" if builder == "csv"
+                                                                        and path.stat().st_size else ""))
+    return rows
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """CSV has no types: every cell is text (a response "4" stays "4"); scores are parsed later."""
+    import csv
+    import io
+
+    text = read_text_utf8(path).removeprefix("\ufeff")  # the byte-order mark some spreadsheets write
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, [])
+        duplicated = sorted({name for name in header if header.count(name) > 1})
+        if duplicated:
+            raise DataFormatError(str(path), None, None, f"the header repeats the column(s) {duplicated}")
+        rows = []
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(header):
+                raise DataFormatError(str(path), len(rows) + 1, None,
+                                      f"has {len(cells)} cells, the header {len(header)} (line {reader.line_num})")
+            rows.append(dict(zip(header, cells)))
+    except csv.Error as exc:
+        raise DataFormatError(str(path), None, None, f"cannot read it as csv: line {reader.line_num}: {exc}") from None
+    return rows
+
+
+def _read_with_datasets(path: Path, builder: str) -> list[dict]:
     import datasets
 
     datasets.disable_progress_bars()
     try:
-        extra = {"features": _csv_as_text(path)} if builder == "csv" else {}
-        table = datasets.load_dataset(builder, data_files=str(path), split="train", **extra)
+        table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for an unreadable file; the first line says why
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataFormatError(str(path), None, None, f"cannot read it as {builder}: {reason}") from exc
     return [dict(row) for row in table]
-
-
-def _csv_as_text(path: Path):
-    """CSV has no types: read every cell as text (a response "4" stays "4"); scores are parsed later."""
-    import csv
-
-    import datasets
-
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), [])
-    return datasets.Features({name: datasets.Value("string") for name in header})
 
 
 def _empty(value) -> bool:
@@ -143,8 +170,8 @@ def load_table(card: BenchmarkCard, located: LocatedData, options: dict) -> list
             gold = None
             if has_gold:
                 value = row.get(names["score"])
-                try:
-                    gold = float(value)
+                try:  # true/false are not scores, although float(True) is 1.0
+                    gold = math.nan if isinstance(value, bool) else float(value)
                 except (TypeError, ValueError):
                     gold = math.nan
                 if not math.isfinite(gold):

@@ -11,7 +11,13 @@ from ..registry import Registry
 from ..settings import resolve_card_model
 from .base import Judge
 
-JUDGES: Registry = Registry("judge", entry_point_group="tract_eval.judges")
+def _not_a_judge(plugin) -> str | None:
+    if isinstance(plugin, type) and issubclass(plugin, Judge):
+        return None
+    return f"{plugin!r} is not a subclass of tract_eval.judges.Judge"
+
+
+JUDGES: Registry = Registry("judge", entry_point_group="tract_eval.judges", check=_not_a_judge)
 JUDGES.register("absolute")(Judge)
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 from ..backends import Backend, Completion, ScoreRequest, create_backend
 from ..backends.base import render_chat_with_tokenizer
 from ..benchmarks import Sample
-from ..candidates import ScoreCandidates
+from ..candidates import LOGPROB_TOLERANCE, ScoreCandidates, impossible_logprobs
 from ..config import JudgeConfig
 from ..prompts import GradingFields, render_prompt
 from ..records import Prediction
@@ -74,7 +74,7 @@ class Judge:
         cfg = self.config
         label = cfg.feedback_label if cfg.feedback_label is not None else fields.feedback_label
         fields = dataclasses.replace(fields, scale=tuple(cfg.scale), feedback_label=label)
-        return render_prompt(cfg.template, fields)
+        return render_prompt(cfg.template, fields, cfg.name)
 
     def build_input(self, sample: Sample) -> str:
         """The exact model input text of a sample."""
@@ -144,6 +144,23 @@ class Judge:
         return rows
 
     # -- rows ------------------------------------------------------------------------
+    def _check_readouts(self, sample: Sample, completions: list[Completion], per_cot: list[float | None]) -> None:
+        """A readout no distribution can give, or a score outside the scale, is a bug in the backend (a
+        server's impossible values were turned into counted failures before): stop, never write the row.
+        Raw RAIL (no renormalisation) may fall below the scale's low end, never above its high end."""
+        for completion in completions:
+            problem = completion.candidate_logprobs is not None and impossible_logprobs(completion.candidate_logprobs)
+            if problem:
+                raise RuntimeError(f"judge {self.name}, sample {sample.id}: the {self.backend.name} backend read "
+                                   f"{problem}; this is a bug, the row is not written")
+        low, high = self.config.scale
+        floor = min(0, low) if self.variant.reads_distribution and not self.config.renormalize else low
+        for value in per_cot:
+            if value is not None and not floor - LOGPROB_TOLERANCE <= value <= high + LOGPROB_TOLERANCE:
+                raise RuntimeError(f"judge {self.name}, sample {sample.id}: the {self.backend.name} backend gave the "
+                                   f"score {value!r} outside the scale [{low}, {high}]; this is a bug, the row is "
+                                   "not written")
+
     def _row(self, sample: Sample, text: str, completions: list[Completion], retries: list[int],
              seconds: float) -> Prediction:
         cfg = self.config
@@ -168,7 +185,10 @@ class Judge:
                 per_cot.append(sum(int(s) * p for s, p in weights.items()) if usable else None)
             else:
                 per_cot.append(self.variant.score(completion))
+        self._check_readouts(sample, completions, per_cot)
         parsed = [p for p in per_cot if p is not None]
+        if cfg.unparsed_runs == "fail-row" and len(parsed) < len(per_cot):
+            parsed = []  # the row is scored from all of its runs or not at all (prometheus-eval)
         fallback = float(cfg.fallback_score) if cfg.parse_failure_policy == "fallback" else None
         if partial:  # recorded whatever the policy made of it; never a silent ok
             prediction, status = (sum(parsed) / len(parsed) if parsed else fallback), "partial_candidates"
@@ -178,12 +198,16 @@ class Judge:
             prediction, status = fallback, "fallback"
         else:
             prediction, status = None, "parse_failure"
+        failure = None
+        if status in ("parse_failure", "fallback"):  # retried by the next run when the server was to blame
+            failure = "server" if any(c.error for c in completions) else "model"
         return Prediction(
             id=sample.id,
             gold=sample.gold,
             prediction=prediction,
             per_cot=per_cot,
             status=status,
+            failure=failure,
             cots=[c.text for c in completions],
             score_probs=score_probs,
             raw_probs=raw_probs,
@@ -199,5 +223,11 @@ class Judge:
             prompt_tokens=self.backend.count_tokens(text),
             generated_tokens=sum(c.generated_tokens for c in completions),
             seconds=round(seconds, 3),
-            meta=sample.meta,
+            meta=row_meta(sample),
         )
+
+
+def row_meta(sample: Sample) -> dict:
+    """The sample's meta plus the graded response's length in characters, which `diagnose` relates to the
+    scores (length bias) and which the stored row cannot tell otherwise (its input is the whole prompt)."""
+    return {**sample.meta, "response_chars": len(sample.fields.response)}

@@ -10,6 +10,7 @@ read the score; ``Judge`` (base.py) owns the model, the runs and the prediction 
 | `score-only-rail`   | score-only instruction + the prompt's body      | nothing                 | E[y] at the first assistant token     |
 | `score-only-decode` | same                                            | one token               | the first assistant token             |
 | `prometheus`        | ABS_SYSTEM_PROMPT (system turn or prefix) + row | feedback [RESULT] n     | parsed; regenerated if unparsable     |
+|                     | (the row `.strip().rstrip('",')`)               | n_cot runs (card: 3)    | the mean of the runs                  |
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..backends import Completion, GenerationRequest, ScoreRequest
 from ..candidates import ScoreCandidates, derive_first_token_candidates, derive_score_candidates
-from ..config import PROTOCOLS
-from ..parsing import parse_bare_score, parse_reference_verdict, parse_score
+from ..config import PROTOCOLS, VERDICT_PARSERS
+from ..parsing import parse_bare_score, parse_library_verdict, parse_reference_verdict, parse_score
 from ..prompts import reference_strip, remove_reference_section, score_only_content
 from ..protocol import finish_cot, readout_text
 
@@ -224,7 +225,8 @@ class Prometheus(JudgeVariant):
     uses_candidates = False
 
     def user_content(self, sample):
-        return self.judge.grading_prompt(sample.fields)  # the row's instruction unchanged
+        # eval/benchmark/data_loader.py:84 cleans each row's instruction before prepare_inputs uses it
+        return self.judge.grading_prompt(sample.fields).strip().rstrip('",')
 
     def messages_for(self, content, chat_template):
         system, user = self.config.system_prompt or "", content
@@ -253,11 +255,14 @@ class Prometheus(JudgeVariant):
             finish(index, group, retries[index])
 
     def score(self, completion: Completion) -> float | None:
-        parse = parse_reference_verdict if self.config.verdict_parser == "reference" else parse_score
-        value = parse(completion.text, tuple(self.config.scale))
+        value = VERDICT_PARSE[self.config.verdict_parser](completion.text, tuple(self.config.scale))
         return None if value is None else float(value)
 
+
+# config.VERDICT_PARSERS: how a prometheus judge reads (and decides to regenerate) a verdict
+VERDICT_PARSE = {"reference": parse_reference_verdict, "library": parse_library_verdict, "lenient": parse_score}
 
 VARIANTS: dict[str, type[JudgeVariant]] = {cls.protocol: cls for cls in
                                            (CotRail, CotDecode, ScoreOnlyRail, ScoreOnlyDecode, Prometheus)}
 assert tuple(sorted(VARIANTS)) == tuple(sorted(PROTOCOLS)), "config.PROTOCOLS and the variant types disagree"
+assert tuple(sorted(VERDICT_PARSE)) == tuple(sorted(VERDICT_PARSERS)), "config.VERDICT_PARSERS and the parsers disagree"

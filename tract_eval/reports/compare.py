@@ -83,6 +83,9 @@ def compare(runs_a: list[Run], runs_b: list[Run], measures: list[str],
 
 
 def _compare_pairs(bench, run_a, run_b, resamples, seed, confidence) -> list[Difference]:
+    if run_a.unparsed_pairs != run_b.unparsed_pairs:  # the two scores would follow different rules
+        raise ConfigError(f"{bench}: {run_a.path} scored unparsed pairs {run_a.unparsed_pairs!r} but {run_b.path} "
+                          f"{run_b.unparsed_pairs!r}; rerun one with --unparsed-pairs to compare them")
     data_a, data_b = pair_data(run_a), pair_data(run_b)
     keys = sorted(set(data_a.keys) & set(data_b.keys))
     if not keys:

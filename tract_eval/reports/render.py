@@ -41,7 +41,8 @@ def _cell_text(table: Table, judge: str, column: Column, bold, underline) -> str
     return f"{text} {interval}" if interval else text
 
 
-def _counts_text(table: Table, judge: str, bench: str) -> str:
+def counts_text(table: Table, judge: str, bench: str) -> str:
+    """"used/total[ pairs], N pf" of one run (every format and ``tract-eval view`` show this)."""
     counts = table.counts.get((judge, bench))
     if counts is None:
         return "–"
@@ -55,7 +56,7 @@ def to_markdown(table: Table, caption_prefix: str = "") -> str:
     headers = ["Judge"] + [f"{bench_title(c.group)} {c.label('markdown')}" for c in table.columns]
     rows = [[judge] + [_cell_text(table, judge, c, lambda t: f"**{t}**", lambda t: f"<u>{t}</u>")
                        for c in table.columns] for judge in table.judges]
-    counts = tabulate([[judge] + [_counts_text(table, judge, b) for b in table.benches] for judge in table.judges],
+    counts = tabulate([[judge] + [counts_text(table, judge, b) for b in table.benches] for judge in table.judges],
                       headers=["Judge"] + [bench_title(b) for b in table.benches], tablefmt="github")
     models = "".join(f"- {judge}: {table.judge_models(judge)}\n" for judge in table.judges)
     return (tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n\n"
@@ -75,13 +76,13 @@ def to_latex(table: Table, caption_prefix: str = "", label: str = "tab:judges", 
     import jinja2
 
     from ..cards import card_dir
+    from ..prompts import UnsafeTemplate, sandboxed_environment
 
     # LaTeX is full of braces and percent signs: use delimiters that cannot clash with it
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(card_dir("reports") / "templates")),
-                             block_start_string="<%", block_end_string="%>",
-                             variable_start_string="<<", variable_end_string=">>",
-                             comment_start_string="<#", comment_end_string="#>",
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = sandboxed_environment(card_dir("reports") / "templates",
+                                block_start_string="<%", block_end_string="%>",
+                                variable_start_string="<<", variable_end_string=">>",
+                                comment_start_string="<#", comment_end_string="#>")
     env.filters["tex"] = latex_escape
     groups = []
     start = 2  # column 1 holds the judge names
@@ -98,7 +99,7 @@ def to_latex(table: Table, caption_prefix: str = "", label: str = "tab:judges", 
             text = rf"{value} {{\scriptsize {interval}}}"
         return text.replace("–", "--").replace("*", r"$^*$")
 
-    return env.get_template(TEMPLATE).render(
+    values = dict(
         standalone=standalone,
         caption=latex_escape(caption(table, caption_prefix)),
         label=label,
@@ -106,9 +107,14 @@ def to_latex(table: Table, caption_prefix: str = "", label: str = "tab:judges", 
         headers=[c.label("latex") for c in table.columns],
         rows=[{"judge": judge, "cells": [cell(judge, c) for c in table.columns]} for judge in table.judges],
         benches=[bench_title(b) for b in table.benches],
-        counts=[{"judge": judge, "cells": [_counts_text(table, judge, b) for b in table.benches]}
+        counts=[{"judge": judge, "cells": [counts_text(table, judge, b) for b in table.benches]}
                 for judge in table.judges],
     )
+    try:
+        return env.get_template(TEMPLATE).render(**values)
+    except jinja2.exceptions.SecurityError as exc:
+        raise UnsafeTemplate(f"report template {card_dir('reports') / 'templates' / TEMPLATE} refused: {exc} "
+                             "(templates render in a sandbox: no private attributes, no code)") from None
 
 
 def _column_key(column: Column) -> str:
@@ -218,5 +224,5 @@ def render(table: Table, fmt: str, caption_prefix: str = "", standalone: bool = 
     raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-__all__ = ["AVERAGE", "FORMATS", "caption", "latex_escape", "render", "to_csv", "to_json", "to_latex",
-           "to_long_csv", "to_long_records", "to_markdown", "to_records"]
+__all__ = ["AVERAGE", "FORMATS", "caption", "counts_text", "latex_escape", "render", "to_csv", "to_json",
+           "to_latex", "to_long_csv", "to_long_records", "to_markdown", "to_records"]

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..benchmarks.base import find_card_or_none
-from ..errors import InputNotFoundError
-from ..metrics import SectionScheme
+from ..errors import InputNotFoundError, UserError
+from ..metrics import UNPARSED_PAIR_POLICIES, SectionScheme
 from ..records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, Manifest, Metrics, Prediction, RunFormatError,
                        read_manifest, read_metrics)
 from ..records import read_predictions as read_rows
@@ -38,6 +38,15 @@ class Run:
             return card.kind == "pairwise"
         return any(r.pair is not None for r in self.rows[:1])
 
+    @property
+    def unparsed_pairs(self) -> str:
+        """Pairwise: how the run scored a pair with an unscored side (``--unparsed-pairs``), as its manifest's
+        benchmark options record it (metrics.json says the same); runs that record neither used the default."""
+        rule = self.manifest.bench_options.get("unparsed_pairs", self.metrics.raw.get("unparsed_pairs", "half"))
+        if rule not in UNPARSED_PAIR_POLICIES:
+            raise RunFormatError(f"{self.path}: unparsed_pairs {rule!r} is none of {', '.join(UNPARSED_PAIR_POLICIES)}")
+        return rule
+
     def section_scheme(self) -> SectionScheme:
         """Pairwise: the sections (in report order) and subset weights the run was scored with, as its
         manifest records them; runs from before manifests did, by the card of their benchmark's name."""
@@ -53,14 +62,8 @@ class Run:
 
 def read_predictions(path: Path) -> list[Prediction]:
     """Rows of a predictions file (a torn last line of a run in progress is left out, never repaired here);
-    a malformed row, or a sample written twice, fails naming the file and row."""
-    rows = read_rows(path)
-    seen: dict[str, int] = {}
-    for number, row in enumerate(rows, start=1):
-        if row.key in seen:
-            raise RunFormatError(f"{path}: row {number} repeats sample {row.key!r} (first in row {seen[row.key]})")
-        seen[row.key] = number
-    return rows
+    a malformed row, or a sample written twice, fails naming the file and line (as in ``run``)."""
+    return read_rows(path)
 
 
 def load_run(folder: Path) -> Run:
@@ -108,6 +111,48 @@ def collect_runs(roots: list[str | Path]) -> list[Run]:
                 "pass one of them")
         seen[key] = run.path
     return runs
+
+
+class MixedBenchmarks(UserError, ValueError):
+    """Runs of one benchmark name were judged on different data or benchmark options."""
+
+
+def bench_identity_of(run: Run) -> dict | None:
+    """The benchmark part of the run's identity (loader, scale, options, data checksums), as its manifest
+    records it; None for runs written before manifests held identities."""
+    bench = run.manifest.identity.get("bench")
+    return bench if isinstance(bench, dict) else None
+
+
+def benchmark_differences(runs: list[Run]) -> list[str]:
+    """For each benchmark name, how the runs' benchmark identities differ from the first run's (one line
+    each, naming both folders and the differing settings): rows of different data must not share a
+    column or be paired by id."""
+    from ..settings import identity_differences
+
+    found = []
+    first: dict[str, Run] = {}
+    for run in runs:
+        ours = bench_identity_of(run)
+        if ours is None:
+            continue
+        reference = first.setdefault(run.bench, run)
+        if reference is run:
+            continue
+        changes = identity_differences(bench_identity_of(reference), ours, "bench")
+        if changes:
+            found.append(f"{run.bench}: {reference.path} and {run.path} were judged on different benchmarks: "
+                         + "; ".join(changes))
+    return found
+
+
+def check_same_benchmarks(runs: list[Run], allow: bool = False, flag: str = "--allow-different-data") -> list[str]:
+    """Refuse runs of one benchmark name judged on different data or options, naming the difference; with
+    ``allow`` return the differences instead, for the caller to print loudly."""
+    found = benchmark_differences(runs)
+    if found and not allow:
+        raise MixedBenchmarks(found[0] + f" (pass {flag} to put them side by side anyway)")
+    return found
 
 
 def bench_order(benches) -> list[str]:

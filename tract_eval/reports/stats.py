@@ -43,10 +43,6 @@ def parse_measures(text: str) -> list[str]:
     return keys
 
 
-def _is_failure(row: Prediction) -> bool:
-    return row.failed or row.prediction is None
-
-
 # -- absolute benchmarks -----------------------------------------------------------------
 
 @dataclass
@@ -75,7 +71,7 @@ def absolute_data(run: Run) -> AbsoluteData:
         gold=np.array([g for _, g, _ in usable]),
         prediction=np.array([p for _, _, p in usable]),
         n_total=len(run.rows),
-        parse_failures=sum(_is_failure(r) for r in run.rows),
+        parse_failures=sum(r.unscored for r in run.rows),
     )
 
 
@@ -99,7 +95,7 @@ class PairData:
     keys: list[str]  # subset/pair_id of the judged pairs, sorted
     subsets: np.ndarray
     sections: np.ndarray
-    outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie or an unscored side, 0 otherwise
+    outcomes: np.ndarray  # 1 chosen > rejected, 0.5 tie (or an unscored side, rule 'half'), 0 otherwise
     n_pairs: int  # pairs in the run, scored or not
     parse_failures: int
     scheme: SectionScheme  # sections and subset weights, as the run was scored
@@ -129,15 +125,15 @@ class PairData:
 
 
 def pair_data(run: Run) -> PairData:
-    """Chosen/rejected outcomes of the judged pairs (pairing and scoring by the package metrics: a tie or
-    an unscored side is 0.5, as reward-bench)."""
+    """Chosen/rejected outcomes of the judged pairs, paired and scored by the package metrics with the rule
+    the run was scored with (``Run.unparsed_pairs``: an unscored side is 0.5 as reward-bench, or left out)."""
     from ..metrics import pair_outcomes
 
     for number, row in enumerate(run.rows, start=1):
         if row.pair is None:
             raise RunFormatError(f"{run.path}/predictions.jsonl: row {number} (id {row.id}) names no pair "
                                  f"(meta lacks {', '.join(PairMeta.FIELDS)})")
-    pairs = pair_outcomes(run.rows)
+    pairs = pair_outcomes(run.rows, run.unparsed_pairs)
     scheme = run.section_scheme()
     unknown = sorted({p["subset"] for p in pairs.values()} - set(scheme.weights))
     if unknown:
@@ -151,7 +147,7 @@ def pair_data(run: Run) -> PairData:
         sections=np.array([u[2] for u in usable], dtype=object),
         outcomes=np.array([u[3] for u in usable], dtype=float),
         n_pairs=len(pairs),
-        parse_failures=sum(_is_failure(r) for r in run.rows),
+        parse_failures=sum(r.unscored for r in run.rows),
         scheme=scheme,
     )
 

@@ -24,12 +24,15 @@ def bench_title(bench: str) -> str:
 
 
 def run_model(run: Run) -> str:
-    """The model a stored run used, as its manifest records it ("unknown" for runs without one)."""
+    """The model a stored run used, as its manifest records it ("unknown" for runs without one); a credential
+    in it (a URL's user:password) is shown as ***."""
+    from ..redaction import redact_text
+
     backend = run.manifest.backend
     identity = run.manifest.identity.get("model") or {}
     judge = run.manifest.judge
-    return str(backend.get("model") or identity.get("model") or identity.get("served_model")
-               or judge.get("model") or "unknown")
+    return redact_text(str(backend.get("model") or identity.get("model") or identity.get("served_model")
+                           or judge.get("model") or "unknown"))
 
 
 @dataclass(frozen=True)

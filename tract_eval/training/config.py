@@ -16,7 +16,7 @@ from transformers import TrainingArguments
 from ..cards import find_card
 from ..config import read_yaml_mapping
 from ..errors import ConfigError
-from .objectives import OBJECTIVES, SCORE_PROBS, SCORE_REDUCTIONS
+from .objectives import OBJECTIVES, SCORE_PROBS, SCORE_REDUCTIONS, TRAINING_TEMPLATES
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,18 @@ class TrainConfig(TrainingArguments):
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the CE term (0 with cot_raft: RAFT loss on "
                                                             "CoT data without CE, paper §6.3)"})
     score_reduction: str = field(default="reference", metadata={
-        "help": f"one of {SCORE_REDUCTIONS}: 'reference' sums TRACT's per-micro-batch score term over the "
-                "accumulation steps (as the released models were trained); 'mean' averages it per sequence"})
+        "help": f"one of {SCORE_REDUCTIONS}: 'reference' gives the loss TRACT's compute_raft_loss gives the "
+                "released layout (reference_batch sequences per device in one micro-batch) under any split "
+                "of per_device_train_batch_size x gradient_accumulation_steps into that many; 'mean' "
+                "averages the score term per sequence of the accumulated batch"})
+    reference_batch: int = field(default=8, metadata={
+        "help": "sequences per device and optimizer step of the released LLaMA-Factory config whose score-term "
+                "weight score_reduction 'reference' reproduces: 8 (cot_raft_mistral.yaml, 8 x 1); "
+                "Llama-3.1 runs used 4 (cot_raft_llama.yaml, 4 x 1)"})
+    training_template: str = field(default="auto", metadata={
+        "help": f"one of {TRAINING_TEMPLATES}: how a row becomes token ids. 'auto': LLaMA-Factory's template for the "
+                "tokenizer's family as the reference trained ('mistral' on an [INST] chat template, 'llama3' on a "
+                "Llama-3 one), else 'chat-template' (the judge's inference input, then the CoT)"})
     validation_ratio: float = field(default=0.0, metadata={
         "help": "hold out this share of the rows (TRACT: 0.05) and evaluate the loss on it during training"})
     two_stage: bool = field(default=False, metadata={"help": "TRACT: stage 1, self-generated CoTs, stage 2"})
@@ -57,8 +67,8 @@ class TrainConfig(TrainingArguments):
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float | None = 0.1
     num_train_epochs: float = 2.0
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 8
+    per_device_train_batch_size: int = 8  # the released layout (cot_raft_mistral.yaml): 8 x 1
+    gradient_accumulation_steps: int = 1
     bf16: bool = True
     logging_steps: float = 10
     save_strategy: str = "steps"
@@ -78,6 +88,9 @@ class TrainConfig(TrainingArguments):
             raise ConfigError("ce_weight must be >= 0")
         if self.score_reduction not in SCORE_REDUCTIONS:
             raise ConfigError(f"score_reduction must be one of {SCORE_REDUCTIONS}, not {self.score_reduction!r}")
+        if self.training_template not in TRAINING_TEMPLATES:
+            raise ConfigError(f"training_template must be one of {TRAINING_TEMPLATES}, not {self.training_template!r}")
+        self._check_reference_layout()
         if not 0 <= self.validation_ratio < 1:
             raise ConfigError(f"validation_ratio must be in [0, 1), not {self.validation_ratio}")
         if self.validation_ratio and self.eval_strategy in ("no", None):
@@ -87,6 +100,25 @@ class TrainConfig(TrainingArguments):
         if self.bf16:
             self._choose_bf16_device()
         super().__post_init__()
+
+    def _check_reference_layout(self) -> None:
+        """``score_reduction: reference`` weighs the score term as the released layout did (mse mean over
+        ``reference_batch`` sequences, divided by that size): only a window of that many sequences per device
+        can give the same loss, so another size is refused rather than trained as a different objective."""
+        if self.reference_batch < 1:
+            raise ConfigError(f"reference_batch must be >= 1, not {self.reference_batch}")
+        if self.score_reduction != "reference" or not self.score_weight or self.objective == "ce":
+            return
+        window = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if window != self.reference_batch:
+            splits = ", ".join(f"{b} x {self.reference_batch // b}" for b in range(self.reference_batch, 0, -1)
+                               if self.reference_batch % b == 0)
+            raise ConfigError(
+                f"score_reduction 'reference' reproduces the released layout, {self.reference_batch} sequences per "
+                f"device per step (per_device_train_batch_size {self.reference_batch} x gradient_accumulation_steps "
+                f"1; Mistral: cot_raft_mistral.yaml 8 x 1, Llama-3.1: cot_raft_llama.yaml 4 x 1), but "
+                f"{self.per_device_train_batch_size} x {self.gradient_accumulation_steps} = {window}; use a split "
+                f"of {self.reference_batch} ({splits}), set reference_batch, or score_reduction 'mean'")
 
     def _choose_bf16_device(self) -> None:
         """bf16 autocast on a GPU that has it, else on the CPU where oneDNN supports it, else float32 (said aloud)."""

@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 from ..candidates import DEFAULT_DELIMITER
 from ..cards import card_dir
 from ..errors import UserError
-from ..parsing import parse_score
+from ..parsing import parse_score, parse_training_label
 from ..prompts import parse_prometheus_prompt
 from ..protocol import finish_cot
 
@@ -96,14 +96,19 @@ def annotation_cot(feedback: str, delimiter: str = DEFAULT_DELIMITER, cut_marker
 
 
 def split_feedback(output: str, scale: tuple[int, int]) -> tuple[str, int]:
-    """``"<feedback> [RESULT] <n>"`` -> (feedback, n); raises TrainingDataError when either part is missing."""
-    match = _RESULT.search(output or "")
-    if match is None:
-        raise TrainingDataError("no '[RESULT]' marker in the output")
-    score = parse_score(output[match.start():], scale)
+    """``"<feedback> [RESULT] <n>"`` -> (feedback, n) by TRACT's rule (prepare_dataset.py: the label is
+    ``output.split('[RESULT]')[-1].strip()``, which must be a score of the scale; the feedback is what
+    precedes that last ``[RESULT]``); raises TrainingDataError when the label is not a score."""
+    output = output or ""
+    score = parse_training_label(output, scale)
     if score is None:
-        raise TrainingDataError(f"no score in {scale[0]}..{scale[1]} after '[RESULT]': {output[match.start():][:40]!r}")
-    return output[: match.start()], score
+        label = output.split("[RESULT]")[-1].strip()[:40]
+        if "[RESULT]" not in output:
+            raise TrainingDataError(f"no '[RESULT]' marker in the output (prepare_dataset.py would take all of it, "
+                                    f"{label!r}, as the score)")
+        raise TrainingDataError(f"no score {scale[0]}..{scale[1]} after the last '[RESULT]': {label!r} "
+                                "(prepare_dataset.py takes that text verbatim as the score)")
+    return output.rpartition("[RESULT]")[0].rstrip(), score
 
 
 def _feedback_collection_prompt(record: dict, mode: str) -> str:
@@ -167,7 +172,8 @@ def rows_from_annotated_prompts(records: Iterable[dict], source: str, delimiter:
                 if not isinstance(feedback, str):
                     raise TrainingDataError("feedback is not text")
                 marker = _RESULT.search(feedback)
-                if marker:  # a feedback that writes its own verdict must agree with the listed score
+                if marker:  # a feedback that writes its own verdict must agree with the listed score (the label
+                    # itself is the listed score: nothing is extracted, so tract-eval's lenient reading checks it)
                     written = parse_score(feedback[marker.start():], scale)
                     if written != score:
                         raise TrainingDataError(f"feedback says [RESULT] {written} but the score is {score}")

@@ -1,16 +1,21 @@
 """Training objectives: CE over CoT + score, RAFT (no CoT) and CoT-RAFT, on one token layout.
 
-Every training sequence is ``chat input + CoT + bridge + score token + EOS``,
-where ``CoT`` ends with the delimiter for judges that write one (a score-only judge's rows have
-no CoT: its chat input is stripped and the bridge and score follow at the first assistant token,
-as its readout reads them) and the score token is the tokenizer-derived candidate of the gold
-score. The objectives differ only in which tokens the cross-entropy sees and in the weights:
+Every training sequence is ``prompt + response``, the response ending ``... score token, EOS``:
+``CoT + delimiter + " " + score`` for judges that write a CoT (score-only rows: the score alone), the
+score token being the tokenizer-derived candidate of the gold score. What the ids are depends on the
+layout (``training_template``, below): by default LLaMA-Factory's, as the reference trained, which is
+not the ids its inference feeds (there the chat template renders ``[user, assistant: CoT]`` as one text,
+e.g. Mistral's ``[INST] x [/INST]The ...`` against training's ``[INST] x[/INST]`` then `` The ...``).
+The objectives differ only in which tokens the cross-entropy sees and in the weights:
 
 * ``ce``        ce_weight * CE over CoT, bridge, score token and EOS (baselines B.1, B.2).
 * ``raft``      the squared error of the expected score only (baseline B.4).
 * ``cot_raft``  ce_weight * CE over CoT, bridge and EOS (the score token masked out, as in
   the reference) + lambda * (sum_y p(y | x, CoT) * y - y*)^2; ce_weight 0 is the RAFT loss on
   CoT data without CE (paper §6.3).
+
+How a row becomes token ids (``training_template``) follows the reference's LLaMA-Factory template by
+default (``encode_llama_factory_row``); ``encode_row`` lays it out on the judge's inference input instead.
 
 The expected score reads the candidate logits at the single position that
 predicts the score token. ``score_probs="raw"`` takes p(y) from a softmax over
@@ -32,9 +37,9 @@ from ..candidates import ScoreCandidates
 OBJECTIVES = ("ce", "raft", "cot_raft")
 SCORE_PROBS = ("raw", "renormalized")
 # How the squared-error term is normalised. "mean": over the sequences of the effective (accumulated)
-# batch, like the CE term over its tokens. "reference": as TRACT's compute_raft_loss, mse(mean over the
-# micro-batch) / micro-batch size per micro-batch, summed over the accumulation steps (with batch 1 and
-# 8 steps: the sum of the 8 sequences' squared errors) while CE stays a token mean.
+# batch, like the CE term over its tokens. "reference": TRACT's compute_raft_loss on the released layout
+# (one micro-batch of TrainConfig.reference_batch sequences per device): mse(mean over them) / their number,
+# CE a token mean, the same under any split of that window into micro-batches (trainer.py).
 SCORE_REDUCTIONS = ("mean", "reference")
 IGNORE = -100
 SCORE_COLUMN = -2  # the score token's column after left padding: right before EOS
@@ -105,14 +110,45 @@ def loss_terms(logits: torch.Tensor, labels: torch.Tensor, score_index: torch.Te
     return LossTerms(ce_sum, ce_tokens, se_sum, int(logits.shape[0]), expected)
 
 
-def encode_row(tokenizer, chat_text: str, cot: str, score: int, candidates: ScoreCandidates, objective: str,
-               cut_marker: str | None = None) -> dict:
-    """Token ids and CE labels of ``chat_text + CoT + bridge + score + EOS``.
+# How training rows are laid out and tokenized (TrainConfig.training_template). The reference trains with
+# LLaMA-Factory @ c6e3c14a (d223302/TRACT envs/train_requirements.txt), template ``mistral`` (Llama-3.1:
+# ``llama3``), src/llamafactory/data/template.py: each message is formatted by the template's slots and
+# encoded on its own (``_convert_elements_to_ids``: tokenizer.encode(slot, add_special_tokens=False), special
+# tokens by id), the prompt = prefix + user turn, the response = assistant turn:
+#   mistral  prompt [BOS] "[INST] {user}[/INST]"                                            response " {target}" [EOS]
+#   llama3   prompt [BOS] "<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
+#                   "<|start_header_id|>assistant<|end_header_id|>\n\n"                   response "{target}" [EOS]
+# where target is prepare_dataset.py's "<feedback> So the overall score is <n>" (score-only rows: "<n>").
+# "chat-template": the judge's own inference input (the tokenizer's chat template) as the prompt, then the
+# CoT, the bridge and the score token encoded apart. "auto": mistral on an [INST] chat template, llama3 on
+# a Llama-3 one, else chat-template (a model the reference never trained).
+LLAMA_FACTORY_TEMPLATES = {
+    "mistral": {"user": "[INST] {content}[/INST]", "system": "{content}", "system_in_user": True,
+                "assistant": " {content}"},
+    "llama3": {"user": "<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+                       "<|start_header_id|>assistant<|end_header_id|>\n\n",
+               "system": "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>", "system_in_user": False,
+               "assistant": "{content}"},
+}
+TRAINING_TEMPLATES = ("auto", "chat-template", *LLAMA_FACTORY_TEMPLATES)
 
-    The CoT is closed and encoded exactly as the backends' readout after a
-    supplied CoT does (``finish_cot``, prompt and CoT encoded separately), so
-    training sees the ids inference feeds.
-    """
+
+def resolve_training_template(name: str, tokenizer) -> str:
+    """The layout ``name`` stands for on this tokenizer (``auto``: by its chat template)."""
+    if name not in TRAINING_TEMPLATES:
+        raise ValueError(f"training_template must be one of {TRAINING_TEMPLATES}, not {name!r}")
+    if name != "auto":
+        return name
+    template = getattr(tokenizer, "chat_template", None)
+    template = template if isinstance(template, str) else ""
+    if "[INST]" in template:
+        return "mistral"
+    if "<|start_header_id|>" in template:
+        return "llama3"
+    return "chat-template"
+
+
+def _check_row(tokenizer, score: int, candidates: ScoreCandidates, objective: str) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     if score not in candidates.scores:
@@ -124,27 +160,69 @@ def encode_row(tokenizer, chat_text: str, cot: str, score: int, candidates: Scor
             f"training needs one token per score, but {candidates.delimiter!r} + scores {candidates.scores} "
             f"tokenize as {candidates.sequences}")
 
-    def encode(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    kept, forced, _ = finish_cot(cot, candidates.delimiter, cut_marker)
-    prompt_ids = encode(chat_text)
-    cot_ids = encode(kept + forced) + list(candidates.bridge_ids)
-    score_id = candidates.sequences[candidates.scores.index(score)][0]
-    response = cot_ids + [score_id, tokenizer.eos_token_id]
+def _features(prompt_ids: list[int], response: list[int], score: int, objective: str) -> dict:
+    """Labels for ``prompt + response`` whose response ends ``score token, EOS``: CE on the response
+    (``ce``), on it without the score token (``cot_raft``, as custom_processor.py masks labels[-2]) or none."""
     if objective == "ce":
         response_labels = list(response)
     elif objective == "raft":
         response_labels = [IGNORE] * len(response)  # the score term alone trains RAFT
     else:
-        response_labels = cot_ids + [IGNORE, tokenizer.eos_token_id]
-    input_ids = prompt_ids + response
+        response_labels = response[:-2] + [IGNORE, response[-1]]
     return {
-        "input_ids": input_ids,
+        "input_ids": prompt_ids + response,
         "labels": [IGNORE] * len(prompt_ids) + response_labels,
         "score": float(score),
         "response_length": len(response),
     }
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def encode_row(tokenizer, chat_text: str, cot: str, score: int, candidates: ScoreCandidates, objective: str,
+               cut_marker: str | None = None) -> dict:
+    """Layout ``chat-template``: token ids and CE labels of ``chat_text + CoT + bridge + score + EOS``.
+
+    ``chat_text`` is the judge's inference input; the CoT is closed by the readout rule (``finish_cot``)
+    and encoded apart from it, then the bridge and score ids the readout reads follow. This is not what
+    the reference trains on (see ``encode_llama_factory_row``), nor exactly what its readout feeds, which
+    encodes prompt and CoT as one text.
+    """
+    _check_row(tokenizer, score, candidates, objective)
+    kept, forced, _ = finish_cot(cot, candidates.delimiter, cut_marker)
+    cot_ids = _encode(tokenizer, kept + forced) + list(candidates.bridge_ids)
+    score_id = candidates.sequences[candidates.scores.index(score)][0]
+    return _features(_encode(tokenizer, chat_text), cot_ids + [score_id, tokenizer.eos_token_id], score, objective)
+
+
+def encode_llama_factory_row(tokenizer, template: str, user: str, cot: str, score: int, candidates: ScoreCandidates,
+                             objective: str, cut_marker: str | None = None, system: str | None = None) -> dict:
+    """Layout ``mistral`` / ``llama3``: the row as LLaMA-Factory's template encodes it for the reference's
+    training (see ``LLAMA_FACTORY_TEMPLATES``): prompt and response encoded apart, the target text
+    ``"<CoT> So the overall score is <n>"`` (score-only rows: ``"<n>"``) in one piece, whose last token must
+    be the score's candidate token (custom_processor.py looks labels[-2] up in its score-token table)."""
+    _check_row(tokenizer, score, candidates, objective)
+    slots = LLAMA_FACTORY_TEMPLATES[template]
+    prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if system and slots["system_in_user"]:
+        user, system = system + user, None  # Llama2Template: the system text opens the first user turn
+    system_ids = _encode(tokenizer, slots["system"].format(content=system)) if system else []
+    prompt_ids = prefix + system_ids + _encode(tokenizer, slots["user"].format(content=user))
+    if cot:
+        kept, forced, _ = finish_cot(cot, candidates.delimiter, cut_marker)
+        target = f"{kept + forced} {score}"
+    else:
+        target = str(score)
+    response = _encode(tokenizer, slots["assistant"].format(content=target))
+    score_id = candidates.sequences[candidates.scores.index(score)][0]
+    if not response or response[-1] != score_id:
+        raise ValueError(f"LLaMA-Factory's {template} layout tokenizes the target's end {target[-30:]!r} as "
+                         f"{response[-3:]}, not ending in the score token {score_id}; train with "
+                         "training_template 'chat-template'")
+    return _features(prompt_ids, response + [tokenizer.eos_token_id], score, objective)
 
 
 class LeftPadCollator:

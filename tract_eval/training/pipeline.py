@@ -23,11 +23,11 @@ from pathlib import Path
 from ..benchmarks import Sample
 from ..config import COT_PROTOCOLS, load_judge_card
 from ..judges import Judge, build_judge
-from ..prompts import parse_prometheus_prompt
+from ..prompts import parse_prometheus_prompt, reference_strip
 from ..records import JsonlAppender, Prediction, read_jsonl
 from ..runner import judge_pending
 from .data import TrainingDataError, TrainingRow, load_training_rows
-from .objectives import LeftPadCollator, encode_row
+from .objectives import LeftPadCollator, encode_llama_factory_row, encode_row, resolve_training_template
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +49,30 @@ def row_sample(row: TrainingRow) -> Sample:
     return Sample(row.id, dataclasses.replace(fields, prompt_text=row.prompt), float(row.score), dict(row.meta))
 
 
-def encode_rows(rows: list[TrainingRow], tokenizer, judge: Judge, objective: str, max_length: int):
+def encode_rows(rows: list[TrainingRow], tokenizer, judge: Judge, objective: str, max_length: int,
+                template: str = "auto"):
     """Token features for the rows that fit in ``max_length``; the ids of the others.
 
-    The row's prompt is the user turn, in the judge's chat layout (``Judge.training_input_with``:
-    the same template, system turn and stripping as ``tract-eval run``); a score-only judge's rows
-    carry no CoT, the score follows the bridge at the first assistant token.
+    ``template`` (objectives.TRAINING_TEMPLATES): by default LLaMA-Factory's layout for the tokenizer's
+    family (Mistral, Llama-3), as the reference trained: the row's prompt (right-stripped as the judge
+    reads it) as the user turn, the CoT and score as the response. ``chat-template`` (and ``auto`` on
+    other tokenizers): the judge's chat layout (``Judge.training_input_with``: the same template, system
+    turn and stripping as ``tract-eval run``), then the CoT; a score-only judge's rows carry no CoT, the
+    score follows the bridge at the first assistant token.
     """
     cfg = judge.config
     candidates = judge.candidates_with(tokenizer)
+    layout = resolve_training_template(template, tokenizer)
     features, too_long = [], []
     for row in rows:
-        chat = judge.training_input_with(tokenizer, row.prompt)
         cot = row.cot if judge.variant.writes_cot else ""
         try:
-            feature = encode_row(tokenizer, chat, cot, row.score, candidates, objective, cfg.cut_marker)
+            if layout == "chat-template":
+                chat = judge.training_input_with(tokenizer, row.prompt)
+                feature = encode_row(tokenizer, chat, cot, row.score, candidates, objective, cfg.cut_marker)
+            else:
+                feature = encode_llama_factory_row(tokenizer, layout, reference_strip(row.prompt), cot, row.score,
+                                                   candidates, objective, cfg.cut_marker, cfg.system_prompt)
         except ValueError as exc:
             raise ValueError(f"training row {row.id}: {exc}") from exc
         if len(feature["input_ids"]) > max_length:
@@ -98,8 +107,9 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
     source, tokenizer, model = load_seed(config.model)
     load_seconds = time.perf_counter() - started
     rows, validation = split_validation(rows, config.validation_ratio, config.seed)
-    candidates, features, too_long = encode_rows(rows, tokenizer, judge, config.objective, config.max_length)
-    _, eval_features, _ = encode_rows(validation, tokenizer, judge, config.objective, config.max_length)
+    template = config.training_template
+    candidates, features, too_long = encode_rows(rows, tokenizer, judge, config.objective, config.max_length, template)
+    _, eval_features, _ = encode_rows(validation, tokenizer, judge, config.objective, config.max_length, template)
     if config.validation_ratio and not eval_features:
         log.warning("validation_ratio %s holds out no row of %d; training without a held-out set",
                     config.validation_ratio, len(rows))
@@ -140,6 +150,7 @@ def train_stage(config, rows: list[TrainingRow], out_dir: str | Path, merged_dir
         "score_probs": config.score_probs,
         "ce_weight": config.ce_weight,
         "score_reduction": config.score_reduction,
+        "training_template": resolve_training_template(template, tokenizer),
         "rows": len(rows),
         "validation_rows": len(validation),
         "rows_used": len(features),

@@ -20,11 +20,14 @@ log = logging.getLogger(__name__)
 class ScoreTrainer(Trainer):
     """Trainer whose loss is ``ce_weight * CE + score_weight * (E[score] - y*)^2``.
 
-    CE is normalised over the whole accumulated batch (per target token). The score term is too
-    (per sequence) with ``score_reduction="mean"``, so gradient accumulation gives the same update
-    as one big batch; ``"reference"`` reproduces TRACT's compute_raft_loss instead (per micro-batch
-    ``sum of squared errors / micro-batch size**2``, summed over the accumulation steps). The terms
-    are logged separately as ``ce_loss`` and ``score_loss`` (plus ``expected_score_mae``).
+    ``score_reduction="mean"``: CE is normalised over the whole accumulated batch (per target token,
+    across processes) and the score term per sequence, so gradient accumulation gives the same update
+    as one big batch. ``"reference"``: the loss TRACT's compute_raft_loss gives the released layout
+    (one micro-batch of ``reference_batch`` sequences per device, no accumulation): per process, CE over
+    the accumulation window's target tokens + ``sum of squared errors / window sequences**2`` (mse mean
+    over the batch, divided by its size), so any split of the window (8 x 1, 4 x 2, 1 x 8) gives that
+    same loss; TrainConfig refuses windows of another size. The terms are logged separately as
+    ``ce_loss`` and ``score_loss`` (plus ``expected_score_mae``).
     """
 
     loss_is_scaled_for_ga = True
@@ -39,7 +42,8 @@ class ScoreTrainer(Trainer):
         self.ce_weight, self.score_weight = objective_weights(objective, score_weight, ce_weight)
         self.score_probs = score_probs
         self.score_reduction = score_reduction
-        self._window: tuple[int, int] | None = None  # (CE tokens, sequences) of the accumulated batch
+        self._window: tuple[int, int] | None = None  # (CE tokens, sequences) of the accumulated batch, all processes
+        self._local_window: tuple[int, int] | None = None  # the same on this process alone
         self._reset_term_log()
 
     def _reset_term_log(self) -> None:
@@ -49,6 +53,7 @@ class ScoreTrainer(Trainer):
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batch_samples)
         sequences = sum(len(b["labels"]) for b in batch_samples)
+        self._local_window = (tokens, sequences)
         if self.args.world_size > 1:
             counts = self.accelerator.gather(torch.tensor([tokens, sequences], device=device).unsqueeze(0))
             tokens, sequences = (int(v) for v in counts.sum(0))
@@ -65,21 +70,10 @@ class ScoreTrainer(Trainer):
         score_index = torch.full((logits.shape[0],), keep + SCORE_COLUMN - 1, device=logits.device)
         terms = loss_terms(logits, labels[:, -keep:], score_index, score_targets, self.candidates,
                            self.score_probs, with_score=True)
-        if model.training and self._window is not None:
-            ce_norm, seq_norm = self._window
-            scale = self.accelerator.num_processes  # DDP averages gradients over processes
+        if self.score_reduction == "reference":
+            loss = self._reference_loss(terms, logits, model.training)
         else:
-            ce_norm, seq_norm, scale = terms.ce_tokens, terms.sequences, 1
-        loss = logits.new_zeros((), dtype=torch.float32)
-        if self.ce_weight:
-            loss = loss + self.ce_weight * terms.ce_sum / max(ce_norm, 1)
-        if self.score_weight and self.score_reduction == "mean":
-            loss = loss + self.score_weight * terms.se_sum / max(seq_norm, 1)
-        loss = loss * scale
-        if self.score_weight and self.score_reduction == "reference":
-            # mse_loss(reduction="mean") over the micro-batch, divided by its size: per micro-batch,
-            # not normalised by the accumulation window (each process sums its own, as the reference)
-            loss = loss + self.score_weight * terms.se_sum / terms.sequences ** 2
+            loss = self._mean_loss(terms, logits, model.training)
         if model.training:
             self._term_log["ce_sum"] += float(terms.ce_sum.detach())
             self._term_log["ce_tokens"] += terms.ce_tokens
@@ -87,6 +81,35 @@ class ScoreTrainer(Trainer):
             self._term_log["ae_sum"] += float((terms.expected.detach() - score_targets).abs().sum())
             self._term_log["sequences"] += terms.sequences
         return (loss, outputs) if return_outputs else loss
+
+    def _mean_loss(self, terms, logits, training: bool) -> torch.Tensor:
+        """Both terms normalised over the accumulated batch of all processes (one big batch's loss)."""
+        if training and self._window is not None:
+            ce_norm, seq_norm = self._window
+            scale = self.accelerator.num_processes  # DDP averages gradients over processes
+        else:
+            ce_norm, seq_norm, scale = terms.ce_tokens, terms.sequences, 1
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if self.ce_weight:
+            loss = loss + self.ce_weight * terms.ce_sum / max(ce_norm, 1)
+        if self.score_weight:
+            loss = loss + self.score_weight * terms.se_sum / max(seq_norm, 1)
+        return loss * scale
+
+    def _reference_loss(self, terms, logits, training: bool) -> torch.Tensor:
+        """compute_raft_loss on this process's whole window, as if it were one micro-batch (the released
+        layout): lm = CE_sum / window tokens (score tokens masked); score = mse mean / window size. Each
+        process normalises its own window and DDP averages them, as the reference's processes did."""
+        if training and self._local_window is not None:
+            ce_norm, seq_norm = self._local_window
+        else:
+            ce_norm, seq_norm = terms.ce_tokens, terms.sequences
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if self.ce_weight:
+            loss = loss + self.ce_weight * terms.ce_sum / max(ce_norm, 1)
+        if self.score_weight:
+            loss = loss + self.score_weight * terms.se_sum / max(seq_norm, 1) ** 2
+        return loss
 
     def log(self, logs, start_time=None):
         seen = self._term_log
