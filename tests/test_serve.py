@@ -241,11 +241,12 @@ def _health(url: str) -> dict:
 def test_a_client_that_leaves_takes_its_rows_out_of_the_queue(server):
     before = _health(server)
     busy = []
-    worker = threading.Thread(target=lambda: busy.append(_grade(server, ITEMS[:2])))
+    # a long first batch (32 CoTs a row), so the next request is still queued when its client leaves
+    worker = threading.Thread(target=lambda: busy.append(_grade(server, ITEMS[:2], n_cot=32)))
     worker.start()
     _until(lambda: _health(server)["running_rows"] == 2, what="the first batch to start")
     with pytest.raises(httpx.ReadTimeout):
-        _grade(server, ITEMS, timeout=2)  # queued behind the running batch, then abandoned
+        _grade(server, ITEMS, timeout=1)  # queued behind the running batch, then abandoned
     _until(lambda: _health(server)["queued_rows"] == 0, timeout=10, what="the abandoned rows to leave the queue")
     worker.join()
     time.sleep(1)  # past the gather window: a left-over job would have started a batch by now

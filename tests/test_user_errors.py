@@ -266,7 +266,7 @@ def test_15_max_new_tokens_beyond_the_context_is_one_line(capsys, tmp_path, data
 def test_15_max_new_tokens_beyond_the_context_allocates_nothing_on_the_embedded_model(capsys, tmp_path, data_dir,
                                                                                        embedded_backend):
     line = one_line(capsys, ["run", "--judge", "tract", "--bench", "vicuna", "--data-dir", str(data_dir), "--limit", "1",
-                             "--out", str(tmp_path), "--max-new-tokens", "100000000000"])
+                             "--out", str(tmp_path), "--max-new-tokens", "100000000000", "-q"])  # -q: no load bars
     assert "--max-new-tokens 100000000000: the generation budget of " in line and "context of 8192 tokens" in line
 
 
