@@ -524,3 +524,12 @@ def test_without_a_cut_marker_a_written_delimiter_still_ends_the_cot():
     assert finish_cot("Fine. " + DELIMITER, DELIMITER, None) == ("Fine. " + DELIMITER, "", False)
     assert finish_cot("Fine. So the overall quality", DELIMITER, None) == ("Fine. So the overall quality",
                                                                            " " + DELIMITER, False)
+
+
+def test_a_decoded_score_outside_the_scale_is_kept_as_the_reference_reads_it(data_dir):
+    """TRACT reads the sampled score token with float(); a "6" on a 1-5 scale is the model's answer, kept as
+    6.0 (not a backend bug that stops the run, as an expected score outside the scale would be)."""
+    backend = ScriptedBackend(mistral_style_tokenizer(str(data_dir)), lambda r, i: Completion("6", "length", 1))
+    judge = build_judge("ce-decode", backend=backend)
+    row = judge.judge(load_benchmark("vicuna", data_dir).samples[:1])[0]
+    assert row.per_cot == [6.0] and row.prediction == 6.0 and row.status == "ok"

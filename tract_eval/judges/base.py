@@ -145,16 +145,19 @@ class Judge:
 
     # -- rows ------------------------------------------------------------------------
     def _check_readouts(self, sample: Sample, completions: list[Completion], per_cot: list[float | None]) -> None:
-        """A readout no distribution can give, or a score outside the scale, is a bug in the backend (a
-        server's impossible values were turned into counted failures before): stop, never write the row.
-        Raw RAIL (no renormalisation) may fall below the scale's low end, never above its high end."""
+        """A readout no distribution can give, or an expected score outside the scale, is a bug in the backend
+        (a server's impossible values were turned into counted failures before): stop, never write the row.
+        Raw RAIL (no renormalisation) may fall below the scale's low end, never above its high end. Decoded
+        scores are not checked: they are what the model wrote, kept as the reference keeps them."""
         for completion in completions:
             problem = completion.candidate_logprobs is not None and impossible_logprobs(completion.candidate_logprobs)
             if problem:
                 raise RuntimeError(f"judge {self.name}, sample {sample.id}: the {self.backend.name} backend read "
                                    f"{problem}; this is a bug, the row is not written")
+        if not self.variant.reads_distribution:
+            return  # a decoded score is the model's text, read as TRACT reads it (a sampled "6" stays 6.0)
         low, high = self.config.scale
-        floor = min(0, low) if self.variant.reads_distribution and not self.config.renormalize else low
+        floor = min(0, low) if not self.config.renormalize else low
         for value in per_cot:
             if value is not None and not floor - LOGPROB_TOLERANCE <= value <= high + LOGPROB_TOLERANCE:
                 raise RuntimeError(f"judge {self.name}, sample {sample.id}: the {self.backend.name} backend gave the "
