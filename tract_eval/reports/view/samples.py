@@ -45,22 +45,20 @@ def sample_record(row: Prediction) -> dict:
     }
 
 
-def pair_records(records: list[dict]) -> list[dict]:
-    """RewardBench: the chosen and rejected rows of each pair, by index into ``records``; ``margin`` is
+def pair_records(rows: list[Prediction]) -> list[dict]:
+    """RewardBench: the chosen and rejected rows of each pair, by index into ``rows``; ``margin`` is
     chosen minus rejected (negative: the judge preferred the rejected response)."""
     pairs: dict[str, dict] = {}
-    for index, record in enumerate(records):
-        meta = record["meta"]
-        if "side" not in meta:  # a row of no pair (Prediction.pair validated those that name a side)
+    for index, row in enumerate(rows):
+        pair = row.pair
+        if pair is None:  # a row of no pair
             continue
-        pair = pairs.setdefault(str(meta["pair_id"]), {
-            "id": str(meta["pair_id"]), "subset": meta["subset"], "section": meta["section"],
-            "chosen": None, "rejected": None})
-        pair[meta["side"]] = index
-    for pair in pairs.values():
-        sides = [records[pair[s]] if pair[s] is not None else None for s in ("chosen", "rejected")]
-        scores = [s["prediction"] if s else None for s in sides]
-        pair["margin"] = scores[0] - scores[1] if None not in scores else None
+        record = pairs.setdefault(pair.pair_id, {"id": pair.pair_id, "subset": pair.subset, "section": pair.section,
+                                                 "chosen": None, "rejected": None})
+        record[pair.side] = index
+    for record in pairs.values():
+        scores = [rows[record[s]].prediction if record[s] is not None else None for s in ("chosen", "rejected")]
+        record["margin"] = scores[0] - scores[1] if None not in scores else None
     return list(pairs.values())
 
 
@@ -71,7 +69,7 @@ def run_data(run: Run, protocol: str | None) -> dict:
             "scale": scale, "protocol": protocol, "readout_label": READOUT_LABELS.get(protocol or "", READ_AT_END),
             "rows": records}
     if run.pairwise:
-        data["pairs"] = pair_records(records)
+        data["pairs"] = pair_records(run.rows)
     return data
 
 
