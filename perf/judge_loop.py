@@ -64,7 +64,7 @@ from tract_eval.backends.engine import run_judge_loop
 from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.benchmarks import load_benchmark
 from tract_eval.candidates import derive_score_candidates
-from tract_eval.config import SamplingConfig
+from tract_eval.judge_config import SamplingConfig
 from tract_eval.judges import build_judge
 from tract_eval.models import load_tokenizer, resolve_model
 from tract_eval.protocol import common_prefix_length, finish_cot, readout_text

@@ -14,7 +14,7 @@ import time
 from tract_eval.backends import GenerationRequest, create_backend
 from tract_eval.benchmarks import load_benchmark
 from tract_eval.candidates import derive_score_candidates
-from tract_eval.config import SamplingConfig
+from tract_eval.judge_config import SamplingConfig
 from tract_eval.judges import build_judge
 
 

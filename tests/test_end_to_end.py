@@ -74,7 +74,7 @@ def test_decode_and_zero_shot_judges(tmp_path, data_dir, embedded_backend):
 
 
 PLUGIN = textwrap.dedent('''
-    from tract_eval.config import JudgeConfig
+    from tract_eval.judge_config import JudgeConfig
     from tract_eval.judges import Judge
 
 

@@ -24,7 +24,7 @@ from tract_eval.backends.engine.sampling import logits_processors, sample_top_p,
 from tract_eval.backends.engine import JudgeLoop, candidate_variants, run_judge_loop
 from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.candidates import derive_score_candidates
-from tract_eval.config import SamplingConfig
+from tract_eval.judge_config import SamplingConfig
 from tract_eval.protocol import finish_cot
 
 from readout_reference import forward_candidate_logprobs
@@ -324,7 +324,7 @@ def test_reference_readout_retokenizes_what_the_sampled_ids_spell_differently(ba
 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
 def test_batch_size_auto_is_a_setting_and_needs_cuda(backend):
-    from tract_eval.config import JudgeConfig
+    from tract_eval.judge_config import JudgeConfig
     from tract_eval.errors import ConfigError
 
     assert JudgeConfig(name="j", batch_size="auto").batch_size == "auto"

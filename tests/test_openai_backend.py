@@ -98,7 +98,7 @@ def _renormalised(logprobs: dict) -> dict:
 @pytest.mark.slow
 def test_continue_mode_agrees_with_transformers(llama_backend, embedded_backend, vicuna_prompts):
     """Sampled CoTs from the server, then the same prompt + CoT read by transformers."""
-    from tract_eval.config import SamplingConfig
+    from tract_eval.judge_config import SamplingConfig
 
     judge, samples, prompts = vicuna_prompts
     assert llama_backend.server == "llama.cpp" and llama_backend.describe()["mode"] == "continue"
@@ -161,7 +161,7 @@ def test_retries_on_429_500_dropped_and_stalled_requests(llama_backend, llama_se
 
 @pytest.mark.slow
 def test_gives_up_after_max_retries_and_keeps_what_finished(llama_server, vicuna_prompts):
-    from tract_eval.config import SamplingConfig
+    from tract_eval.judge_config import SamplingConfig
 
     _, samples, prompts = vicuna_prompts
     # decode requests: one POST each; the first passes, the second meets only errors
@@ -226,7 +226,7 @@ def test_single_mode_reads_top_logprobs_after_the_delimiter(llama_server):
     so that phrase is the delimiter here; the reading must equal a continue-mode readout of the
     same text from the same server."""
     from tract_eval.candidates import derive_score_candidates
-    from tract_eval.config import SamplingConfig
+    from tract_eval.judge_config import SamplingConfig
     from tract_eval.models import embedded_model_path
 
     served_id = str(embedded_model_path())  # llama.cpp names the model by its path

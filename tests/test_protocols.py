@@ -399,7 +399,7 @@ def test_feedback_bench_adds_the_first_runs_accuracy():
 def test_transformers_backend_stops_at_stop_strings_and_reads_after_the_cut(embedded_backend):
     from tract_eval.backends import GenerationRequest
     from tract_eval.candidates import derive_score_candidates
-    from tract_eval.config import SamplingConfig
+    from tract_eval.judge_config import SamplingConfig
 
     prompt = embedded_backend.render_chat([{"role": "user", "content": "Write two sentences about the sea."}])
     sampling = SamplingConfig(max_new_tokens=24)

@@ -5,13 +5,13 @@ import shutil
 import pytest
 
 from tract_eval.benchmarks import load_benchmark
-from tract_eval.config import JudgeConfig, load_judge_card
+from tract_eval.judge_config import JudgeConfig, load_judge_card
 from tract_eval.judges import build_judge
 from tract_eval.models import EMBEDDED_NAME
 from tract_eval.records import RunLock, RunLocked, read_predictions
 from tract_eval.runner import RunConflict, run_benchmark
 from tract_eval.redaction import redact
-from tract_eval.settings import model_identity, run_identity
+from tract_eval.identity import model_identity, run_identity
 
 from test_runner import LengthBackend
 

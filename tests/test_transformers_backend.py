@@ -5,7 +5,7 @@ import pytest
 
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.candidates import derive_score_candidates
-from tract_eval.config import SamplingConfig
+from tract_eval.judge_config import SamplingConfig
 
 from readout_reference import forward_candidate_logprobs
 

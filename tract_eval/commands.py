@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .backends.options import add_backend_flags, backend_options_from_args
 from .cliargs import add_cards_option, add_command, add_data_options, use_cards
-from .config import MAX_SCALE_POINTS, SCORE_ONLY_ANCHORS, VERDICT_PARSERS
+from .judge_config import MAX_SCALE_POINTS, SCORE_ONLY_ANCHORS, VERDICT_PARSERS
 from .errors import ConfigError, InputNotFoundError
 from .protocol import READOUTS
 from .progress import progress_reporter

@@ -28,7 +28,7 @@ from .metrics import generation_summary
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunFormatError, RunLock,
                       read_json_object, read_predictions, write_json_atomic, write_jsonl_atomic)
 from .redaction import redact, redact_text
-from .settings import LOCAL_BACKENDS, RunIdentity, bench_identity, run_identity
+from .identity import LOCAL_BACKENDS, RunIdentity, bench_identity, run_identity
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..candidates import ScoreCandidates
-from ..config import SamplingConfig
+from ..judge_config import SamplingConfig
 
 
 @dataclass

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates, impossible_logprobs
-from ..config import SamplingConfig
+from ..judge_config import SamplingConfig
 from ..errors import UserError
 from ..models import load_tokenizer, resolve_model
 from ..redaction import redact_text, register_secret

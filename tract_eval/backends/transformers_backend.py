@@ -19,7 +19,7 @@ import logging
 import time
 
 from ..candidates import ScoreCandidates
-from ..config import SamplingConfig
+from ..judge_config import SamplingConfig
 from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer, resolve_model
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer)

@@ -17,7 +17,7 @@ import logging
 import time
 
 from ..candidates import ScoreCandidates
-from ..config import SamplingConfig
+from ..judge_config import SamplingConfig
 from ..conversion import safetensors_from_gguf
 from ..models import load_tokenizer, resolve_model
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,

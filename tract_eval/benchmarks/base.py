@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cards import card_dir, card_dirs, card_names
-from ..config import MAX_SCALE_POINTS, read_yaml_mapping
+from ..judge_config import MAX_SCALE_POINTS, read_yaml_mapping
 from ..errors import ConfigError, InputNotFoundError, UnknownNameError, UserError
 from ..hub import hub_reachable, url_reachable
 from ..prompts import GradingFields

@@ -24,7 +24,7 @@ def cache_key(config) -> str:
     inside one cache."""
     import hashlib
 
-    from ..settings import judge_identity
+    from ..identity import judge_identity
 
     neutral = judge_identity(config.with_overrides(n_cot=1, seed=0))
     return f"{config.name}-{hashlib.sha256(json.dumps(neutral, sort_keys=True).encode()).hexdigest()[:16]}"

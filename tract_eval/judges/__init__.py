@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import JudgeConfig, builtin_judge_cards, load_judge_card
+from ..judge_config import JudgeConfig, builtin_judge_cards, load_judge_card
 from ..errors import UnknownNameError
 from ..registry import Registry
-from ..settings import resolve_card_model
+from ..identity import resolve_card_model
 from .base import Judge
 
 def _not_a_judge(plugin) -> str | None:

@@ -11,7 +11,7 @@ from ..backends import Backend, Completion, ScoreRequest, create_backend
 from ..backends.base import render_chat_with_tokenizer
 from ..benchmarks import Sample
 from ..candidates import LOGPROB_TOLERANCE, ScoreCandidates, impossible_logprobs
-from ..config import JudgeConfig
+from ..judge_config import JudgeConfig
 from ..prompts import GradingFields, render_prompt
 from ..records import Prediction
 from .variants import VARIANTS, JudgeVariant

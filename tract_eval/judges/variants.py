@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..backends import Completion, GenerationRequest, ScoreRequest
 from ..candidates import ScoreCandidates, derive_first_token_candidates, derive_score_candidates
-from ..config import PROTOCOLS, VERDICT_PARSERS
+from ..judge_config import PROTOCOLS, VERDICT_PARSERS
 from ..parsing import parse_bare_score, parse_library_verdict, parse_reference_verdict, parse_score
 from ..prompts import reference_strip, remove_reference_section, score_only_content
 from ..protocol import finish_cot, readout_text

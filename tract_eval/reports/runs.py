@@ -128,7 +128,7 @@ def benchmark_differences(runs: list[Run]) -> list[str]:
     """For each benchmark name, how the runs' benchmark identities differ from the first run's (one line
     each, naming both folders and the differing settings): rows of different data must not share a
     column or be paired by id."""
-    from ..settings import identity_differences
+    from ..identity import identity_differences
 
     found = []
     first: dict[str, Run] = {}

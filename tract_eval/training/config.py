@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from ..cards import find_card
-from ..config import read_yaml_mapping
+from ..judge_config import read_yaml_mapping
 from ..errors import ConfigError
 from .objectives import OBJECTIVES, SCORE_PROBS, SCORE_REDUCTIONS, TRAINING_TEMPLATES
 

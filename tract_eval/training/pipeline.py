@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..benchmarks import Sample
-from ..config import COT_PROTOCOLS, load_judge_card
+from ..judge_config import COT_PROTOCOLS, load_judge_card
 from ..judges import Judge, build_judge
 from ..prompts import parse_prometheus_prompt, reference_strip
 from ..records import JsonlAppender, Prediction, read_jsonl

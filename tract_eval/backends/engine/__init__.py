@@ -11,7 +11,7 @@
   prompt, ``n`` CoTs numbered from ``first_index``, and for RAIL judges the score *candidates*
   (:class:`~tract_eval.candidates.ScoreCandidates`: delimiter, bridge ids, one id sequence per score),
   the cut marker, stop strings and the readout mode (``reference`` or ``sampled``);
-- a *sampling config* (:class:`~tract_eval.config.SamplingConfig`: temperature, top-p, repetition
+- a *sampling config* (:class:`~tract_eval.judge_config.SamplingConfig`: temperature, top-p, repetition
   penalty, ``max_new_tokens``), a *seed*, and ``batch_size``: sequences decoded at once (all when
   None, ``"auto"``: as many as fit in GPU memory).
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import ContextManager, Protocol
 
 from ...candidates import ScoreCandidates
-from ...config import SamplingConfig
+from ...judge_config import SamplingConfig
 from ...protocol import common_prefix_length, finish_cot, kept_prefix_length, readout_text
 from ..base import Completion, GenerationRequest, OnDone, stream_seed
 from .forward import forward_last, left_padded

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import JudgeConfig
+from .judge_config import JudgeConfig
 from .models import EMBEDDED_NAME, ModelUnavailable, resolve_model
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Every field is type-checked on construction (a card's ``cot: "no"`` is an error, not "true"), and
 :meth:`JudgeConfig.identity` names the fields that can change this judge's scores: the run identity
-(``tract_eval.settings``) is built from it.
+(``tract_eval.identity``) is built from it.
 """
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ class JudgeConfig:
         """The settings that can change this judge's scores, JSON-normalised (tuples are lists).
 
         Not in it: the name and description, batch size and device (how fast, not what), the model
-        (``tract_eval.settings.model_identity`` says which weights), backend options that only route
+        (``tract_eval.identity.model_identity`` says which weights), backend options that only route
         requests (SESSION_BACKEND_OPTIONS) or hold credentials, and sampling settings of a judge that
         samples nothing.
         """
