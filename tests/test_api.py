@@ -32,7 +32,7 @@ def test_grade_rail_reads_a_distribution_over_the_scale(embedded_backend):
 
 @pytest.mark.slow
 def test_grade_many_reuses_one_model_and_keeps_order(embedded_backend):
-    from tract_eval.api import judge_for
+    from tract_eval.judges import build_judge
 
     rows = [{"instruction": "Say hi.", "response": "Hi!", "rubric": "Polite?"},
             ("Capital of France?", "Paris", "Correct?", "Paris")]
@@ -42,7 +42,7 @@ def test_grade_many_reuses_one_model_and_keeps_order(embedded_backend):
     assert "Reference Answer" in grades[1].record.input and "Reference Answer" not in grades[0].record.input
     again = tract_eval.grade_many(rows, judge="tract", max_new_tokens=8, seed=1)
     assert [g.record.cots for g in again] == [g.record.cots for g in grades]  # seeded per sample
-    judge = judge_for("tract", {"max_new_tokens": 8, "seed": 1}, (1, 5))
+    judge = build_judge("tract", max_new_tokens=8, seed=1, scale=(1, 5))
     assert judge.backend is embedded_backend  # the session's one model, not a second load
 
 

@@ -77,13 +77,13 @@ def test_pairwise_card_mistakes_are_named_before_any_model_loads(cards):
 
 def test_annotation_cots_come_from_the_fields_the_card_names(data_dir, capsys):
     from tract_eval.experiments.analysis import annotation_cots
-    from tract_eval.experiments.cli import _load_benches
+    from tract_eval.api import load_benches
 
     vicuna = load_benchmark("vicuna", data_dir)
     assert load_card("vicuna").annotation_cots == ["gpt4_feedback", "gpt4_score"]
     assert len(annotation_cots(vicuna)) == 3 * len(vicuna.samples)
     # cot-shift's default: the benchmarks whose card names annotation CoTs (and whose data is here)
-    assert sorted(b.name for b in _load_benches("all", data_dir, annotated=True)) == ["mt-bench", "vicuna"]
+    assert sorted(b.name for b in load_benches("all", data_dir, kinds=("absolute",), annotated=True)) == ["mt-bench", "vicuna"]
     rewardbench = load_benchmark("rewardbench", data_dir)
     with pytest.raises(ConfigError, match="rewardbench: its card names no annotation_cots fields"):
         annotation_cots(rewardbench)

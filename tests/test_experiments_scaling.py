@@ -106,12 +106,13 @@ def test_curve_averages_first_k_and_spreads_over_seeds(tmp_path):
 
 
 def test_cache_key_ignores_k_and_seed_but_not_sampling_settings():
-    from tract_eval.experiments.scaling import build_judge_with, cache_key
+    from tract_eval.experiments.scaling import cache_key
+    from tract_eval.judges import JudgeOverrides, build_judge
 
-    base = build_judge_with("tract", {"max_new_tokens": 32, "backend": None, "model": None})
-    other_k = build_judge_with("tract", {"max_new_tokens": 32, "n_cot": 8, "seed": 5})
+    base = build_judge("tract", JudgeOverrides(max_new_tokens=32, backend=None, model=None))
+    other_k = build_judge("tract", JudgeOverrides(max_new_tokens=32, n_cot=8, seed=5))
     assert cache_key(base.config) == cache_key(other_k.config)
-    assert cache_key(base.config) != cache_key(build_judge_with("tract", {"max_new_tokens": 64}).config)
-    assert cache_key(base.config) != cache_key(build_judge_with("tract", {"temperature": 0.7}).config)
-    named = build_judge_with("tract", {"backend": "transformers"})  # a backend name, not a Backend object
+    assert cache_key(base.config) != cache_key(build_judge("tract", JudgeOverrides(max_new_tokens=64)).config)
+    assert cache_key(base.config) != cache_key(build_judge("tract", JudgeOverrides(temperature=0.7)).config)
+    named = build_judge("tract", JudgeOverrides(backend="transformers"))  # a backend name, not a Backend object
     assert named.config.backend == "transformers" and named._backend is None

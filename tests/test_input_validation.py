@@ -63,7 +63,7 @@ def test_non_utf8_data_names_file_and_position(tmp_path, data_dir):
 @pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", ".hidden", "x y"])
 def test_names_in_paths_are_plain(tmp_path, data_dir, name):
     judge = build_judge("tract", backend=LengthBackend())
-    judge.config.name = name
+    object.__setattr__(judge.config, "name", name)  # past build_judge: the runner's own check is tested
     with pytest.raises(ConfigError, match="cannot be a folder name"):
         run_benchmark(judge, load_benchmark("vicuna", data_dir), tmp_path / "out", limit=1)
     assert not any(tmp_path.rglob("predictions.jsonl"))

@@ -8,7 +8,7 @@ import pytest
 
 from fake_openai import MALFORMED, FaultyOpenAIServer
 from tract_eval.benchmarks import load_benchmark
-from tract_eval.judges import build_judge
+from tract_eval.judges import JudgeOverrides, build_judge
 from tract_eval.records import read_predictions
 from tract_eval.runner import run_benchmark
 
@@ -18,7 +18,8 @@ pytest.importorskip("openai")
 
 def openai_judge(url, tokenizer_dir, **settings):
     options = {"base_url": url, "tokenizer": str(tokenizer_dir), "max_retries": 3, "timeout": 0.5, "concurrency": 4}
-    return build_judge("tract", backend="openai", backend_options=options, max_new_tokens=8, **settings)
+    return build_judge("tract", JudgeOverrides(backend="openai"), backend_options=options, max_new_tokens=8,
+                       **settings)
 
 
 def scores(out_dir):

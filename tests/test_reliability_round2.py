@@ -91,11 +91,12 @@ def test_a_template_name_that_is_a_path_is_refused(tmp_path, name):
 
 # -- fixtures for the server probes ---------------------------------------------------------------------
 def openai_judge(url, tokenizer_dir, **settings):
-    from tract_eval.judges import build_judge
+    from tract_eval.judges import JudgeOverrides, build_judge
 
     options = {"base_url": url, "tokenizer": str(tokenizer_dir), "max_retries": 1, "timeout": 2, "concurrency": 2,
                **settings.pop("backend_options", {})}
-    return build_judge("tract", backend="openai", backend_options=options, max_new_tokens=8, **settings)
+    return build_judge("tract", JudgeOverrides(backend="openai"), backend_options=options, max_new_tokens=8,
+                       **settings)
 
 
 def run_against(server, tokenizer_dir, bench, out, limit=3, **settings):

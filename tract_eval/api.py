@@ -10,16 +10,24 @@ model, backend and options reuse it (``backends.create_backend`` keeps the last 
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Container, ContextManager, Iterable, Mapping, Sequence
 
 from .errors import ConfigError, InputNotFoundError
 from .records import MANIFEST, RESULTS, Prediction, write_json_atomic
 
+if TYPE_CHECKING:
+    from .judge_config import JudgeOverrides
+
 DEFAULT_OUT = Path("runs")
+# (label, total samples) -> a context manager giving the run's progress(k) callback
+ProgressFor = Callable[[str, int], ContextManager[Callable[[int], None] | None]]
+OnRun = Callable[[Any, Any, Any], None]  # (judge, benchmark, runner.RunResult), after results.json is written
 
 
 @dataclass
@@ -59,13 +67,16 @@ def bench_specs(spec: str | Sequence[str]) -> list[str]:
 
 def load_benches(spec: str | Sequence[str], data_dir: str | Path | None = None, *, columns=None, scale=None,
                  no_reference: bool = False, unparsed_pairs: str = "half",
-                 on_skip: Callable[[str, str], None] | None = None) -> list:
+                 on_skip: Callable[[str, str], None] | None = None, kinds: Container[str] | None = None,
+                 annotated: bool = False) -> list:
     """The benchmarks to run, loaded and checked before any model loads.
 
     ``columns`` and ``scale`` apply to own data (files and ``hf:`` datasets). ``unparsed_pairs``: a
     RewardBench pair with an unscored side counts 0.5 (``"half"``, as reward-bench) or is left out
-    (``"exclude"``). With ``all``, benchmarks whose
-    data is unavailable are passed to ``on_skip(name, reason)``; named ones must load.
+    (``"exclude"``). ``kinds``: the kinds of benchmark a command takes (None: any). With ``all``,
+    benchmarks whose data is unavailable or whose kind is not wanted are passed to ``on_skip(name,
+    reason)``, and with ``annotated`` only those whose card names annotation CoT fields are taken;
+    named ones must load and be of a wanted kind.
     """
     from .benchmarks import DataUnavailable, is_data_spec, load_benchmark
     from .metrics import UNPARSED_PAIR_POLICIES
@@ -82,18 +93,45 @@ def load_benches(spec: str | Sequence[str], data_dir: str | Path | None = None, 
     benches = []
     for name in names:
         own = is_data_spec(name)
+        if not own and not _card_wanted(name, spec == "all", kinds, annotated, on_skip):
+            continue
         try:
-            benches.append(load_benchmark(name, data_dir, columns=columns if own else None,
-                                          scale=scale if own else None, drop_reference=no_reference,
-                                          unparsed_pairs=unparsed_pairs))
+            bench = load_benchmark(name, data_dir, columns=columns if own else None, scale=scale if own else None,
+                                   drop_reference=no_reference, unparsed_pairs=unparsed_pairs)
         except DataUnavailable as exc:
             if spec != "all":
                 raise
             if on_skip:
                 on_skip(name, str(exc))
+            continue
+        _check_kind(name, bench.kind, kinds)
+        benches.append(bench)
     if not benches:
         raise DataUnavailable("no benchmark data available (see the skipped reasons above)")
     return benches
+
+
+def _card_wanted(name: str, every: bool, kinds, annotated: bool, on_skip) -> bool:
+    """Is the benchmark card ``name`` one to load? Asked before its data loads; with ``all`` (``every``)
+    a card of another kind is skipped, a named one is refused."""
+    if kinds is None and not annotated:
+        return True
+    from .benchmarks import load_card
+
+    card = load_card(name)
+    if every and annotated and not card.annotation_cots:
+        return False
+    if every and kinds is not None and card.kind not in kinds:
+        if on_skip:
+            on_skip(name, f"{card.kind} benchmark")
+        return False
+    _check_kind(name, card.kind, kinds)
+    return True
+
+
+def _check_kind(name: str, kind: str, kinds) -> None:
+    if kinds is not None and kind not in kinds:
+        raise ConfigError(f"{name} is a {kind} benchmark; this command needs {' or '.join(kinds)} ones")
 
 
 def judge_names(spec: str | Sequence[str]) -> list[str]:
@@ -101,30 +139,6 @@ def judge_names(spec: str | Sequence[str]) -> list[str]:
     if not names:
         raise ConfigError(f"--judge names nothing: {spec!r}")
     return names
-
-
-def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tuple[int, int] | None = None):
-    """A judge with ``overrides`` (JudgeConfig fields; ``run_name`` renames its output folder) and the
-    scale of the data it grades (the score candidates follow it). Building one is cheap: the model behind
-    it comes from ``create_backend``, which keeps the last one loaded, so equal settings load it once."""
-    from .backends import check_backend_options
-    from .judges import build_judge
-    from .models import check_device, check_model_args
-    from .runner import check_plain_name
-
-    settings = {k: v for k, v in dict(overrides or {}).items() if v is not None}
-    run_name = settings.pop("run_name", None)
-    if scale is not None:
-        settings["scale"] = tuple(scale)
-    judge = build_judge(name, **settings)
-    check_backend_options(judge.config.backend, judge.config.backend_options)
-    if judge.config.backend == "transformers":
-        check_model_args(judge.config.backend_options.get("model_args"))
-        check_device(judge.config.device)
-    if run_name:
-        check_plain_name(run_name, "--run-name")
-        judge.config = judge.config.with_overrides(name=run_name)
-    return judge
 
 
 def write_results(result, judge, bench, ci: bool = False, resamples: int = 1000, seed: int = 0) -> dict:
@@ -176,36 +190,60 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
              out: str | Path | None = None, data_dir: str | Path | None = None, columns: str | dict | None = None,
              scale: str | Sequence[int] | None = None, no_reference: bool = False, unparsed_pairs: str = "half",
              shard: str | None = None, too_long: str = "mark", ci: bool = False, rejudge_failures: bool = False,
-             progress: Callable[[int], None] | None = None, **overrides) -> dict:
+             progress: Callable[[int], None] | None = None, overrides: JudgeOverrides | None = None,
+             progress_for: ProgressFor | None = None, on_skip: Callable[[str, str], None] | None = None,
+             on_run: OnRun | None = None, **settings) -> dict:
     """Run judge(s) over benchmark(s) as ``tract-eval run`` does, writing the same files under ``out``
     (default ``runs/``): ``OUT/<judge>/<bench>/{predictions.jsonl, metrics.json, manifest.json, results.json}``.
 
     ``bench``: card names, data files (.jsonl/.json/.csv/.parquet) or ``hf:ORG/NAME[:SPLIT]``;
-    ``overrides``: judge settings (``model``, ``n_cot``, ``seed``, ``temperature``, ``max_new_tokens``,
-    ``run_name``, ...). Returns ``{bench: metrics}`` for one judge, ``{judge: {bench: metrics}}`` for several.
+    ``settings``: judge settings (``model``, ``n_cot``, ``seed``, ``temperature``, ``max_new_tokens``,
+    ``run_name``, ...: the fields of ``JudgeOverrides``, winning over ``overrides``). ``progress(k)``
+    hears of every k finished samples; ``progress_for(label, total)``, a context manager giving such a
+    callback, is entered around each (judge, benchmark) run instead. ``on_skip(name, reason)``: a
+    benchmark ``all`` skips; ``on_run(judge, bench, result)``: each finished run. Returns ``{bench:
+    metrics}`` for one judge, ``{judge: {bench: metrics}}`` for several.
     """
+    from .benchmarks import check_limit
+    from .judges import build_judge
+    from .judge_config import JudgeOverrides
     from .runner import parse_shard, run_benchmark
 
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a whole number >= 1, not {limit!r}")
+    # everything a user can get wrong is checked before any data or model loads
+    check_limit(limit)
     shard_spec = parse_shard(shard)
     names = judge_names(judge)
-    if overrides.get("run_name") and len(names) > 1:
-        raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")
-    for name in names:  # settings are checked for every judge before any data or model loads
-        judge_for(name, overrides)
+    overrides = (overrides or JudgeOverrides()).merged(JudgeOverrides.from_settings(settings))
+    _check_run_name(overrides.run_name, names)
+    for name in names:
+        build_judge(name, overrides)
     benches = load_benches(bench, data_dir, columns=columns, scale=scale, no_reference=no_reference,
-                           unparsed_pairs=unparsed_pairs)
+                           unparsed_pairs=unparsed_pairs, on_skip=on_skip)
+    if progress_for is None:
+        progress_for = lambda label, total: contextlib.nullcontext(progress)  # noqa: E731
     metrics: dict[str, dict] = {}
     for name in names:
         for b in benches:
-            judged = judge_for(name, overrides, b.card.scale)
-            result = run_benchmark(judged, b, Path(out or DEFAULT_OUT), limit=limit, shard=shard_spec,
-                                   batch_size=overrides.get("batch_size"), too_long=too_long,
-                                   rejudge_failures=rejudge_failures, progress=progress)
+            judged = build_judge(name, dataclasses.replace(overrides, scale=b.card.scale))
+            with progress_for(f"{judged.name} × {b.name}", len(b.select(limit))) as advance:
+                result = run_benchmark(judged, b, Path(out or DEFAULT_OUT), limit=limit, shard=shard_spec,
+                                       batch_size=overrides.batch_size, too_long=too_long,
+                                       rejudge_failures=rejudge_failures, progress=advance)
             write_results(result, judged, b, ci=ci)
+            if on_run:
+                on_run(judged, b, result)
             metrics.setdefault(judged.name, {})[b.name] = result.metrics
     return next(iter(metrics.values())) if len(names) == 1 else metrics
+
+
+def _check_run_name(run_name: str | None, judges: list[str]) -> None:
+    from .runner import check_plain_name
+
+    if run_name is None:
+        return
+    if len(judges) > 1:
+        raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")
+    check_plain_name(run_name, "--run-name")
 
 
 Row = Mapping[str, Any] | Sequence[Any]
@@ -241,13 +279,16 @@ def grade_many(rows: Iterable[Row], *, judge: str = "tract", model: str | None =
     """Grade several responses in batches. Each row is a mapping with ``instruction``, ``response``,
     ``rubric`` and optional ``reference`` (as in own-data files), or a tuple in that order."""
     from .benchmarks.base import parse_scale
+    from .judge_config import JudgeOverrides
+    from .judges import build_judge
     from .runner import judge_pending
 
     bounds = parse_scale(scale) if scale is not None else (1, 5)
     samples = grading_samples(rows, bounds)
     if not samples:
         return []
-    judged = judge_for(judge, {**overrides, "model": model}, bounds)
+    # ``backend`` among the settings is a backend name: a setting, not build_judge's Backend object
+    judged = build_judge(judge, JudgeOverrides.from_settings({**overrides, "model": model, "scale": bounds}))
     by_id: dict[str, Prediction] = {}
     judge_pending(judged, samples, lambda row: by_id.__setitem__(row.id, row), batch_size=overrides.get("batch_size"))
     return [Grade.from_prediction(by_id[s.id]) for s in samples]

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .backends.options import add_backend_flags, backend_options_from_args
 from .cliargs import add_cards_option, add_command, add_data_options, use_cards
-from .judge_config import MAX_SCALE_POINTS, SCORE_ONLY_ANCHORS, VERDICT_PARSERS
-from .errors import ConfigError, InputNotFoundError
+from .judge_config import MAX_SCALE_POINTS, SCORE_ONLY_ANCHORS, VERDICT_PARSERS, JudgeOverrides
+from .errors import InputNotFoundError
 from .protocol import READOUTS
 from .progress import progress_reporter
 
@@ -58,37 +60,51 @@ def register(subparsers) -> None:
     add_data_options(p, limit_help="")
 
 
+# The JudgeOverrides fields that have a flag (``--`` + the field's name with dashes), with the flag's
+# argparse settings besides its type, which the field's type gives. In this order in --help.
+JUDGE_FLAGS: dict[str, dict[str, Any]] = {
+    "model": {"help": "HF id, local folder, .gguf file or LoRA adapter folder"},
+    "backend": {},
+    "device": {"help": "auto, cpu, cuda, cuda:1, ..."},
+    "dtype": {"help": "auto, float32, bfloat16, float16"},
+    "n_cot": {}, "seed": {}, "temperature": {}, "top_p": {}, "repetition_penalty": {}, "max_new_tokens": {},
+    "batch_size": {"help": "sequences decoded together; auto: the most that fit in GPU memory (transformers on CUDA)"},
+    "renormalize": {"action": "store_true",  # given: True; not given: None, the card's value
+                    "help": "RAIL over the candidates' probabilities renormalised to sum to 1 "
+                            "(default: raw full-vocabulary probabilities, as the reference)"},
+    "readout": {"choices": READOUTS,
+                "help": "CoT judges: read the score after the reference's retokenized text (prompt + CoT stripped "
+                        "on both sides + delimiter; default) or after the sampled ids themselves ('sampled')"},
+    "score_only_anchor": {"choices": SCORE_ONLY_ANCHORS,
+                          "help": "score-only judges: read after the empty assistant turn as the reference code "
+                                  "rendered it (default) or after the opened assistant turn ('generation-prompt')"},
+    "verdict_parser": {"choices": VERDICT_PARSERS,
+                       "help": "prometheus judges: prometheus-eval's eval/ rule, exactly '[RESULT] n' (default); "
+                               "'library': its library parser's (prometheus_eval/parser.py); 'lenient': "
+                               "tract_eval.parse_score's wider shapes"},
+    "parse_failure_policy": {"choices": ["exclude", "fallback"]},
+    "fallback_score": {},
+}
+# The JudgeOverrides fields without a judge-override flag, and why. A new JudgeConfig field must be
+# put in one of the two tables (tests/test_judge_overrides.py).
+NO_JUDGE_FLAG = {
+    "run_name": "run's own --run-name: one judge's output folder",
+    "scale": "follows the data: own data's --scale, else the benchmark card's",
+    "backend_options": "the backend flags (backends.options.add_backend_flags)",
+    **dict.fromkeys(("description", "judge_class", "template", "system_prompt", "protocol", "delimiter",
+                     "cut_marker", "stop", "max_retries", "unparsed_runs", "partial_candidates", "feedback_label"),
+                    "what a judge is: a card setting (a card of your own: --cards), or a Python API keyword"),
+}
+
+
 def add_judge_overrides(p: argparse.ArgumentParser, renamed_backend_flags: dict[str, str] | None = None) -> None:
-    """Flags that override a judge card (None = keep the card's value); ``renamed_backend_flags`` as
-    ``add_backend_flags`` takes it."""
+    """Flags that override a judge card (None = keep the card's value), one per JUDGE_FLAGS field;
+    ``renamed_backend_flags`` as ``add_backend_flags`` takes it."""
+    kinds = {f.name: f.type for f in dataclasses.fields(JudgeOverrides)}
     g = p.add_argument_group("judge overrides (default: the card's values)")
-    g.add_argument("--model", default=None, help="HF id, local folder, .gguf file or LoRA adapter folder")
-    g.add_argument("--backend", default=None)
-    g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
-    g.add_argument("--n-cot", type=int, default=None)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--repetition-penalty", type=float, default=None)
-    g.add_argument("--max-new-tokens", type=int, default=None)
-    g.add_argument("--batch-size", type=_batch_size, default=None,
-                   help="sequences decoded together; auto: the most that fit in GPU memory (transformers on CUDA)")
-    g.add_argument("--renormalize", action="store_true",
-                   help="RAIL over the candidates' probabilities renormalised to sum to 1 "
-                        "(default: raw full-vocabulary probabilities, as the reference)")
-    g.add_argument("--readout", choices=READOUTS, default=None,
-                   help="CoT judges: read the score after the reference's retokenized text (prompt + CoT stripped "
-                        "on both sides + delimiter; default) or after the sampled ids themselves ('sampled')")
-    g.add_argument("--score-only-anchor", choices=SCORE_ONLY_ANCHORS, default=None,
-                   help="score-only judges: read after the empty assistant turn as the reference code rendered "
-                        "it (default) or after the opened assistant turn ('generation-prompt')")
-    g.add_argument("--verdict-parser", choices=VERDICT_PARSERS, default=None,
-                   help="prometheus judges: prometheus-eval's eval/ rule, exactly '[RESULT] n' (default); "
-                        "'library': its library parser's (prometheus_eval/parser.py); 'lenient': "
-                        "tract_eval.parse_score's wider shapes")
-    g.add_argument("--parse-failure-policy", choices=["exclude", "fallback"], default=None)
-    g.add_argument("--fallback-score", type=float, default=None)
+    for name, settings in JUDGE_FLAGS.items():
+        valued = {} if "action" in settings else {"type": _FLAG_TYPES.get(kinds[name]), "default": None}
+        g.add_argument("--" + name.replace("_", "-"), **valued, **settings)
     add_backend_flags(p, renamed_backend_flags)
 
 
@@ -101,16 +117,15 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"a number of sequences or 'auto', not {text!r}") from None
 
 
-def judge_overrides(args) -> dict:
-    return {
-        "model": args.model, "backend": args.backend, "device": args.device, "dtype": args.dtype,
-        "n_cot": args.n_cot, "seed": args.seed, "temperature": args.temperature, "top_p": args.top_p,
-        "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size, "renormalize": True if args.renormalize else None,
-        "parse_failure_policy": args.parse_failure_policy, "fallback_score": args.fallback_score,
-        "readout": args.readout, "score_only_anchor": args.score_only_anchor, "verdict_parser": args.verdict_parser,
-        "backend_options": backend_options_from_args(args),
-    }
+# a JudgeOverrides field's type -> how its flag reads the text (str: as it is)
+_FLAG_TYPES = {int | None: int, float | None: float, int | str | None: _batch_size}
+
+
+def judge_overrides(args) -> JudgeOverrides:
+    """The judge overrides the flags of ``add_judge_overrides`` give."""
+    given = {name: getattr(args, name) for name in JUDGE_FLAGS}
+    given["renormalize"] = given["renormalize"] or None  # store_true: not given is the card's value
+    return JudgeOverrides(**given, backend_options=backend_options_from_args(args) or None)
 
 
 def cmd_list(args) -> int:
@@ -137,44 +152,33 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from rich.console import Console
 
-    from .api import judge_for, judge_names, load_benches, write_results
-    from .runner import parse_shard, run_benchmark
+    from .api import evaluate
 
     console = Console(stderr=True, quiet=bool(args.quiet))
-    # Everything a user can get wrong is checked here, before any model loads.
-    shard = parse_shard(args.shard)
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, not {args.limit}")
     use_cards(args)
-    names = judge_names(args.judge)
-    if args.run_name and len(names) > 1:
-        raise ConfigError("--run-name names one judge's folder; run one judge at a time with it")
-    overrides = {**judge_overrides(args), "run_name": args.run_name}
-    for name in names:
-        judge_for(name, overrides)
     skipped: list[tuple[str, str]] = []
-    benches = load_benches(args.bench, args.data_dir, columns=args.columns, scale=args.scale,
-                           no_reference=args.no_reference, unparsed_pairs=args.unparsed_pairs, on_skip=lambda n, why: skipped.append((n, why)))
-    for name, reason in skipped:
+    results, usage_lines = [], {}
+
+    def on_skip(name: str, reason: str) -> None:
+        skipped.append((name, reason))
         console.print(f"[yellow]skipped {name}[/]: {reason}")
 
-    results, usage_lines = [], []
-    for name in names:
-        for bench in benches:
-            judge = judge_for(name, overrides, bench.card.scale)
-            total = len(bench.select(args.limit))
-            with progress_reporter(console, f"{judge.name} × {bench.name}", total) as advance:
-                result = run_benchmark(judge, bench, args.out, limit=args.limit, shard=shard,
-                                       batch_size=args.batch_size, too_long=args.too_long,
-                                       rejudge_failures=args.rejudge_failures, progress=advance)
-            write_results(result, judge, bench, ci=args.ci)
-            results.append(result)
-            if judge.model_note:
-                console.print(f"[red]NOTE[/] {judge.name}: {judge.model_note}")
-        usage_lines.extend(_usage_line(judge))
+    def on_run(judge, bench, result) -> None:
+        results.append(result)
+        if judge.model_note:
+            console.print(f"[red]NOTE[/] {judge.name}: {judge.model_note}")
+        usage_lines[judge.name] = _usage_line(judge)  # the judge's last run: its whole usage
+
+    evaluate(args.judge, args.bench, limit=args.limit, out=args.out, data_dir=args.data_dir, columns=args.columns,
+             scale=args.scale, no_reference=args.no_reference, unparsed_pairs=args.unparsed_pairs, shard=args.shard,
+             too_long=args.too_long, ci=args.ci, rejudge_failures=args.rejudge_failures,
+             overrides=dataclasses.replace(judge_overrides(args), run_name=args.run_name),
+             progress_for=lambda label, total: progress_reporter(console, label, total),
+             on_skip=on_skip, on_run=on_run)
     print_summary(results, skipped)
-    for line in usage_lines:
-        print(line)
+    for lines in usage_lines.values():
+        for line in lines:
+            print(line)
     return 0
 
 

@@ -47,7 +47,7 @@ UNPARSED_RUNS = ("mean", "fail-row")
 MAX_SCALE_POINTS = 101  # e.g. 0-100
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingConfig:
     """Paper defaults (TRACT §4): temperature 1.0, top-p 0.9, repetition penalty 1.03, 1024 new tokens."""
 
@@ -144,8 +144,10 @@ def _describe_hint(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class JudgeConfig:
+    """A judge's settings: frozen, so a built judge's config is final (``apply`` gives changed copies)."""
+
     name: str
     description: str = ""
     judge_class: str = "absolute"  # registry key of the Judge implementation
@@ -200,14 +202,14 @@ class JudgeConfig:
             if unknown:
                 raise ConfigError(f"judge {self.name!r}: unknown sampling settings {sorted(unknown)}")
             try:
-                self.sampling = SamplingConfig(**self.sampling)
+                object.__setattr__(self, "sampling", SamplingConfig(**self.sampling))
             except ValueError as exc:
                 raise ConfigError(f"judge {self.name!r}: {exc}") from None
         if not isinstance(self.sampling, SamplingConfig):
             raise ConfigError(f"judge {self.name!r}: sampling must be a mapping, not {self.sampling!r}")
         check_field_types(self, f"judge {self.name!r}")
-        self.scale = tuple(self.scale)  # YAML gives lists
-        self.stop = tuple(self.stop)
+        object.__setattr__(self, "scale", tuple(self.scale))  # YAML gives lists
+        object.__setattr__(self, "stop", tuple(self.stop))
         if self.scale[0] >= self.scale[1]:
             raise ConfigError(f"judge {self.name!r}: scale must be (low, high) with low < high, not {list(self.scale)}")
         if self.scale[1] - self.scale[0] + 1 > MAX_SCALE_POINTS:
@@ -288,19 +290,66 @@ class JudgeConfig:
                 data.update(max_retries=self.max_retries, verdict_parser=self.verdict_parser)
         return json.loads(json.dumps(data, sort_keys=True))
 
-    def with_overrides(self, **overrides) -> "JudgeConfig":
-        """Return a copy with non-None overrides applied; ``sampling.*`` keys reach the sampling block."""
+    def apply(self, overrides: "JudgeOverrides") -> "JudgeConfig":
+        """A checked copy with the given (non-None) overrides: sampling fields reach the sampling block,
+        ``backend_options`` are merged over the card's, ``run_name`` renames the judge."""
+        given = overrides.given()
         data = self.to_dict()
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key in data["sampling"]:
+        for key, value in given.items():
+            if key == "backend_options":
+                data[key] = {**data[key], **value}
+            elif key in data["sampling"]:
                 data["sampling"][key] = value
-            elif key in data:
+            elif key != "run_name":
                 data[key] = value
-            else:
+        config = JudgeConfig(**data)
+        # renamed last, so errors in the other settings name the card they came from
+        return dataclasses.replace(config, name=given["run_name"]) if "run_name" in given else config
+
+    def with_overrides(self, **settings) -> "JudgeConfig":
+        """``apply`` with keyword settings (``JudgeOverrides.from_settings``)."""
+        return self.apply(JudgeOverrides.from_settings(settings))
+
+
+def _overridable(cls):
+    """Give ``cls`` one optional field (default None: keep the card's value) per JudgeConfig field, the
+    sampling block's fields in place of ``sampling`` and ``run_name`` in place of ``name``."""
+    hints = typing.get_type_hints(JudgeConfig)
+    sampling_hints = typing.get_type_hints(SamplingConfig)
+    names = {f.name: hints[f.name] for f in dataclasses.fields(JudgeConfig) if f.name not in ("name", "sampling")}
+    names.update((f.name, sampling_hints[f.name]) for f in dataclasses.fields(SamplingConfig))
+    names["run_name"] = str
+    cls.__annotations__ = {name: hint | None for name, hint in names.items()}
+    for name in names:
+        setattr(cls, name, None)
+    return dataclass(frozen=True, kw_only=True)(cls)
+
+
+@_overridable
+class JudgeOverrides:
+    """Settings that replace a judge card's (None keeps the card's value): every JudgeConfig field, the
+    sampling settings by their own names, and ``run_name``, the judge's name (its output folder).
+
+    Command-line flags (``commands.add_judge_overrides``) and the Python API's keyword settings
+    (``from_settings``) both end here; ``JudgeConfig.apply`` makes the judge's config from it.
+    """
+
+    @classmethod
+    def from_settings(cls, settings: typing.Mapping[str, Any]) -> "JudgeOverrides":
+        """From keyword settings (the Python API's ``n_cot=2, temperature=0.5, ...``)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in settings:
+            if key not in known:
                 raise UnknownNameError(f"unknown judge setting {key!r}")
-        return JudgeConfig(**data)
+        return cls(**settings)
+
+    def given(self) -> dict[str, Any]:
+        """The settings that override the card's (the ones not None)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def merged(self, other: "JudgeOverrides") -> "JudgeOverrides":
+        """These overrides with ``other``'s given settings on top."""
+        return dataclasses.replace(self, **other.given())
 
 
 def read_yaml_mapping(path: Path, what: str = "judge card") -> dict:

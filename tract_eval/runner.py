@@ -20,7 +20,7 @@ from typing import Callable, Container
 from importlib import metadata
 from pathlib import Path
 
-from .benchmarks import Benchmark, DataFormatError, Sample
+from .benchmarks import Benchmark, DataFormatError, Sample, check_limit
 from .errors import ConfigError, InputNotFoundError, ServerError, UserError
 from .judges import Judge
 from .judges.base import row_meta
@@ -257,11 +257,6 @@ def status_counts(rows: list[Prediction]) -> dict[str, int]:
     """Rows per status (ok, parse_failure, fallback, partial_candidates, too_long): nothing is silent."""
     counts = Counter(row.status for row in rows)
     return {status: counts[status] for status in sorted(counts, key=str)}
-
-
-def check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"--limit must be a whole number >= 1, not {limit!r}")
 
 
 def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None = None,

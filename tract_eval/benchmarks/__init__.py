@@ -29,6 +29,12 @@ LOADERS.register(TABLE_LOADER)(load_table)
 PAIR_META = {"subset", "section", "pair_id", "side"}  # what pairwise metrics and reports read from a sample
 
 
+def check_limit(limit: int | None) -> None:
+    """``--limit`` (``limit=`` in the Python API): a whole number of rows (pairs) >= 1, or None for all."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--limit must be >= 1, a whole number, not {limit!r}")
+
+
 @dataclass
 class Benchmark:
     card: BenchmarkCard
@@ -48,6 +54,7 @@ class Benchmark:
 
     def select(self, limit: int | None = None) -> list[Sample]:
         """The first ``limit`` items: rows for absolute benchmarks, pairs (both sides) for pairwise ones."""
+        check_limit(limit)
         if limit is None:
             return list(self.samples)
         return self.samples[: limit * 2] if self.kind == "pairwise" else self.samples[:limit]
@@ -127,6 +134,6 @@ def reload_benchmark(described: dict, data_dir: str | Path | None = None) -> Ben
 
 __all__ = [
     "Benchmark", "BenchmarkCard", "DataFormatError", "DataUnavailable", "Sample", "benchmark_names",
-    "builtin_benchmark_names", "find_card_or_none", "is_data_spec", "load_benchmark", "load_card", "parse_scale",
+    "builtin_benchmark_names", "check_limit", "find_card_or_none", "is_data_spec", "load_benchmark", "load_card", "parse_scale",
     "reload_benchmark",
 ]

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from ..cliargs import add_command, add_data_options, add_output_file
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from ..reports.cli import write_output
 
 
@@ -20,46 +21,27 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _load_benches(spec: str, data_dir, kinds=("absolute",), annotated: bool = False) -> list:
-    """Benchmarks by name; with 'all', those whose data is here and whose kind fits (others are named);
-    ``annotated``: with 'all', only those whose card names annotation CoT fields."""
-    from ..benchmarks import DataUnavailable, builtin_benchmark_names, load_benchmark, load_card
+def _absolute_benches(spec: str, data_dir, annotated: bool = False) -> list:
+    """``api.load_benches`` for the analyses: absolute benchmarks only; with 'all', the others are named."""
+    from ..api import load_benches
 
-    names = builtin_benchmark_names() if spec == "all" else [b.strip() for b in spec.split(",") if b.strip()]
-    benches = []
-    for name in names:
-        if annotated and spec == "all" and not load_card(name).annotation_cots:
-            continue
-        if load_card(name).kind not in kinds:
-            if spec != "all":
-                raise ConfigError(f"{name} is a {load_card(name).kind} benchmark; this command needs "
-                                 f"{' or '.join(kinds)} ones")
-            print(f"skipped {name}: {load_card(name).kind} benchmark", file=sys.stderr)
-            continue
-        try:
-            benches.append(load_benchmark(name, data_dir))
-        except DataUnavailable as exc:
-            if spec != "all":
-                raise
-            print(f"skipped {name}: {exc}", file=sys.stderr)
-    if not benches:
-        raise UserError("no benchmark data available (see the skipped reasons above)")
-    return benches
+    return load_benches(spec, data_dir, kinds=("absolute",), annotated=annotated,
+                        on_skip=lambda name, why: print(f"skipped {name}: {why}", file=sys.stderr))
 
 
 def _cmd_scaling(args) -> int:
     import json
 
+    from ..api import judge_names
     from ..commands import judge_overrides
     from .scaling import average_curve, plot, points_table, run_scaling
     from ..reports.table import bench_title
 
-    overrides = judge_overrides(args)
-    overrides.pop("n_cot")  # the K values come from --n-cot as a list
+    overrides = dataclasses.replace(judge_overrides(args), n_cot=None)  # the K values come from --n-cot as a list
     base_seed = args.seed if args.seed is not None else 0
     seeds = [base_seed + i for i in range(args.seeds)]
-    benches = _load_benches(args.bench, args.data_dir)
-    judges = [j.strip() for j in args.judge.split(",") if j.strip()]
+    benches = _absolute_benches(args.bench, args.data_dir)
+    judges = judge_names(args.judge)
     points = run_scaling(judges, benches, args.n_cot, seeds, overrides, Path(args.cache or args.out), args.limit,
                          log_line=lambda line: print(line, file=sys.stderr))
     bench_names = [b.name for b in benches]
@@ -94,12 +76,12 @@ def _cmd_cot_shift(args) -> int:
     import json
 
     from ..commands import judge_overrides
+    from ..judges import build_judge
     from .analysis import annotation_cots, cot_shift, read_annotation_file
-    from .scaling import build_judge_with
 
-    judge = build_judge_with(args.judge, judge_overrides(args))
+    judge = build_judge(args.judge, judge_overrides(args))
     results, details = {}, {}
-    for bench in _load_benches(args.bench, args.data_dir, annotated=not args.cots):
+    for bench in _absolute_benches(args.bench, args.data_dir, annotated=not args.cots):
         samples = bench.select(args.limit)
         annotations = read_annotation_file(args.cots) if args.cots else annotation_cots(bench)
         summary, rows = cot_shift(judge, samples, annotations)
@@ -120,10 +102,10 @@ def _cmd_perplexity(args) -> int:
 
     from ..commands import judge_overrides
     from .analysis import annotation_cots, own_cot_text, perplexity
+    from ..judges import build_judge
     from ..reports.runs import load_run
-    from .scaling import build_judge_with
 
-    judge = build_judge_with(args.judge, judge_overrides(args))
+    judge = build_judge(args.judge, judge_overrides(args))
     sets = {}
     if args.run:
         for folder in args.run:
@@ -132,7 +114,7 @@ def _cmd_perplexity(args) -> int:
                      for row in run.rows[: args.limit] for i in range(len(row.cots))]
             sets[f"run:{run.judge}/{run.bench}"] = [p for p in pairs if p[1]]
     if args.bench:
-        for bench in _load_benches(args.bench, args.data_dir):
+        for bench in _absolute_benches(args.bench, args.data_dir):
             samples = {s.id: s for s in bench.select(args.limit)}
             inputs = {sid: judge.build_input(s) for sid, s in samples.items()}
             sets[f"annotation:{bench.name}"] = [(inputs[a.sample_id], a.cot) for a in annotation_cots(bench)

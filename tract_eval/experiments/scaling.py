@@ -7,6 +7,7 @@ missing no judge (and so no model) is built at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
+from ..judge_config import JudgeOverrides
 from ..records import JsonlAppender, Prediction
 
 CACHE_DIR = "cot-cache"
@@ -202,23 +204,7 @@ def points_table(points: list[CurvePoint]) -> list[dict]:
              "n": p.n, "per_seed_r": p.per_seed} for p in points]
 
 
-def build_judge_with(judge_name: str, overrides: dict, backend=None):
-    """``build_judge`` with the CLI's overrides, where ``backend`` (a backend *name*) is a config field.
-
-    ``build_judge``'s own ``backend`` parameter is an already created Backend object, so the name
-    override is applied to the config instead (the backend is created lazily from it).
-    """
-    from ..judges import build_judge
-
-    settings = dict(overrides)
-    backend_name = settings.pop("backend", None)
-    judge = build_judge(judge_name, backend=backend, **settings)
-    if backend_name is not None:
-        judge.config = judge.config.with_overrides(backend=backend_name)
-    return judge
-
-
-def judge_generator(judge_name: str, overrides: dict, seed: int, shared) -> Generate:
+def judge_generator(judge_name: str, overrides: JudgeOverrides, seed: int, shared) -> Generate:
     """Sample CoTs with the named judge under ``seed``; ``shared`` holds the one backend (created on first use)."""
 
     def generate(samples, n_cot, first_cot, on_row):
@@ -228,15 +214,16 @@ def judge_generator(judge_name: str, overrides: dict, seed: int, shared) -> Gene
             if base.model_note:  # the card's model was swapped: the cache key would lie
                 raise ConfigError(f"judge {judge_name}: {base.model_note}; pass --model explicitly so the "
                                    "CoT cache is keyed on the model that really writes the CoTs")
+        from ..judges import build_judge
         from ..runner import judge_pending
 
-        judge = build_judge_with(judge_name, {**overrides, "n_cot": n_cot, "seed": seed}, shared["backend"])
+        judge = build_judge(judge_name, overrides, n_cot=n_cot, seed=seed, backend=shared["backend"])
         judge_pending(judge, samples, on_row, first_cot=first_cot)  # the runner's loop and batch rule
 
     return generate
 
 
-def run_scaling(judge_names: list[str], benches: list, ks: list[int], seeds: list[int], overrides: dict,
+def run_scaling(judge_names: list[str], benches: list, ks: list[int], seeds: list[int], overrides: JudgeOverrides,
                 cache_root: Path, limit: int | None = None, log_line=print, backend=None) -> list[CurvePoint]:
     """Fill the CoT caches up to max(K) for every judge, benchmark and seed; return the curves.
 
@@ -244,10 +231,12 @@ def run_scaling(judge_names: list[str], benches: list, ks: list[int], seeds: lis
     """
     import time
 
+    from ..judges import build_judge
+
     points: list[CurvePoint] = []
     kmax = max(ks)
     for judge_name in judge_names:
-        base = build_judge_with(judge_name, {k: v for k, v in overrides.items() if k != "seed"})  # no model yet
+        base = build_judge(judge_name, dataclasses.replace(overrides, seed=None))  # no model yet
         if not base.variant.writes_cot:
             raise ConfigError(f"judge {judge_name} writes no CoT: more CoTs cannot change its score")
         key = cache_key(base.config)

@@ -2,11 +2,12 @@
 ``tract_eval.judges`` entry-point group (a Judge subclass with ``default_config()``)."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-from ..judge_config import JudgeConfig, builtin_judge_cards, load_judge_card
+from ..backends import Backend, check_backend_options
 from ..errors import UnknownNameError
+from ..judge_config import JudgeConfig, JudgeOverrides, builtin_judge_cards, load_judge_card
+from ..models import check_device, check_model_args
 from ..registry import Registry
 from ..identity import resolve_card_model
 from .base import Judge
@@ -37,23 +38,35 @@ def load_judge_config(name_or_path: str) -> tuple[JudgeConfig, type[Judge]]:
     raise UnknownNameError(f"unknown judge {name_or_path!r}; known: {', '.join(judge_names())} (or a path to a YAML card)")
 
 
-def build_judge(name_or_path: str, backend=None, **overrides) -> Judge:
-    """A judge from a card name/path or a plugin name; ``overrides`` are JudgeConfig/sampling fields."""
+def build_judge(name_or_path: str, overrides: JudgeOverrides | None = None, *, backend: Backend | None = None,
+                **settings) -> Judge:
+    """A judge from a card name/path or a plugin name, with ``overrides`` and keyword ``settings``
+    (``JudgeOverrides`` fields, e.g. ``n_cot=2``; they win over ``overrides``) applied: its config is
+    final. ``backend``: an already created Backend to judge with; none: the judge creates the one its
+    config names when first used, and the config's backend settings are checked here, before it loads."""
+    if isinstance(backend, str):
+        raise TypeError(f"build_judge(backend={backend!r}): a backend name is a setting, "
+                        f"JudgeOverrides(backend={backend!r}); backend= takes a created Backend")
+    overrides = (overrides or JudgeOverrides()).merged(JudgeOverrides.from_settings(settings))
     config, cls = load_judge_config(name_or_path)
-    if isinstance(backend, str):  # `--backend NAME` is the judge setting, not a Backend instance
-        overrides["backend"], backend = backend, None
-    model_from_card = config.model is not None and overrides.get("model") is None
-    backend_options = overrides.pop("backend_options", None) or {}  # flags win over the card's
-    config = config.with_overrides(**overrides)
-    if backend_options:
-        config = dataclasses.replace(config, backend_options={**config.backend_options, **backend_options})
+    model_from_card = config.model is not None and overrides.model is None
+    config = config.apply(overrides)
     note = None
-    if model_from_card and backend is None:
-        # settled here, once, so the run identity names the model that really runs
-        config, note = resolve_card_model(config)
+    if backend is None:
+        check_backend_settings(config)
+        if model_from_card:  # settled here, once, so the run identity names the model that really runs
+            config, note = resolve_card_model(config)
     judge = cls(config, backend=backend)
     judge.model_note = note
     return judge
 
 
-__all__ = ["JUDGES", "Judge", "build_judge", "judge_names", "load_judge_config"]
+def check_backend_settings(config: JudgeConfig) -> None:
+    """The backend, its options, model arguments and device, checked before any model loads."""
+    check_backend_options(config.backend, config.backend_options)
+    if config.backend == "transformers":
+        check_model_args(config.backend_options.get("model_args"))
+        check_device(config.device)
+
+
+__all__ = ["JUDGES", "Judge", "JudgeOverrides", "build_judge", "judge_names", "load_judge_config"]

@@ -27,7 +27,7 @@ class Judge:
     """Built from a JudgeConfig; the backend is created on first use (one model load per run)."""
 
     def __init__(self, config: JudgeConfig, backend: Backend | None = None):
-        self.config = config
+        self._config = config
         self._backend = backend
         self._candidates: ScoreCandidates | None = None
         self._variant: JudgeVariant | None = None
@@ -37,6 +37,11 @@ class Judge:
     def default_config(cls) -> JudgeConfig:
         """Plugin judges override this to ship their own defaults."""
         raise NotImplementedError(f"{cls.__name__} has no default config; give it a judge card")
+
+    @property
+    def config(self) -> JudgeConfig:
+        """Final once built (frozen, and not replaceable): ``build_judge`` applies every override."""
+        return self._config
 
     @property
     def name(self) -> str:
@@ -56,7 +61,7 @@ class Judge:
     @property
     def variant(self) -> JudgeVariant:
         """The judge's protocol (the card's ``protocol``), a type from :mod:`tract_eval.judges.variants`."""
-        if self._variant is None or self._variant.config is not self.config:
+        if self._variant is None:
             self._variant = VARIANTS[self.config.protocol](self)
         return self._variant
 

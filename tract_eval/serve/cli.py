@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 import sys
@@ -99,20 +100,19 @@ def cmd_serve(args) -> int:
         import uvicorn
     except ModuleNotFoundError as exc:
         raise ConfigError(f"tract-eval serve needs {exc.name}: pip install 'tract-eval[serve]'") from None
-    from ..api import judge_for
     from ..commands import judge_overrides
+    from ..judges import build_judge
     from .app import build_app
     from .queue import GradingQueue, Settings
 
     use_cards(args)
     options = _checked_options(args)
-    overrides = judge_overrides(args)
-    judge_for(args.judge, overrides, options.scale)  # the card and flags are checked before the model loads
+    overrides = dataclasses.replace(judge_overrides(args), scale=options.scale)
+    build_judge(args.judge, overrides)  # the card and flags are checked before the model loads
 
     def judge_of(settings):
-        return judge_for(args.judge, {**overrides, "n_cot": settings.n_cot or overrides["n_cot"],
-                                      "seed": settings.seed if settings.seed is not None else overrides["seed"]},
-                         options.scale)
+        # a request's n_cot and seed win over the flags (n_cot 0 or None: the flags')
+        return build_judge(args.judge, overrides, n_cot=settings.n_cot or None, seed=settings.seed)
 
     gather = args.gather_ms / 1000
     queue = GradingQueue(judge_of, gather_s=gather, gather_max_s=10 * gather).start()  # loads the model
