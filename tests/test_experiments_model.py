@@ -21,12 +21,12 @@ def test_larger_k_samples_only_missing_and_cached_k_loads_nothing(tmp_path, embe
                                                                    monkeypatch):
     from tract_eval.benchmarks import load_benchmark
     from tract_eval.cli import main
-    from tract_eval.judges import Judge, build_judge
+    from tract_eval.judges import Judge, JudgeOverrides, build_judge
     from tract_eval.experiments.scaling import CotCache, cache_key, run_scaling
 
     bench = load_benchmark("vicuna", data_dir)
     log: list[str] = []
-    run = lambda ks, backend: run_scaling(["tract"], [bench], ks, [0], OVERRIDES, tmp_path, limit=2,  # noqa: E731
+    run = lambda ks, backend: run_scaling(["tract"], [bench], ks, [0], JudgeOverrides(**OVERRIDES), tmp_path, limit=2,  # noqa: E731
                                           log_line=log.append, backend=backend)
     run([1], embedded_backend)
     assert "sampled 2 new CoTs" in log[-1]

@@ -208,13 +208,15 @@ def test_one_loop_batches_sequences_and_skips_done(vicuna):
 
 def test_scaling_cache_fills_through_the_runner_loop(tmp_path, vicuna):
     from tract_eval.experiments.scaling import run_scaling
+    from tract_eval.judges import JudgeOverrides
 
     backend = LengthBackend()
-    points = run_scaling(["tract"], [vicuna], [1, 2], [0], {}, tmp_path, limit=3, log_line=lambda _: None,
-                         backend=backend)
+    points = run_scaling(["tract"], [vicuna], [1, 2], [0], JudgeOverrides(), tmp_path, limit=3,
+                         log_line=lambda _: None, backend=backend)
     assert backend.judged == 6 and [p.k for p in points] == [1, 2]
     again = LengthBackend()
-    run_scaling(["tract"], [vicuna], [1, 2], [0], {}, tmp_path, limit=3, log_line=lambda _: None, backend=again)
+    run_scaling(["tract"], [vicuna], [1, 2], [0], JudgeOverrides(), tmp_path, limit=3, log_line=lambda _: None,
+                backend=again)
     assert again.judged == 0
 
 
