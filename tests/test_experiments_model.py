@@ -26,8 +26,8 @@ def test_larger_k_samples_only_missing_and_cached_k_loads_nothing(tmp_path, embe
 
     bench = load_benchmark("vicuna", data_dir)
     log: list[str] = []
-    run = lambda ks, backend: run_scaling(["tract"], [bench], ks, [0], JudgeOverrides(**OVERRIDES), tmp_path, limit=2,  # noqa: E731
-                                          log_line=log.append, backend=backend)
+    run = lambda ks, backend: run_scaling(["tract"], [bench], ks, [0], JudgeOverrides(**OVERRIDES),  # noqa: E731
+                                          tmp_path, limit=2, log_line=log.append, backend=backend)
     run([1], embedded_backend)
     assert "sampled 2 new CoTs" in log[-1]
     cache = CotCache(tmp_path, cache_key(build_judge("tract", **OVERRIDES).config), "vicuna", 0)

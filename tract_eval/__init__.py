@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .api import Grade, diagnose, evaluate, grade, grade_many  # noqa: E402 - after __version__, which the CLI reads
 from .errors import UserError  # noqa: E402
+from .judge_config import JudgeOverrides  # noqa: E402
 from .parsing import parse_score  # noqa: E402
 
-__all__ = ["Grade", "UserError", "__version__", "diagnose", "evaluate", "grade", "grade_many", "parse_score"]
+__all__ = ["Grade", "JudgeOverrides", "UserError", "__version__", "diagnose", "evaluate", "grade", "grade_many", "parse_score"]

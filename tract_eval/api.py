@@ -219,13 +219,12 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
         build_judge(name, overrides)
     benches = load_benches(bench, data_dir, columns=columns, scale=scale, no_reference=no_reference,
                            unparsed_pairs=unparsed_pairs, on_skip=on_skip)
-    if progress_for is None:
-        progress_for = lambda label, total: contextlib.nullcontext(progress)  # noqa: E731
+    enter = progress_for or (lambda label, total: contextlib.nullcontext(progress))
     metrics: dict[str, dict] = {}
     for name in names:
         for b in benches:
             judged = build_judge(name, dataclasses.replace(overrides, scale=b.card.scale))
-            with progress_for(f"{judged.name} × {b.name}", len(b.select(limit))) as advance:
+            with enter(f"{judged.name} × {b.name}", len(b.select(limit))) as advance:
                 result = run_benchmark(judged, b, Path(out or DEFAULT_OUT), limit=limit, shard=shard_spec,
                                        batch_size=overrides.batch_size, too_long=too_long,
                                        rejudge_failures=rejudge_failures, progress=advance)

@@ -134,6 +134,6 @@ def reload_benchmark(described: dict, data_dir: str | Path | None = None) -> Ben
 
 __all__ = [
     "Benchmark", "BenchmarkCard", "DataFormatError", "DataUnavailable", "Sample", "benchmark_names",
-    "builtin_benchmark_names", "check_limit", "find_card_or_none", "is_data_spec", "load_benchmark", "load_card", "parse_scale",
-    "reload_benchmark",
+    "builtin_benchmark_names", "check_limit", "find_card_or_none", "is_data_spec", "load_benchmark", "load_card",
+    "parse_scale", "reload_benchmark",
 ]
