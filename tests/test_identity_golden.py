@@ -36,13 +36,14 @@ CASES = [
 
 
 def identities() -> dict:
+    from tract_eval.identity import judge_settings_identity
     from tract_eval.judges import JudgeOverrides, load_judge_config
 
     out = {}
     for label, card, overrides in CASES:
         # the config build_judge makes, without its checks of the backend (the API key variable is not set)
         config = load_judge_config(card)[0].apply(JudgeOverrides.from_settings(overrides))
-        out[label] = config.identity()
+        out[label] = judge_settings_identity(config)
     return out
 
 

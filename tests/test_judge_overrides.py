@@ -11,9 +11,9 @@ from tract_eval import api
 from tract_eval.cli import main
 from tract_eval.commands import JUDGE_FLAGS, NO_JUDGE_FLAG, add_judge_overrides, judge_overrides
 from tract_eval.errors import ConfigError, UnknownNameError
-from tract_eval.judge_config import JudgeConfig, JudgeOverrides, SamplingConfig, load_judge_card
+from tract_eval.judge_config import JudgeConfig, JudgeOverrides, SamplingConfig
 from tract_eval.judges import base as judge_base
-from tract_eval.judges import build_judge
+from tract_eval.judges import build_judge, load_judge_card
 
 from test_runner import LengthBackend
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backends import Backend, check_backend_options
+from ..backends import Backend, check_backend_settings
 from ..errors import UnknownNameError
-from ..judge_config import JudgeConfig, JudgeOverrides, builtin_judge_cards, load_judge_card
-from ..models import check_device, check_model_args
+from ..judge_config import JudgeConfig, JudgeOverrides
 from ..registry import Registry
-from ..identity import resolve_card_model
 from .base import Judge
+from .cards import builtin_judge_cards, load_judge_card, resolve_card_model
 
 def _not_a_judge(plugin) -> str | None:
     if isinstance(plugin, type) and issubclass(plugin, Judge):
@@ -61,12 +60,5 @@ def build_judge(name_or_path: str, overrides: JudgeOverrides | None = None, *, b
     return judge
 
 
-def check_backend_settings(config: JudgeConfig) -> None:
-    """The backend, its options, model arguments and device, checked before any model loads."""
-    check_backend_options(config.backend, config.backend_options)
-    if config.backend == "transformers":
-        check_model_args(config.backend_options.get("model_args"))
-        check_device(config.device)
-
-
-__all__ = ["JUDGES", "Judge", "JudgeOverrides", "build_judge", "judge_names", "load_judge_config"]
+__all__ = ["JUDGES", "Judge", "JudgeOverrides", "build_judge", "builtin_judge_cards", "judge_names",
+           "load_judge_card", "load_judge_config"]
