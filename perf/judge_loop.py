@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from unittest.mock import patch
 
@@ -64,7 +64,7 @@ from tract_eval.backends.engine import run_judge_loop
 from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.benchmarks import load_benchmark
 from tract_eval.candidates import derive_score_candidates
-from tract_eval.judge_config import SamplingConfig
+from tract_eval.judge_config import SamplingConfig, SeededSampling
 from tract_eval.judges import build_judge
 from tract_eval.models import load_tokenizer, resolve_model
 from tract_eval.protocol import common_prefix_length, finish_cot, readout_text
@@ -450,13 +450,18 @@ def start_vllm(bench: Bench) -> VLLMReplicas:
 
 
 # -- the two sides: tract-eval's judge loop and transformers' generate ----------------------------
+def seeded(sampling: SamplingConfig, seed: int) -> SeededSampling:
+    """What tract-eval's backends sample with: the sampling settings and the seed."""
+    return SeededSampling(**asdict(sampling), seed=seed)
+
+
 def ours(bench: Bench, requests, batch_size=None, sampling: SamplingConfig | None = None,
          shrink_idle_slots: bool = True):
     """(seconds, StepClock, completions) of the engine's judge loop on ``requests`` (what
     ``TransformersBackend.generate`` runs; ``shrink_idle_slots=False``: static batching)."""
     with StepClock(bench.model) as clock:
         seconds, out = timed(bench.device, lambda: run_judge_loop(
-            bench.backend, requests, sampling or bench.sampling, bench.args.seed, batch_size=batch_size,
+            bench.backend, requests, seeded(sampling or bench.sampling, bench.args.seed), batch_size=batch_size,
             shrink_idle_slots=shrink_idle_slots))
     return seconds, clock, out
 
@@ -570,7 +575,7 @@ def shared_vs_single(bench: Bench, backend: TransformersBackend, k: int, rows: i
     """K CoTs per prompt with one prefill, then the same K streams as K runs of one CoT each:
     (seconds, seconds, first differing draw of each CoT, or None where the two agree)."""
     def run(requests, batch_size):
-        return timed(bench.device, lambda: backend.generate(requests, bench.sampling, bench.args.seed,
+        return timed(bench.device, lambda: backend.generate(requests, seeded(bench.sampling, bench.args.seed),
                                                             batch_size=batch_size))
 
     prompts = bench.prompts

@@ -14,7 +14,7 @@ import time
 from tract_eval.backends import GenerationRequest, create_backend
 from tract_eval.benchmarks import load_benchmark
 from tract_eval.candidates import derive_score_candidates
-from tract_eval.judge_config import SamplingConfig
+from tract_eval.judge_config import SeededSampling
 from tract_eval.judges import build_judge
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     samples = load_benchmark("vicuna", args.data_dir).select(args.rows)
     prompts = [judge.build_input(s) for s in samples]
     candidates = derive_score_candidates(backend.tokenizer())
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+    sampling = SeededSampling(max_new_tokens=args.max_new_tokens, seed=0)
 
     def ours(shared: bool):
         if shared:
@@ -41,7 +41,7 @@ def main() -> None:
             requests = [GenerationRequest(f"{i}", p, n=1, first_index=k, candidates=candidates, cut_marker="So the overall")
                         for i, p in enumerate(prompts) for k in range(args.n_cot)]
         started = time.perf_counter()
-        out = backend.generate(requests, sampling, seed=0)
+        out = backend.generate(requests, sampling)
         return time.perf_counter() - started, [c for group in out for c in group], requests
 
     def reference(completions, requests):

@@ -10,6 +10,7 @@ sampler draws, whatever the batch size and slot reuse (in float64, see ``backend
 2K-CoT request makes; the score read from the generation pass equals an independent forward pass
 within 1e-4 (cut path and multi-token candidates included).
 """
+import dataclasses
 import weakref
 
 import numpy as np
@@ -24,13 +25,18 @@ from tract_eval.backends.engine.sampling import logits_processors, sample_top_p,
 from tract_eval.backends.engine import JudgeLoop, candidate_variants, run_judge_loop
 from tract_eval.backends.transformers_backend import TransformersBackend
 from tract_eval.candidates import derive_score_candidates
-from tract_eval.judge_config import SamplingConfig
+from tract_eval.judge_config import SamplingConfig, SeededSampling
 from tract_eval.protocol import finish_cot
 
 from readout_reference import forward_candidate_logprobs
 
 TOLERANCE = 1e-4  # float32, max abs difference of candidate log-probabilities
 SAMPLING = SamplingConfig(temperature=1.0, top_p=0.9, repetition_penalty=1.03, max_new_tokens=7)
+
+
+def seeded(seed: int, sampling: SamplingConfig = SAMPLING) -> SeededSampling:
+    """The settings a backend samples with: ``sampling`` and the seed."""
+    return SeededSampling(**dataclasses.asdict(sampling), seed=seed)
 
 
 def tiny_backend(dtype: torch.dtype) -> TransformersBackend:
@@ -168,7 +174,7 @@ def test_loop_draws_what_the_unbatched_reference_draws(backend64, prompts, batch
     backend = backend64
     monkeypatch.setattr(backend, "batch_prefill", batch_prefill)
     requests = [GenerationRequest(f"q{i}", p, n=2) for i, p in enumerate(prompts[:3])]
-    out = backend.generate(requests, SAMPLING, seed=5, batch_size=batch_size)
+    out = backend.generate(requests, seeded(5), batch_size=batch_size)
     for request, completions in zip(requests, out):
         for index, completion in enumerate(completions):
             assert completion.token_ids == reference_cot(backend, request, index, SAMPLING, seed=5)
@@ -191,9 +197,9 @@ def test_static_batching_keeps_idle_slots_and_the_same_cots(backend64, prompts, 
     # one id in five ends a CoT: lengths vary (geometric, capped at 7), so slots go idle at different steps
     monkeypatch.setattr(backend, "eos_ids", backend.eos_ids | set(range(0, len(backend.tokenizer()), 5)))
     requests = [GenerationRequest(f"s{i}", p, n=2) for i, p in enumerate(prompts[:2])]
-    static = run_judge_loop(backend, requests, SAMPLING, seed=4, batch_size=4, shrink_idle_slots=False)
+    static = run_judge_loop(backend, requests, seeded(4), batch_size=4, shrink_idle_slots=False)
     static_widths, widths[:] = list(widths), []
-    shrinking = run_judge_loop(backend, requests, SAMPLING, seed=4, batch_size=4)
+    shrinking = run_judge_loop(backend, requests, seeded(4), batch_size=4)
     assert set(static_widths) == {4} and min(widths) < 4, (static_widths, widths)
     assert len({c.generated_tokens for g in static for c in g}) > 1
     assert [[c.token_ids for c in g] for g in static] == [[c.token_ids for c in g] for g in shrinking]
@@ -202,8 +208,8 @@ def test_static_batching_keeps_idle_slots_and_the_same_cots(backend64, prompts, 
 @pytest.mark.slow  # builds a model and loads the embedded tokenizer
 def test_later_cots_are_the_ones_a_larger_request_makes(backend64, prompts):
     backend = backend64
-    both = backend.generate([GenerationRequest("a", prompts[0], n=4)], SAMPLING, seed=2)[0]
-    later = backend.generate([GenerationRequest("a", prompts[0], n=2, first_index=2)], SAMPLING, seed=2, batch_size=1)[0]
+    both = backend.generate([GenerationRequest("a", prompts[0], n=4)], seeded(2))[0]
+    later = backend.generate([GenerationRequest("a", prompts[0], n=2, first_index=2)], seeded(2), batch_size=1)[0]
     assert [c.token_ids for c in later] == [c.token_ids for c in both[2:]]
 
 
@@ -233,8 +239,8 @@ def test_readout_equals_an_independent_forward_pass(backend, prompts, scale, cut
     assert scale == (1, 5) or not candidates.single_token
     requests = [GenerationRequest(f"r{i}", p, n=2, candidates=candidates, cut_marker=cut_marker)
                 for i, p in enumerate(prompts)]
-    out = backend.generate(requests, SAMPLING, seed=3, batch_size=3)
-    everything = backend.generate(requests, SAMPLING, seed=3)
+    out = backend.generate(requests, seeded(3), batch_size=3)
+    everything = backend.generate(requests, seeded(3))
     assert [[c.text for c in g] for g in out] == [[c.text for c in g] for g in everything]
     if cut_marker == "e":
         assert all(c.cut for group in out for c in group)
@@ -284,7 +290,7 @@ def test_delimiter_and_eos_finish_cots_of_varying_length(backend64, prompts, mon
     monkeypatch.setattr(backend, "eos_ids", backend.eos_ids | eos)
     requests = [GenerationRequest(f"d{i}", p, n=3, candidates=candidates, readout=readout)
                 for i, p in enumerate(prompts)]
-    out = backend.generate(requests, SAMPLING, seed=11, batch_size=2)
+    out = backend.generate(requests, seeded(11), batch_size=2)
     reasons = {c.finish_reason for group in out for c in group}
     assert "delimiter" in reasons
     for request, completions in zip(requests, out):
@@ -310,7 +316,7 @@ def test_reference_readout_retokenizes_what_the_sampled_ids_spell_differently(ba
     for readout in ("reference", "sampled"):
         requests = [GenerationRequest(f"w{i}", p, n=4, candidates=candidates, readout=readout)
                     for i, p in enumerate(prompts)]
-        by_mode[readout] = (requests, backend.generate(requests, SAMPLING, seed=5, batch_size=3))
+        by_mode[readout] = (requests, backend.generate(requests, seeded(5), batch_size=3))
     differing = 0
     for (request, ref_group), sampled_group in zip(zip(*by_mode["reference"]), by_mode["sampled"][1]):
         for ref, sampled in zip(ref_group, sampled_group):
@@ -332,7 +338,7 @@ def test_batch_size_auto_is_a_setting_and_needs_cuda(backend):
         JudgeConfig(name="j", batch_size="many")
     if backend.device.type != "cuda":
         with pytest.raises(ValueError, match="needs a CUDA device"):
-            backend.generate([GenerationRequest("x", "hello")], SAMPLING, seed=0, batch_size="auto")
+            backend.generate([GenerationRequest("x", "hello")], seeded(0), batch_size="auto")
 
 
 class PeakBytes(TorchDispatchMode):
@@ -390,8 +396,8 @@ def test_loglikelihood_follows_the_chain_rule(backend, prompts):
         [(context, first + second), (context, first), (context + first, second)])
     assert n_whole == n_head + n_tail == len(backend.encode(first + second))
     assert whole < 0 and abs(whole - (head + tail)) <= TOLERANCE
-    greedy = backend.generate([GenerationRequest("g", context)], SamplingConfig(temperature=0.0, repetition_penalty=1.0,
-                                                                                max_new_tokens=3), seed=0)[0][0]
+    greedy = backend.generate([GenerationRequest("g", context)], SeededSampling(temperature=0.0, repetition_penalty=1.0,
+                                                                                max_new_tokens=3, seed=0))[0][0]
     ids = greedy.token_ids
     text = backend.decode(ids)
     if backend.encode(context) + backend.encode(text) == backend.encode(context) + ids:

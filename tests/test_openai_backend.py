@@ -98,7 +98,7 @@ def _renormalised(logprobs: dict) -> dict:
 @pytest.mark.slow
 def test_continue_mode_agrees_with_transformers(llama_backend, embedded_backend, vicuna_prompts):
     """Sampled CoTs from the server, then the same prompt + CoT read by transformers."""
-    from tract_eval.judge_config import SamplingConfig
+    from tract_eval.judge_config import SeededSampling
 
     judge, samples, prompts = vicuna_prompts
     assert llama_backend.server == "llama.cpp" and llama_backend.describe()["mode"] == "continue"
@@ -109,7 +109,7 @@ def test_continue_mode_agrees_with_transformers(llama_backend, embedded_backend,
     requests = [GenerationRequest(key=s.id, prompt=p, n=2, candidates=candidates, cut_marker=judge.config.cut_marker)
                 for s, p in zip(samples, prompts)]
     finished = []
-    out = llama_backend.generate(requests, SamplingConfig(max_new_tokens=40), seed=0,
+    out = llama_backend.generate(requests, SeededSampling(max_new_tokens=40, seed=0),
                                  on_done=lambda i, c: finished.append(i))
     assert sorted(finished) == [0, 1] and [len(c) for c in out] == [2, 2]
     worst = worst_score = 0.0
@@ -161,7 +161,7 @@ def test_retries_on_429_500_dropped_and_stalled_requests(llama_backend, llama_se
 
 @pytest.mark.slow
 def test_gives_up_after_max_retries_and_keeps_what_finished(llama_server, vicuna_prompts):
-    from tract_eval.judge_config import SamplingConfig
+    from tract_eval.judge_config import SeededSampling
 
     _, samples, prompts = vicuna_prompts
     # decode requests: one POST each; the first passes, the second meets only errors
@@ -170,7 +170,7 @@ def test_gives_up_after_max_retries_and_keeps_what_finished(llama_server, vicuna
         finished = []
         with pytest.raises(RuntimeError, match="failed after 2 retries"):
             backend.generate([GenerationRequest(key=s.id, prompt=p) for s, p in zip(samples, prompts)],
-                             SamplingConfig(max_new_tokens=8), seed=0, on_done=lambda i, c: finished.append(i))
+                             SeededSampling(max_new_tokens=8, seed=0), on_done=lambda i, c: finished.append(i))
     assert finished == [0]
     assert proxy.posts == 1 + 3
 
@@ -226,7 +226,7 @@ def test_single_mode_reads_top_logprobs_after_the_delimiter(llama_server):
     so that phrase is the delimiter here; the reading must equal a continue-mode readout of the
     same text from the same server."""
     from tract_eval.candidates import derive_score_candidates
-    from tract_eval.judge_config import SamplingConfig
+    from tract_eval.judge_config import SeededSampling
     from tract_eval.models import embedded_model_path
 
     served_id = str(embedded_model_path())  # llama.cpp names the model by its path
@@ -236,7 +236,7 @@ def test_single_mode_reads_top_logprobs_after_the_delimiter(llama_server):
     candidates = derive_score_candidates(single.tokenizer(), "The overall score is")
     prompt = single.render_chat([{"role": "user", "content": "Say: So the overall score is 4"}])
     out = single.generate([GenerationRequest(key="q", prompt=prompt, n=2, candidates=candidates)],
-                          SamplingConfig(temperature=0.0, max_new_tokens=16), seed=0)[0]
+                          SeededSampling(temperature=0.0, max_new_tokens=16, seed=0))[0]
     for completion in out:
         assert completion.finish_reason == "delimiter" and completion.text.endswith("The overall score is ")
         assert set(completion.candidate_logprobs) | set(completion.missing_candidates) == set(candidates.scores)

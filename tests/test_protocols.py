@@ -80,7 +80,7 @@ class ScriptedBackend(Backend):
     def render_chat(self, messages, response_prefix=""):
         return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
 
-    def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
+    def generate(self, requests, sampling, on_done=None, batch_size=None):
         out = []
         for index, request in enumerate(requests):
             self.generations.append((request, sampling))
@@ -399,15 +399,15 @@ def test_feedback_bench_adds_the_first_runs_accuracy():
 def test_transformers_backend_stops_at_stop_strings_and_reads_after_the_cut(embedded_backend):
     from tract_eval.backends import GenerationRequest
     from tract_eval.candidates import derive_score_candidates
-    from tract_eval.judge_config import SamplingConfig
+    from tract_eval.judge_config import SeededSampling
 
     prompt = embedded_backend.render_chat([{"role": "user", "content": "Write two sentences about the sea."}])
-    sampling = SamplingConfig(max_new_tokens=24)
+    sampling = SeededSampling(max_new_tokens=24, seed=0)
     candidates = derive_score_candidates(embedded_backend.tokenizer())
     plain, rail = embedded_backend.generate([
         GenerationRequest(key="a", prompt=prompt, stop=("e",)),
         GenerationRequest(key="a", prompt=prompt, stop=("e",), candidates=candidates, cut_marker="So the overall"),
-    ], sampling, seed=0)
+    ], sampling)
     assert plain[0].finish_reason == "stop" and "e" in plain[0].text[-4:]
     assert rail[0].finish_reason == "stop" and rail[0].cut
     kept = rail[0].text[: -len(" " + DELIMITER + candidates.bridge_text)]

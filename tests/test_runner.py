@@ -46,7 +46,7 @@ class LengthBackend(Backend):
         logprobs = {s: -abs(s - target) - 1.0 for s in range(1, 6)}
         return Completion(f"cot {index} So the overall score is ", "delimiter", 5, candidate_logprobs=logprobs)
 
-    def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
+    def generate(self, requests, sampling, on_done=None, batch_size=None):
         out = []
         for i, r in enumerate(requests):
             out.append([self._completion(r.prompt, r.first_index + k) for k in range(r.n)])
@@ -189,9 +189,9 @@ def test_one_loop_batches_sequences_and_skips_done(vicuna):
     class Recording(LengthBackend):
         batches: list = []
 
-        def generate(self, requests, sampling, seed, on_done=None, batch_size=None):
+        def generate(self, requests, sampling, on_done=None, batch_size=None):
             self.batches.append(([(r.key, r.n, r.first_index) for r in requests], batch_size))
-            return super().generate(requests, sampling, seed, on_done)
+            return super().generate(requests, sampling, on_done)
 
     from tract_eval.runner import judge_pending
 

@@ -5,7 +5,7 @@ import pytest
 
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.candidates import derive_score_candidates
-from tract_eval.judge_config import SamplingConfig
+from tract_eval.judge_config import SeededSampling
 
 from readout_reference import forward_candidate_logprobs
 
@@ -31,7 +31,7 @@ def _check_against_forward(backend, candidates, request, completion):
 def test_readout_equals_forward_pass_with_shared_prefill(embedded_backend, prompts):
     c = derive_score_candidates(embedded_backend.tokenizer())
     requests = [GenerationRequest(f"k{i}", p, n=3, candidates=c, cut_marker="So the overall") for i, p in enumerate(prompts)]
-    out = embedded_backend.generate(requests, SamplingConfig(max_new_tokens=24), seed=1)
+    out = embedded_backend.generate(requests, SeededSampling(max_new_tokens=24, seed=1))
     assert [len(o) for o in out] == [3, 3]
     assert len({comp.text for comp in out[0]}) == 3  # each CoT has its own random stream
     for request, completions in zip(requests, out):
@@ -44,7 +44,7 @@ def test_cut_at_marker_masks_the_rest_of_the_cot(embedded_backend, prompts):
     tokens after the cut are masked out of the cache, the rest of the cut token is forced."""
     c = derive_score_candidates(embedded_backend.tokenizer())
     request = GenerationRequest("cut", prompts[0], n=2, candidates=c, cut_marker="e")
-    completions = embedded_backend.generate([request], SamplingConfig(max_new_tokens=24), seed=3)[0]
+    completions = embedded_backend.generate([request], SeededSampling(max_new_tokens=24, seed=3))[0]
     assert all(comp.cut for comp in completions), [comp.text for comp in completions]
     for completion in completions:
         _check_against_forward(embedded_backend, c, request, completion)
@@ -59,7 +59,7 @@ def test_eos_ends_the_cot_and_is_never_fed(embedded_backend, prompts, monkeypatc
     eos = {tok.convert_tokens_to_ids("."), tok.convert_tokens_to_ids(",")}
     monkeypatch.setattr(embedded_backend, "eos_ids", embedded_backend.eos_ids | eos)
     request = GenerationRequest("eos", prompts[1], n=2, candidates=c, cut_marker="So the overall")
-    completions = embedded_backend.generate([request], SamplingConfig(max_new_tokens=60), seed=0)[0]
+    completions = embedded_backend.generate([request], SeededSampling(max_new_tokens=60, seed=0))[0]
     assert any(comp.finish_reason == "eos" for comp in completions)
     for completion in completions:
         assert not eos & set(completion.token_ids)
@@ -68,14 +68,14 @@ def test_eos_ends_the_cot_and_is_never_fed(embedded_backend, prompts, monkeypatc
 
 def test_same_seed_same_cots_whatever_the_batch(embedded_backend, prompts):
     c = derive_score_candidates(embedded_backend.tokenizer())
-    sampling = SamplingConfig(max_new_tokens=12)
+    sampling = SeededSampling(max_new_tokens=12, seed=7)
     together = embedded_backend.generate(
         [GenerationRequest("a", prompts[0], n=2, candidates=c), GenerationRequest("b", prompts[1], n=1, candidates=c)],
-        sampling, seed=7)
-    alone = embedded_backend.generate([GenerationRequest("b", prompts[1], n=1, candidates=c)], sampling, seed=7)
+        sampling)
+    alone = embedded_backend.generate([GenerationRequest("b", prompts[1], n=1, candidates=c)], sampling)
     assert together[1][0].text == alone[0][0].text
     # CoT #1 asked for later (first_index=1) is the one a 2-CoT request made
-    later = embedded_backend.generate([GenerationRequest("a", prompts[0], n=1, first_index=1, candidates=c)], sampling, seed=7)
+    later = embedded_backend.generate([GenerationRequest("a", prompts[0], n=1, first_index=1, candidates=c)], sampling)
     assert later[0][0].text == together[0][1].text
 
 

@@ -67,6 +67,15 @@ class SamplingConfig:
         return self.temperature == 0.0
 
 
+@dataclass(frozen=True)
+class SeededSampling(SamplingConfig):
+    """What a backend samples with: a judge's sampling settings and its seed, which seeds every CoT's
+    own random stream (``backends.base.stream_seed``). Cards keep ``seed:`` at the top level, and the
+    run identity records it there (``JudgeConfig.seeded_sampling`` puts the two together)."""
+
+    seed: int = 0
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     """Does ``value`` fit the annotation ``hint``? ints are floats, but bools are neither."""
     origin = typing.get_origin(hint)
@@ -207,6 +216,11 @@ class JudgeConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def seeded_sampling(self) -> SeededSampling:
+        """The sampling settings with the judge's seed: what its backend samples with."""
+        return SeededSampling(**dataclasses.asdict(self.sampling), seed=self.seed)
 
     def apply(self, overrides: "JudgeOverrides") -> "JudgeConfig":
         """A checked copy with the given (non-None) overrides: sampling fields reach the sampling block,

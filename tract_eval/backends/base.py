@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 from ..candidates import ScoreCandidates
-from ..judge_config import SamplingConfig
+from ..judge_config import SeededSampling
 from .declaration import BackendDeclaration
 
 
@@ -90,7 +90,7 @@ class Backend(ABC):
         """A Hugging Face tokenizer (for candidate derivation and token counts)."""
 
     @abstractmethod
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+    def generate(self, requests: list[GenerationRequest], sampling: SeededSampling,
                  on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
         """One list of ``request.n`` completions per request, in order; ``on_done`` as each finishes.
 

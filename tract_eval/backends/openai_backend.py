@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates, impossible_logprobs
-from ..judge_config import SamplingConfig
+from ..judge_config import SamplingConfig, SeededSampling
 from ..errors import UserError
 from ..models import load_tokenizer, resolve_model
 from ..redaction import redact_text, register_secret
@@ -265,15 +265,15 @@ class OpenAIBackend(Backend):
             "notes": list(self.notes),
         }
 
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+    def generate(self, requests: list[GenerationRequest], sampling: SeededSampling,
                  on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
         async def one(index: int, request: GenerationRequest) -> list[Completion]:
             async with self._samples:
                 try:
                     if self.mode == "single":
-                        completions = await self._single(request, sampling, seed)
+                        completions = await self._single(request, sampling)
                     else:
-                        completions = await self._continue(request, sampling, seed)
+                        completions = await self._continue(request, sampling)
                 except MalformedResponse as exc:  # counted as a failed sample, not a crashed run
                     completions = [_failed(exc) for _ in range(request.n)]
             if on_done:
@@ -481,8 +481,8 @@ class OpenAIBackend(Backend):
             self.notes.append(text)
 
     # -- continue mode -----------------------------------------------------------------
-    async def _continue(self, request: GenerationRequest, sampling: SamplingConfig, seed: int) -> list[Completion]:
-        base_seed = request_seed(seed, request.key) + request.first_index
+    async def _continue(self, request: GenerationRequest, sampling: SeededSampling) -> list[Completion]:
+        base_seed = request_seed(sampling.seed, request.key) + request.first_index
         body = self._sampling_body(sampling)
         candidates = request.candidates
         stop = ([candidates.delimiter] if candidates is not None else []) + list(request.stop)
@@ -602,7 +602,7 @@ class OpenAIBackend(Backend):
         return {strings[text]: value for text, value in top.items() if text in strings}
 
     # -- single mode -----------------------------------------------------------------
-    async def _single(self, request: GenerationRequest, sampling: SamplingConfig, seed: int) -> list[Completion]:
+    async def _single(self, request: GenerationRequest, sampling: SeededSampling) -> list[Completion]:
         try:
             messages, prefix = self._chats[request.prompt]
         except KeyError:
@@ -615,7 +615,7 @@ class OpenAIBackend(Backend):
             body.setdefault("extra_body", {}).update(continue_final_message=True, add_generation_prompt=False)
         if request.candidates is not None:
             body.update(logprobs=True, top_logprobs=self.top_logprobs)
-        base_seed = request_seed(seed, request.key) + request.first_index
+        base_seed = request_seed(sampling.seed, request.key) + request.first_index
         responses = await asyncio.gather(*[
             self._call("chat", messages=messages, n=1, seed=base_seed + i, **body) for i in range(request.n)])
         return [self._read_single(request, r) for r in responses]

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates
-from ..judge_config import SamplingConfig
+from ..judge_config import SeededSampling
 from ..models import ModelSource, check_device, check_model_args, load_kwargs, load_tokenizer, resolve_model
 from .declaration import BackendDeclaration, option
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
@@ -145,11 +145,11 @@ class TransformersBackend(Backend):
     def render_chat(self, messages: list[dict], response_prefix: str = "") -> str:
         return render_chat_with_tokenizer(self._tokenizer, messages, response_prefix)
 
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+    def generate(self, requests: list[GenerationRequest], sampling: SeededSampling,
                  on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
         """``batch_size`` continuations decode at once (all of them when None; "auto": as many as fit
         in GPU memory); a finished one's slot goes to the next waiting continuation at once."""
-        return run_judge_loop(self, requests, sampling, seed, on_done, batch_size)
+        return run_judge_loop(self, requests, sampling, on_done, batch_size)
 
     def score(self, requests: list[ScoreRequest]) -> list[Completion]:
         contexts = [supplied_cot_context(self.encode, r.prompt, r.continuation, r.candidates, r.cut_marker, r.stop,

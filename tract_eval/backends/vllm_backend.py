@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates
 from ..errors import ConfigError
-from ..judge_config import SamplingConfig
+from ..judge_config import SeededSampling
 from ..conversion import safetensors_from_gguf
 from ..models import load_tokenizer, resolve_model
 from .declaration import BackendDeclaration, option
@@ -118,7 +118,7 @@ class VLLMBackend(Backend):
             "engine_tokens": {phase: dict(counts) for phase, counts in self.stats.items()},
         }
 
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+    def generate(self, requests: list[GenerationRequest], sampling: SeededSampling,
                  on_done: OnDone | None = None, batch_size: int | str | None = None) -> list[list[Completion]]:
         from vllm import SamplingParams, TokensPrompt
 
@@ -129,7 +129,7 @@ class VLLMBackend(Backend):
             params.append(SamplingParams(
                 n=request.n,
                 # vLLM seeds sample i with seed + i: the same streams as the OpenAI backend against `vllm serve`
-                seed=request_seed(seed, request.key) + request.first_index,
+                seed=request_seed(sampling.seed, request.key) + request.first_index,
                 temperature=sampling.temperature, top_p=sampling.top_p,
                 repetition_penalty=sampling.repetition_penalty, max_tokens=sampling.max_new_tokens,
                 stop=stop or None, include_stop_str_in_output=True, skip_special_tokens=False))

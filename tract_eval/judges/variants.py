@@ -110,10 +110,9 @@ class JudgeVariant:
 
     def _one_token(self, keys: list[str], prompts: list[str], batch_size=None) -> list[Completion]:
         """One token sampled after each prompt with the judge's sampling settings (TRACT's decode readout)."""
-        sampling = dataclasses.replace(self.config.sampling, max_new_tokens=1)
+        sampling = dataclasses.replace(self.config.seeded_sampling, max_new_tokens=1)
         requests = [GenerationRequest(key=key, prompt=prompt) for key, prompt in zip(keys, prompts)]
-        return [group[0] for group in self.judge.backend.generate(requests, sampling, self.config.seed,
-                                                                  batch_size=batch_size)]
+        return [group[0] for group in self.judge.backend.generate(requests, sampling, batch_size=batch_size)]
 
 
 class CotRail(JudgeVariant):
@@ -134,7 +133,7 @@ class CotRail(JudgeVariant):
                               readout=cfg.readout)
             for sample, text in zip(samples, inputs)
         ]
-        self.judge.backend.generate(requests, cfg.sampling, cfg.seed, batch_size=batch_size,
+        self.judge.backend.generate(requests, cfg.seeded_sampling, batch_size=batch_size,
                                     on_done=lambda index, completions: finish(index, completions, [0] * len(completions)))
 
 
@@ -153,7 +152,7 @@ class CotDecode(JudgeVariant):
         stops = tuple(cfg.stop) + (cfg.delimiter,)  # text after the delimiter is cut anyway
         requests = [GenerationRequest(key=sample.id, prompt=text, n=cfg.n_cot, first_index=first_cot, stop=stops)
                     for sample, text in zip(samples, inputs)]
-        cots = self.judge.backend.generate(requests, cfg.sampling, cfg.seed, batch_size=batch_size)
+        cots = self.judge.backend.generate(requests, cfg.seeded_sampling, batch_size=batch_size)
         bridge = self.judge.candidates.bridge_text
         keys, prompts, finished = [], [], []
         for sample, text, group in zip(samples, inputs, cots):
@@ -265,7 +264,7 @@ class Prometheus(JudgeVariant):
         backend = self.judge.backend
         requests = [GenerationRequest(key=sample.id, prompt=text, n=cfg.n_cot, first_index=first_cot)
                     for sample, text in zip(samples, inputs)]
-        results = backend.generate(requests, cfg.sampling, cfg.seed, batch_size=batch_size)
+        results = backend.generate(requests, cfg.seeded_sampling, batch_size=batch_size)
         retries = [[0] * len(group) for group in results]
         for attempt in range(1, cfg.max_retries + 1):
             failed = [(s, i) for s, group in enumerate(results) for i, c in enumerate(group) if self.score(c) is None]
@@ -274,7 +273,7 @@ class Prometheus(JudgeVariant):
             # each regeneration draws from a fresh random stream of its own
             again = [GenerationRequest(key=f"{samples[s].id}\0retry{attempt}", prompt=inputs[s],
                                        first_index=first_cot + i) for s, i in failed]
-            for (s, i), group in zip(failed, backend.generate(again, cfg.sampling, cfg.seed, batch_size=batch_size)):
+            for (s, i), group in zip(failed, backend.generate(again, cfg.seeded_sampling, batch_size=batch_size)):
                 results[s][i] = group[0]
                 retries[s][i] = attempt
         for index, group in enumerate(results):

@@ -1,6 +1,6 @@
 """The inference engine: TRACT's judge loop on a transformers causal LM. This docstring is its contract.
 
-**What it takes.** :func:`run_judge_loop` ``(host, requests, sampling, seed, on_done=None, batch_size=None)``:
+**What it takes.** :func:`run_judge_loop` ``(host, requests, sampling, on_done=None, batch_size=None)``:
 
 - a *host* (:class:`EngineHost`): the model (a transformers causal LM in eval mode), its tokenizer
   (``encode``, ``decode``, a pad id), the device, the ids that end a continuation (``eos_ids``),
@@ -11,8 +11,8 @@
   prompt, ``n`` CoTs numbered from ``first_index``, and for RAIL judges the score *candidates*
   (:class:`~tract_eval.candidates.ScoreCandidates`: delimiter, bridge ids, one id sequence per score),
   the cut marker, stop strings and the readout mode (``reference`` or ``sampled``);
-- a *sampling config* (:class:`~tract_eval.judge_config.SamplingConfig`: temperature, top-p, repetition
-  penalty, ``max_new_tokens``), a *seed*, and ``batch_size``: sequences decoded at once (all when
+- the *sampling settings* (:class:`~tract_eval.judge_config.SeededSampling`: temperature, top-p,
+  repetition penalty, ``max_new_tokens`` and the *seed*), and ``batch_size``: sequences decoded at once (all when
   None, ``"auto"``: as many as fit in GPU memory).
 
 It returns, per request, its ``n`` :class:`~tract_eval.backends.base.Completion` objects in CoT order,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import ContextManager, Protocol
 
 from ...candidates import ScoreCandidates
-from ...judge_config import SamplingConfig
+from ...judge_config import SeededSampling
 from ...protocol import common_prefix_length, finish_cot, kept_prefix_length, readout_text
 from ..base import Completion, GenerationRequest, OnDone, stream_seed
 from .forward import forward_last, left_padded
@@ -87,7 +87,7 @@ class JudgeLoop:
     READOUT_ROWS = 32  # finished CoTs read out per chunked forward (bounds its logits' memory)
     PREFILL_TOKENS = 65536  # padded prompt tokens per prefill forward (bounds its memory)
 
-    def __init__(self, host: EngineHost, requests, sampling: SamplingConfig, seed: int,
+    def __init__(self, host: EngineHost, requests, sampling: SeededSampling,
                  on_done: OnDone | None, batch_size: int | str | None, shrink_idle_slots: bool = True):
         import torch
 
@@ -101,7 +101,8 @@ class JudgeLoop:
         self.by_request: list[list[_Stream]] = []
         for request_index, (request, prompt) in enumerate(zip(self.requests, prompts)):
             self.by_request.append([
-                _Stream(request, request_index, i, -1, stream_seed(seed, request.key, request.first_index + i), prompt)
+                _Stream(request, request_index, i, -1,
+                        stream_seed(sampling.seed, request.key, request.first_index + i), prompt)
                 for i in range(request.n)])
         self.remaining = [r.n for r in self.requests]
         total = sum(self.remaining)
@@ -423,7 +424,7 @@ class JudgeLoop:
         return [[s.completion for s in group] for group in self.by_request]
 
 
-def run_judge_loop(host: EngineHost, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int,
+def run_judge_loop(host: EngineHost, requests: list[GenerationRequest], sampling: SeededSampling,
                    on_done: OnDone | None = None, batch_size: int | str | None = None, *,
                    shrink_idle_slots: bool = True) -> list[list[Completion]]:
     """Every request's ``n`` continuations, ``batch_size`` decoding at once (all when None; "auto": as
@@ -436,6 +437,6 @@ def run_judge_loop(host: EngineHost, requests: list[GenerationRequest], sampling
     if not requests:  # nothing to decode: no buffers sized for max_new_tokens
         return []
     with host.inference():
-        loop = JudgeLoop(host, requests, sampling, seed, on_done, batch_size, shrink_idle_slots)
+        loop = JudgeLoop(host, requests, sampling, on_done, batch_size, shrink_idle_slots)
         loop.run()
     return loop.completions()
