@@ -21,7 +21,7 @@ FLOORS = {
     8: ["commands", "__init__", "integrations"],
     7: ["api", "training"],
     6: ["runner"],
-    5: ["judges", "reports"],
+    5: ["judges", "reports", "store"],
     4: ["backends", "benchmarks", "identity"],
     3: ["judge_config"],
     2: ["prompts", "conversion", "cliargs", "metrics"],
