@@ -21,10 +21,10 @@ FLOORS = {
     8: ["commands", "__init__", "integrations"],
     7: ["api", "training"],
     6: ["runner"],
-    5: ["judges", "reports", "store"],
+    5: ["judges", "reports"],
     4: ["backends", "benchmarks", "identity"],
     3: ["judge_config"],
-    2: ["prompts", "conversion", "cliargs", "metrics"],
+    2: ["prompts", "conversion", "cliargs", "metrics", "store"],
     1: ["cards", "models", "protocol", "records", "registry"],
     0: ["errors", "candidates", "parsing", "hub", "redaction", "progress"],
 }

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from .errors import UserError
-from .identity import RunIdentity
 from .records import (MANIFEST, PREDICTIONS, JsonlAppender, RunFormatError, RunLock, read_json_object, read_jsonl,
                       read_predictions, write_json_atomic, write_jsonl_atomic)
 
@@ -26,6 +25,18 @@ UNFINISHED = "interrupted (killed, or its end could not be recorded)"
 
 class RunConflict(UserError, RuntimeError):
     """The output folder holds a run of another identity (judge settings, model or data)."""
+
+
+class Identity(Protocol):
+    """What wrote a store's rows, as its manifest records it (:class:`identity.RunIdentity`)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def to_dict(self) -> dict: ...
+
+    def differences(self, other: dict | None) -> list[str]:
+        """``path: theirs -> ours`` for every setting that differs from the recorded identity ``other``."""
 
 
 def latest_by_id(rows: dict, record) -> None:
@@ -146,7 +157,7 @@ class RunStore:
                 tmp.unlink(missing_ok=True)
 
     # -- the manifest: what wrote the rows -------------------------------------------------------------------
-    def claim(self, identity: RunIdentity, fresh: Callable[[], dict]) -> dict:
+    def claim(self, identity: Identity, fresh: Callable[[], dict]) -> dict:
         """The manifest of this identity: the one on disk, or ``fresh()`` when the store starts afresh (a
         rows file of an attempt that finished nothing, maybe a torn line, is removed). Saved by
         :meth:`save_manifest`."""
@@ -158,7 +169,7 @@ class RunStore:
         self.manifest = manifest
         return manifest
 
-    def _open_manifest(self, identity: RunIdentity) -> dict | None:
+    def _open_manifest(self, identity: Identity) -> dict | None:
         """The manifest when it holds this identity; None when the store starts afresh.
 
         A store of another identity is refused naming the differences, unless it holds no finished
