@@ -49,7 +49,7 @@ def shortest(items, key, count):
     return sorted(items, key=key)[:count]
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="shared data folder (default: $TRACT_EVAL_DATA_DIR)")
     parser.add_argument("--out", default="runs/training-experiment")
@@ -64,16 +64,12 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(m[0] for m in METHODS) + ",seed")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is faster when other processes share the cores)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        import torch
+    return parser.parse_args(argv)
 
-        torch.set_num_threads(args.threads)
-    begun = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    wanted = {m.strip() for m in args.methods.split(",")}
 
+def experiment_data(args, out: Path) -> tuple[Path, Benchmark]:
+    """The training file (the shortest MT Bench annotation rows) and the evaluation benchmark (the
+    shortest Vicuna samples)."""
     bench = load_benchmark("vicuna", args.data_dir)
     mt_bench = load_benchmark("mt-bench", args.data_dir)
     mt_file = Path(mt_bench.located.paths[0])
@@ -82,45 +78,42 @@ def main(argv=None) -> int:
     write_jsonl(data, (r.to_dict() for r in rows))
     eval_samples = shortest(bench.samples, lambda s: len(s.fields.instruction) + len(s.fields.response),
                             args.eval_rows)
-    eval_bench = Benchmark(bench.card, eval_samples, bench.located, bench.options)
     print(f"train: {len(rows)} MT Bench annotation rows from {mt_file.name}; "
           f"eval: {len(eval_samples)} Vicuna samples; lr {args.learning_rate}, {args.epochs} epoch(s), "
           f"batch {args.batch_size} x {args.grad_accum}, CoTs up to {args.max_new_tokens} new tokens", flush=True)
+    return data, Benchmark(bench.card, eval_samples, bench.located, bench.options)
 
-    results = []
-    plan = [m for m in METHODS if m[0] in wanted]
-    plan += [("seed", None, "tract", "seed", "")] if "seed" in wanted else []
-    for label, recipe, judge_name, run_name, adapter in plan:
-        started = time.perf_counter()
-        train_seconds, steps, model = 0.0, 0, None
-        if recipe is not None:
-            config = build_config(recipe, {
-                "learning_rate": args.learning_rate, "num_train_epochs": args.epochs,
-                "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": args.grad_accum,
-                "logging_steps": 1, "save_steps": 10_000,
-                "self_cot_max_new_tokens": args.max_new_tokens,
-            })
-            summaries = run_recipe(config, data, out / run_name)  # a finished run is reused, not retrained
-            train_seconds = sum(s.get("train_seconds", 0) + s.get("seconds", 0) for s in summaries.values())
-            steps = sum(s.get("global_step", 0) for s in summaries.values())
-            model = str(out / run_name / adapter)
-            for step_name, summary in summaries.items():  # the CE and score terms per optimizer step
-                for entry in summary.get("log_history", []):
-                    if "score_loss" in entry:
-                        print(f"  {label} {step_name} step {entry['step']}: loss {entry['loss']:.4f} "
-                              f"ce_loss {entry.get('ce_loss', float('nan')):.4f} score_loss {entry['score_loss']:.4f}",
-                              flush=True)
-        judge = build_judge(judge_name, model=model, max_new_tokens=args.max_new_tokens)
-        result = run_benchmark(judge, eval_bench, out / run_name / "eval")
-        # judging time over every session of this (resumable) run, model load included
-        sessions = json.loads((result.out_dir / "manifest.json").read_text()).get("sessions", [])
-        eval_seconds = sum(s["seconds"] for s in sessions)
-        results.append({"method": label, "judge": judge_name, "model": model or "embedded seed",
-                        "train_steps": steps, "train_s": round(train_seconds, 1), "eval_s": round(eval_seconds, 1),
-                        **result.metrics})
-        print(f"{label}: pearson {result.metrics.get('pearson')}  ({time.perf_counter() - started:.0f} s)",
-              flush=True)
 
+def train_method(args, label: str, recipe: str, data: Path, run_out: Path) -> tuple[float, int]:
+    """Train one recipe (a finished run is reused, not retrained); prints the CE and score terms per
+    optimizer step and returns (seconds, optimizer steps)."""
+    config = build_config(recipe, {
+        "learning_rate": args.learning_rate, "num_train_epochs": args.epochs,
+        "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": args.grad_accum,
+        "logging_steps": 1, "save_steps": 10_000,
+        "self_cot_max_new_tokens": args.max_new_tokens,
+    })
+    summaries = run_recipe(config, data, run_out)
+    for step_name, summary in summaries.items():
+        for entry in summary.get("log_history", []):
+            if "score_loss" in entry:
+                print(f"  {label} {step_name} step {entry['step']}: loss {entry['loss']:.4f} "
+                      f"ce_loss {entry.get('ce_loss', float('nan')):.4f} score_loss {entry['score_loss']:.4f}",
+                      flush=True)
+    seconds = sum(s.get("train_seconds", 0) + s.get("seconds", 0) for s in summaries.values())
+    return seconds, sum(s.get("global_step", 0) for s in summaries.values())
+
+
+def evaluate_method(args, judge_name: str, model: str | None, eval_bench: Benchmark, run_out: Path):
+    """The judge (on the trained adapter, or the seed model) over the evaluation rows; returns the run's
+    result and its judging seconds over every session of this resumable run, model load included."""
+    judge = build_judge(judge_name, model=model, max_new_tokens=args.max_new_tokens)
+    result = run_benchmark(judge, eval_bench, run_out / "eval")
+    sessions = json.loads((result.out_dir / "manifest.json").read_text()).get("sessions", [])
+    return result, sum(s["seconds"] for s in sessions)
+
+
+def print_results(results: list[dict]) -> None:
     from tabulate import tabulate
 
     def fmt(value):
@@ -131,6 +124,35 @@ def main(argv=None) -> int:
              for r in results]
     print(tabulate(table, headers=["method", "judge", "steps", "pearson", "spearman", "n used", "parse fail",
                                    "train s (incl. self-CoT)", "eval s"]))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    begun = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = {m.strip() for m in args.methods.split(",")}
+    data, eval_bench = experiment_data(args, out)
+    results = []
+    plan = [m for m in METHODS if m[0] in wanted]
+    plan += [("seed", None, "tract", "seed", "")] if "seed" in wanted else []
+    for label, recipe, judge_name, run_name, adapter in plan:
+        started = time.perf_counter()
+        train_seconds, steps, model = 0.0, 0, None
+        if recipe is not None:
+            train_seconds, steps = train_method(args, label, recipe, data, out / run_name)
+            model = str(out / run_name / adapter)
+        result, eval_seconds = evaluate_method(args, judge_name, model, eval_bench, out / run_name)
+        results.append({"method": label, "judge": judge_name, "model": model or "embedded seed",
+                        "train_steps": steps, "train_s": round(train_seconds, 1), "eval_s": round(eval_seconds, 1),
+                        **result.metrics})
+        print(f"{label}: pearson {result.metrics.get('pearson')}  ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+    print_results(results)
     (out / "results.json").write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
     print(f"wall time {time.perf_counter() - begun:.0f} s; results in {out / 'results.json'}")
     return 0

@@ -15,14 +15,15 @@ PACKAGE = Path(tract_eval.__file__).parent
 
 # floor -> units; the same table as docs/architecture.md ("__init__" is the package's own __init__.py)
 FLOORS = {
-    11: ["__main__"],
-    10: ["cli"],
-    9: ["experiments", "serve"],
-    8: ["commands", "__init__", "integrations"],
-    7: ["api", "training"],
-    6: ["runner"],
+    12: ["__main__"],
+    11: ["cli"],
+    10: ["experiments", "serve"],
+    9: ["commands", "__init__", "integrations"],
+    8: ["api", "training"],
+    7: ["runner"],
+    6: ["identity"],
     5: ["judges", "reports"],
-    4: ["backends", "benchmarks", "identity"],
+    4: ["backends", "benchmarks"],
     3: ["judge_config"],
     2: ["prompts", "conversion", "cliargs", "metrics", "store"],
     1: ["cards", "models", "protocol", "records", "registry"],

@@ -130,7 +130,7 @@ JUDGE_CARD = "judge_class: tract\nprotocol: cot-rail\ntemplate: {template}\n"
 
 
 def test_a_judge_card_in_a_cards_folder_finds_the_template_next_to_it(tmp_path):
-    from tract_eval.judge_config import load_judge_card
+    from tract_eval.judges import load_judge_card
     from tract_eval.prompts import GradingFields, render_prompt
 
     folder = tmp_path / "cards"

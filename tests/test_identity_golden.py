@@ -37,14 +37,14 @@ CASES = [
 
 def identities() -> dict:
     from tract_eval.judges import build_judge
-    from tract_eval.identity import judge_identity
+    from tract_eval.identity import judge_settings_identity
 
     out = {}
     for label, card, overrides in CASES:
         config = build_judge(card, **{k: v for k, v in overrides.items() if k != "backend"}).config
         if "backend" in overrides:
             config = config.with_overrides(backend=overrides["backend"])
-        out[label] = config.identity()
+        out[label] = judge_settings_identity(config)
     return out
 
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tract_eval.cli import main
-from tract_eval.judge_config import load_judge_card
+from tract_eval.judges import load_judge_card
 from tract_eval.errors import ConfigError, UserError
 
 pytestmark = pytest.mark.reliability

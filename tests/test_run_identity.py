@@ -5,13 +5,13 @@ import shutil
 import pytest
 
 from tract_eval.benchmarks import load_benchmark
-from tract_eval.judge_config import JudgeConfig, load_judge_card
-from tract_eval.judges import build_judge
+from tract_eval.judge_config import JudgeConfig
+from tract_eval.judges import build_judge, load_judge_card
 from tract_eval.models import EMBEDDED_NAME
 from tract_eval.records import RunLock, RunLocked, read_predictions
 from tract_eval.runner import RunConflict, run_benchmark
 from tract_eval.redaction import redact
-from tract_eval.identity import model_identity, run_identity
+from tract_eval.identity import judge_settings_identity, model_identity, run_identity
 
 from test_runner import LengthBackend
 
@@ -59,9 +59,9 @@ def test_settings_a_judge_does_not_use_do_not_block_it(tmp_path, vicuna):
 
 def test_greedy_decoding_ignores_top_p_and_seed():
     greedy = load_judge_card("ce-decode").with_overrides(temperature=0.0)
-    assert greedy.identity() == greedy.with_overrides(top_p=0.5, seed=3).identity()
+    assert judge_settings_identity(greedy) == judge_settings_identity(greedy.with_overrides(top_p=0.5, seed=3))
     sampled = load_judge_card("ce-decode")
-    assert sampled.identity() != sampled.with_overrides(seed=3).identity()
+    assert judge_settings_identity(sampled) != judge_settings_identity(sampled.with_overrides(seed=3))
 
 
 def test_session_options_are_recorded_not_fingerprinted(tmp_path, vicuna, monkeypatch):

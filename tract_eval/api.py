@@ -107,9 +107,8 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     """A judge with ``overrides`` (JudgeConfig fields; ``run_name`` renames its output folder) and the
     scale of the data it grades (the score candidates follow it). Building one is cheap: the model behind
     it comes from ``create_backend``, which keeps the last one loaded, so equal settings load it once."""
-    from .backends import check_backend_options
+    from .backends import check_backend_settings
     from .judges import build_judge
-    from .models import check_device, check_model_args
     from .runner import check_plain_name
 
     settings = {k: v for k, v in dict(overrides or {}).items() if v is not None}
@@ -117,10 +116,7 @@ def judge_for(name: str, overrides: Mapping[str, Any] | None = None, scale: tupl
     if scale is not None:
         settings["scale"] = tuple(scale)
     judge = build_judge(name, **settings)
-    check_backend_options(judge.config.backend, judge.config.backend_options)
-    if judge.config.backend == "transformers":
-        check_model_args(judge.config.backend_options.get("model_args"))
-        check_device(judge.config.device)
+    check_backend_settings(judge.config)  # option names and values, the backend's own checks
     if run_name:
         check_plain_name(run_name, "--run-name")
         judge.config = judge.config.with_overrides(name=run_name)

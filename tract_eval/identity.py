@@ -1,54 +1,58 @@
 """Run identity: everything that can change a score, resolved once before a run starts.
 
-A run folder holds rows of one identity: the judge settings that matter for its predictor
-(:meth:`JudgeConfig.identity`), the model (which weights: path or hub revision, adapter hash),
+A run folder holds rows of one identity: the judge settings its protocol reads (each variant declares
+them: ``JudgeVariant.score_settings``), the model (which weights: path or hub revision, adapter hash),
 and the benchmark (loader, card and user options such as reference on/off, data checksums).
-Options that cannot change a score (batch size, device, concurrency, retries, server URL) are
-recorded per session in the manifest instead.
-
+Options that cannot change a score (batch size, device, and the backend options its declaration
+marks session-only: concurrency, retries, server URL) are recorded per session in the manifest instead.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .backends import loads_weights, score_backend_options
+from .benchmarks import options_off_default
 from .judge_config import JudgeConfig
-from .models import EMBEDDED_NAME, ModelUnavailable, resolve_model
+from .judges.variants import variant_type
+from .models import EMBEDDED_NAME, resolve_model
+from .records import identity_differences, normalise
 
-log = logging.getLogger(__name__)
-
-_ABSENT = object()  # a setting one identity has and the other lacks
-
-# Backends that load weights named by ``model``; the others (openai) name a served model.
-LOCAL_BACKENDS = ("transformers", "vllm")
+_UNUSED = object()  # a declared setting that cannot change a score in this configuration
 
 
-def normalise(value: Any) -> Any:
-    """The JSON form of ``value``: tuples become lists, keys are sorted, so equal settings compare equal."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+def _score_value(config: JudgeConfig, name: str) -> Any:
+    """What a setting the protocol reads contributes to the identity (``_UNUSED``: nothing)."""
+    if name == "backend_options":
+        return score_backend_options(config.backend, config.backend_options)
+    if name == "sampling":
+        sampling = dataclasses.asdict(config.sampling)
+        if config.sampling.greedy:  # greedy decoding uses neither the nucleus nor the random stream
+            sampling.pop("top_p")
+        return sampling
+    if name == "seed" and config.sampling.greedy:
+        return _UNUSED
+    if name == "fallback_score" and config.parse_failure_policy != "fallback":
+        return _UNUSED
+    if name == "unparsed_runs" and config.unparsed_runs == "mean":
+        return _UNUSED  # the default stays out: runs from before the setting keep their identity
+    return getattr(config, name)
 
 
-def resolve_card_model(config: JudgeConfig) -> tuple[JudgeConfig, str | None]:
-    """The card's default model, or the embedded one when the card's cannot be had (offline, not cached).
+def judge_settings_identity(config: JudgeConfig) -> dict:
+    """The settings that can change this judge's scores, JSON-normalised: those its protocol declares
+    (``JudgeVariant.score_settings``), of the backend options those its backend declares score-changing.
 
-    Called once, before the run identity is taken, so the identity names the model that really runs.
-    Returns the settled config and a note saying what was replaced (None when nothing was).
+    Not in it: the name and description, batch size and device (how fast, not what), the model
+    (:func:`model_identity` says which weights), session-only backend options and credentials, and
+    sampling settings a protocol that samples nothing does not read.
     """
-    if config.model is None or config.backend not in LOCAL_BACKENDS:
-        return config, None
-    model_args = config.backend_options.get("model_args") or {}
-    try:
-        resolve_model(config.model, revision=model_args.get("revision") if isinstance(model_args, dict) else None)
-    except ModelUnavailable as exc:
-        note = f"card model {config.model!r} unavailable ({exc}); running on {EMBEDDED_NAME}"
-        log.warning("judge %s: %s", config.name, note)
-        return config.with_overrides(model=EMBEDDED_NAME), note
-    return config, None
+    values = {name: _score_value(config, name) for name in variant_type(config).score_settings}
+    return normalise({name: value for name, value in values.items() if value is not _UNUSED})
 
 
 def _adapter_sha256(folder: Path) -> str:
@@ -80,7 +84,7 @@ def model_identity(config: JudgeConfig) -> dict:
     """Which weights score: the embedded model and its package version, a local path, or a hub id and
     the revision in the cache; plus the adapter's hash. An unavailable model is an error here, before
     anything loads."""
-    if config.backend not in LOCAL_BACKENDS:
+    if not loads_weights(config.backend):
         return {"served_model": config.model}
     model_args = config.backend_options.get("model_args") or {}
     revision = model_args.get("revision") if isinstance(model_args, dict) else None
@@ -104,10 +108,6 @@ def model_identity(config: JudgeConfig) -> dict:
     return identity
 
 
-# loader options and their defaults (``load_benchmark(..., drop_reference=False)`` is the same as not saying)
-BENCH_OPTION_DEFAULTS = {"drop_reference": False}
-
-
 def bench_identity(bench) -> dict:
     """Loader, card options, the user's options (e.g. reference on/off) and the data's checksums."""
     located = bench.located
@@ -116,24 +116,8 @@ def bench_identity(bench) -> dict:
         data = {located.source: f"sha256 {digest}"}
     else:  # hashed when the data was located, not now: a file edited since cannot pass for the loaded one
         data = {name: f"git-blob {blob}" for name, blob in located.blobs.items()}
-    # an option left at its default is the same run as one not given at all
-    options = {k: v for k, v in bench.options.items() if BENCH_OPTION_DEFAULTS.get(k, _ABSENT) != v}
     return normalise({"name": bench.name, "loader": bench.card.loader, "scale": bench.card.scale,
-                      "card_options": bench.card.options, "options": options, "data": data})
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
-
-
-def _short(value: Any, width: int = 60) -> str:
-    text = "(absent)" if value is _ABSENT else json.dumps(value, default=str)
-    return text if len(text) <= width else text[: width - 3] + "..."
+                      "card_options": bench.card.options, "options": options_off_default(bench.options), "data": data})
 
 
 @dataclass(frozen=True)
@@ -158,23 +142,16 @@ class RunIdentity:
         return identity_differences(other, self.to_dict())
 
 
-def identity_differences(theirs: dict, ours: dict, prefix: str = "") -> list[str]:
-    """``path: theirs -> ours`` for every leaf that differs between two identity parts (JSON-like)."""
-    theirs, ours = _flatten(normalise(theirs), prefix), _flatten(normalise(ours), prefix)
-    return [f"{key}: {_short(theirs.get(key, _ABSENT))} -> {_short(ours.get(key, _ABSENT))}"
-            for key in sorted(set(theirs) | set(ours)) if theirs.get(key, _ABSENT) != ours.get(key, _ABSENT)]
-
-
 def judge_identity(config: JudgeConfig) -> tuple[dict, dict]:
     """(judge settings, model) parts of a run identity."""
-    return config.identity(), normalise(model_identity(config))
+    return judge_settings_identity(config), normalise(model_identity(config))
 
 
 def run_identity(judge, bench) -> RunIdentity:
     """The run's identity. A served model (openai backend) is asked which model id its requests name:
     the /models listing picks it when neither --model nor api_model does, so the config alone cannot say."""
     judge_part, model_part = judge_identity(judge.config)
-    served = getattr(judge.backend, "served_model", None) if judge.config.backend not in LOCAL_BACKENDS else None
+    served = None if loads_weights(judge.config.backend) else getattr(judge.backend, "served_model", None)
     if served is not None:
         model_part = normalise({**model_part, "served_model": served()})
     return RunIdentity(judge_part, model_part, bench_identity(bench))

@@ -1,13 +1,12 @@
 """Judge configuration: dataclasses filled from YAML judge cards and overridden by CLI flags.
 
-Every field is type-checked on construction (a card's ``cot: "no"`` is an error, not "true"), and
-:meth:`JudgeConfig.identity` names the fields that can change this judge's scores: the run identity
-(``tract_eval.identity``) is built from it.
+Every field is type-checked on construction (a card's ``cot: "no"`` is an error, not "true"). Which
+settings can change a judge's scores its protocol declares (``JudgeVariant.score_settings``); the
+run identity (``tract_eval.identity``) is built from that. Cards are read by ``judges.cards``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -18,16 +17,9 @@ from typing import Any
 import yaml
 
 from .candidates import DEFAULT_DELIMITER
-from .cards import card_names, find_card
 from .errors import ConfigError, UnknownNameError
 from .protocol import READOUTS, REFERENCE_STOP_STRINGS
-from .redaction import is_secret_name
 
-# How a judge reads a score; one type each in tract_eval.judges.variants (docs/reference/protocols.md).
-PROTOCOLS = ("cot-rail", "cot-decode", "score-only-rail", "score-only-decode", "prometheus")
-RAIL_PROTOCOLS = ("cot-rail", "score-only-rail")  # the score is the expectation over the candidates
-COT_PROTOCOLS = ("cot-rail", "cot-decode")  # a CoT finished by TRACT's cut rule
-SCORE_ONLY_PROTOCOLS = ("score-only-rail", "score-only-decode")  # the score at the first assistant token
 # Where score-only judges read: "reference" renders the user turn and an empty assistant turn as the
 # reference code did (transformers 4.47 keeps that turn closed on ChatML / Llama-3 templates), strips
 # it and reads after " "; "generation-prompt" reads after the opened assistant turn instead.
@@ -73,33 +65,6 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
-
-
-# Backend options that cannot change a score (where and how fast requests go): recorded per
-# session in the manifest, never part of the run identity. Any other option is.
-SESSION_BACKEND_OPTIONS = frozenset({
-    "base_url", "api_key_env", "concurrency", "max_retries", "timeout", "tensor_parallel_size", "prices",
-})
-
-
-# ``--model-args`` (backend option ``model_args``) that only say where or how memory-efficiently the
-# weights load; the others (revision, subfolder, variant, quantization, attention kernel,
-# trust_remote_code...) pick or change the weights and are part of the identity.
-SESSION_MODEL_ARGS = frozenset({"device_map", "max_memory", "offload_folder", "low_cpu_mem_usage", "cache_dir"})
-
-
-def score_backend_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The backend options that can change a score: not routing/session options, not credentials,
-    and of ``model_args`` only the ones that choose or change the weights (the revision is part of the
-    model identity)."""
-    kept = {k: v for k, v in options.items() if k not in SESSION_BACKEND_OPTIONS and not is_secret_name(k)}
-    if isinstance(kept.get("model_args"), dict):
-        model_args = {k: v for k, v in kept["model_args"].items()
-                      if k not in SESSION_MODEL_ARGS and k != "revision" and not is_secret_name(k)}
-        kept.pop("model_args")
-        if model_args:
-            kept["model_args"] = model_args
-    return kept
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -155,7 +120,8 @@ class JudgeConfig:
     dtype: str = "auto"
     template: str = "prometheus_absolute"
     system_prompt: str | None = None
-    # How the judge reads a score: a type in tract_eval.judges.variants (docs/reference/protocols.md)
+    # How the judge reads a score: a type in tract_eval.judges.variants (docs/reference/protocols.md),
+    # which checks the name
     #   cot-rail           CoT, then the expected score over the candidates after the delimiter (TRACT)
     #   cot-decode         CoT, then one score token sampled after the delimiter (CE with CoT)
     #   score-only-rail    score-only prompt, expected score at the first assistant token (RAIL, RAFT)
@@ -190,8 +156,8 @@ class JudgeConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Prometheus-1 data files write 'Feedback: (write a feedback ...)' in the task text.
     feedback_label: str | None = None
-    # backend constructor options (e.g. base_url, mode); see SESSION_BACKEND_OPTIONS for the ones
-    # that do not enter the run identity
+    # backend constructor options (e.g. base_url, mode); each backend declares which of them can
+    # change a score (backends.declaration)
     backend_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -217,9 +183,6 @@ class JudgeConfig:
             raise ConfigError(f"judge {self.name!r}: delimiter must not be empty")
         if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
             raise ConfigError(f"judge {self.name!r}: batch_size must be >= 1 or 'auto', not {self.batch_size!r}")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"judge {self.name!r}: protocol must be one of {', '.join(PROTOCOLS)}, "
-                              f"not {self.protocol!r}")
         for name, allowed in (("readout", READOUTS), ("score_only_anchor", SCORE_ONLY_ANCHORS),
                               ("verdict_parser", VERDICT_PARSERS), ("unparsed_runs", UNPARSED_RUNS)):
             if getattr(self, name) not in allowed:
@@ -242,51 +205,6 @@ class JudgeConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @property
-    def samples_text(self) -> bool:
-        """Does this judge sample tokens (a CoT, or a decoded score)? Zero-shot RAIL samples nothing."""
-        return self.protocol != "score-only-rail"
-
-    def identity(self) -> dict:
-        """The settings that can change this judge's scores, JSON-normalised (tuples are lists).
-
-        Not in it: the name and description, batch size and device (how fast, not what), the model
-        (``tract_eval.identity.model_identity`` says which weights), backend options that only route
-        requests (SESSION_BACKEND_OPTIONS) or hold credentials, and sampling settings of a judge that
-        samples nothing.
-        """
-        data: dict[str, Any] = {
-            "judge_class": self.judge_class, "backend": self.backend, "dtype": self.dtype,
-            "template": self.template, "system_prompt": self.system_prompt, "feedback_label": self.feedback_label,
-            "protocol": self.protocol, "scale": self.scale, "delimiter": self.delimiter,
-            "parse_failure_policy": self.parse_failure_policy,
-            "backend_options": score_backend_options(self.backend_options),
-        }
-        if self.parse_failure_policy == "fallback":
-            data["fallback_score"] = self.fallback_score
-        if self.protocol in RAIL_PROTOCOLS:
-            data.update(renormalize=self.renormalize, partial_candidates=self.partial_candidates)
-        if self.protocol in COT_PROTOCOLS:
-            data["readout"] = self.readout
-        if self.protocol in SCORE_ONLY_PROTOCOLS:
-            data["score_only_anchor"] = self.score_only_anchor
-        if self.samples_text:
-            sampling = dataclasses.asdict(self.sampling)
-            if self.sampling.greedy:  # greedy decoding uses neither the nucleus nor the random stream
-                sampling.pop("top_p")
-            else:
-                data["seed"] = self.seed
-            data["sampling"] = sampling
-            if not self.protocol.startswith("score-only"):  # score-only judges read one score: n_cot is unused
-                data["n_cot"] = self.n_cot
-                if self.unparsed_runs != "mean":  # the default stays out: earlier runs keep their identity
-                    data["unparsed_runs"] = self.unparsed_runs
-            if self.protocol in COT_PROTOCOLS:
-                data.update(cut_marker=self.cut_marker, stop=self.stop)
-            if self.protocol == "prometheus":
-                data.update(max_retries=self.max_retries, verdict_parser=self.verdict_parser)
-        return json.loads(json.dumps(data, sort_keys=True))
 
     def with_overrides(self, **overrides) -> "JudgeConfig":
         """Return a copy with non-None overrides applied; ``sampling.*`` keys reach the sampling block."""
@@ -315,28 +233,3 @@ def read_yaml_mapping(path: Path, what: str = "judge card") -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} must be a mapping")
     return data
-
-
-def load_judge_card(name_or_path: str) -> JudgeConfig:
-    """A built-in card name (``judges/<name>.yaml``) or a path to a YAML card."""
-    path = find_card("judges", name_or_path, "judge card")
-    data = read_yaml_mapping(path)
-    data.setdefault("name", path.stem)
-    known = {f.name for f in dataclasses.fields(JudgeConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"{path}: unknown judge settings {sorted(unknown)}; known: {sorted(known)}")
-    try:
-        config = JudgeConfig(**data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    # checked here, so a missing, misplaced or unsafe template stops before any model loads
-    from .prompts import check_template_renders, resolve_template
-
-    config = dataclasses.replace(config, template=resolve_template(config.template, path))
-    check_template_renders(config.template, config.name)
-    return config
-
-
-def builtin_judge_cards() -> list[str]:
-    return card_names("judges")

@@ -170,6 +170,37 @@ class Prediction:
         return row
 
 
+# identity settings one side has and the other lacks
+ABSENT = object()
+
+
+def normalise(value: Any) -> Any:
+    """The JSON form of ``value``: tuples become lists, keys are sorted, so equal settings compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = "(absent)" if value is ABSENT else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def identity_differences(theirs: dict, ours: dict, prefix: str = "") -> list[str]:
+    """``path: theirs -> ours`` for every leaf that differs between two run identities (or parts of
+    them, as manifests record them)."""
+    theirs, ours = _flatten(normalise(theirs), prefix), _flatten(normalise(ours), prefix)
+    return [f"{key}: {_short(theirs.get(key, ABSENT))} -> {_short(ours.get(key, ABSENT))}"
+            for key in sorted(set(theirs) | set(ours)) if theirs.get(key, ABSENT) != ours.get(key, ABSENT)]
+
+
 @dataclass
 class Manifest:
     """``manifest.json`` read back: what made a run (its identity and fingerprint), the judge's settings,

@@ -20,6 +20,7 @@ from typing import Callable, Container
 from importlib import metadata
 from pathlib import Path
 
+from .backends import loads_weights
 from .benchmarks import Benchmark, DataFormatError, Sample
 from .errors import ConfigError, InputNotFoundError, ServerError
 from .judges import Judge
@@ -28,7 +29,7 @@ from .metrics import generation_summary
 from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, Prediction, RunFormatError, RunLock, read_json_object,
                       read_predictions, write_json_atomic, write_jsonl_atomic)
 from .redaction import redact, redact_text
-from .identity import LOCAL_BACKENDS, RunIdentity, bench_identity, run_identity
+from .identity import RunIdentity, bench_identity, run_identity
 from .store import UNFINISHED, RunConflict, RunStore  # noqa: F401 - UNFINISHED and RunConflict: the runner's names too
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ TOO_LONG_POLICIES = ("mark", "refuse")
 def _generation_budget(judge: Judge) -> int:
     """Tokens a sample may add after its prompt: the sampled text plus, for RAIL, the forced readout."""
     cfg = judge.config
-    budget = cfg.sampling.max_new_tokens if cfg.samples_text else 0
+    budget = cfg.sampling.max_new_tokens if judge.variant.samples_text() else 0
     if judge.variant.uses_candidates:
         c = judge.candidates
         budget += len(c.delimiter_ids) + len(c.bridge_ids) + max(len(seq) for seq in c.sequences)
@@ -341,7 +342,7 @@ def _judge_session(judge: Judge, todo: list[Sample], store: RunStore, session: d
 
 def _answering_models(judge: Judge) -> Counter | None:
     """The models that answered a served backend's requests so far (None for local backends)."""
-    answered = getattr(judge.backend, "answered_by", None) if judge.config.backend not in LOCAL_BACKENDS else None
+    answered = None if loads_weights(judge.config.backend) else getattr(judge.backend, "answered_by", None)
     return Counter(answered) if answered is not None else None
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 from ..candidates import ScoreCandidates
 from ..judge_config import SamplingConfig
+from .declaration import BackendDeclaration
 
 
 @dataclass
@@ -77,6 +78,8 @@ OnDone = Callable[[int, list["Completion"]], None]
 
 class Backend(ABC):
     name: str = "backend"
+    # its options, whether it loads weights, its checks (backends.declaration); None: every option scores
+    declaration: ClassVar[BackendDeclaration | None] = None
 
     @abstractmethod
     def render_chat(self, messages: list[dict], response_prefix: str = "") -> str:

@@ -30,6 +30,7 @@ from ..judge_config import SamplingConfig
 from ..errors import UserError
 from ..models import load_tokenizer, resolve_model
 from ..redaction import redact_text, register_secret
+from .declaration import BackendDeclaration, option
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, request_seed)
 from ..protocol import (exclusive_sequence_logprobs, finish_cot, readout_after_sampled_ids, readout_text,
@@ -112,8 +113,31 @@ class Usage:
         return max(0, self.http_attempts - self.calls)
 
 
+@dataclass
+class OpenAIOptions:
+    """The openai backend's options: where requests go, how many and how patiently, are session-only."""
+
+    base_url: str | None = option(None, session=True, flag="--base-url",
+                                  help="server URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = option(None, session=True, flag="--api-key-env",
+                                     help="environment variable holding the API key (never logged)")
+    api_model: str | None = option(None, flag="--api-model",
+                                   help="model name sent to the server (default: the one it serves)")
+    mode: str = option("continue", flag="--openai-mode",
+                       help="score readout 'continue' (raw-prompt servers) or 'single' (chat APIs)")
+    tokenizer: str | None = option(None)
+    server: str = option("auto")
+    concurrency: int = option(8, session=True, flag="--concurrency", help="requests in flight")
+    max_retries: int = option(6, session=True, flag="--max-retries",
+                              help="retries per request (429/5xx/timeouts/dropped connections)")
+    timeout: float = option(600.0, session=True, flag="--request-timeout", help="seconds per request")
+    top_logprobs: int = option(20)
+    prices: dict | None = option(None, session=True)
+
+
 class OpenAIBackend(Backend):
     name = "openai"
+    declaration = BackendDeclaration(name, OpenAIOptions, loads_weights=False, check=check_options)
 
     def __init__(self, model: str | None = None, *, base_url: str | None = None, api_key_env: str | None = None,
                  mode: str = "continue", api_model: str | None = None, tokenizer: str | None = None,

@@ -4,33 +4,25 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from . import BUILTIN_DECLARATIONS
 
-# flag -> backend option (None = not given, keep the card's value)
-_FLAGS = {
-    "base_url": ("--base-url", str, "openai: server URL, e.g. http://127.0.0.1:8000/v1"),
-    "api_key_env": ("--api-key-env", str, "openai: environment variable holding the API key (never logged)"),
-    "api_model": ("--api-model", str, "openai: model name sent to the server (default: the one it serves)"),
-    "mode": ("--openai-mode", str, "openai: score readout 'continue' (raw-prompt servers) or 'single' (chat APIs)"),
-    "concurrency": ("--concurrency", int, "openai: requests in flight"),
-    "max_retries": ("--max-retries", int, "openai: retries per request (429/5xx/timeouts/dropped connections)"),
-    "timeout": ("--request-timeout", float, "openai: seconds per request"),
-    "tensor_parallel_size": ("--tensor-parallel-size", int, "vllm: GPUs one model is split over"),
-}
+# option -> its flag, generated from the built-in backends' declarations (None = not given, keep the card's)
+_FLAGS = {flag.option: flag for declaration in BUILTIN_DECLARATIONS for flag in declaration.flags()}
 
 
 def flag_for(option: str) -> str:
     """The flag that sets a backend option, or how a card names it when no flag does."""
-    return _FLAGS[option][0] if option in _FLAGS else f"backend option {option}"
+    return _FLAGS[option].flag if option in _FLAGS else f"backend option {option}"
 
 
 def add_backend_flags(parser: argparse.ArgumentParser, renamed: dict[str, str] | None = None) -> None:
     """``renamed``: option -> another flag for it, where the command uses the usual one for itself
     (``serve --api-key-env`` is the server's own key)."""
     group = parser.add_argument_group("backend options (default: the card's backend_options)")
-    for option, (flag, kind, help_text) in _FLAGS.items():
-        flag = (renamed or {}).get(option, flag)
-        group.add_argument(flag, dest=f"backend_{option}", metavar=option.upper(), type=kind, default=None,
-                           help=help_text)
+    for option, declared in _FLAGS.items():
+        flag = (renamed or {}).get(option, declared.flag)
+        group.add_argument(flag, dest=f"backend_{option}", metavar=option.upper(), type=declared.kind, default=None,
+                           help=declared.help)
     group.add_argument("--model-args", dest="model_args", default=None, metavar="KEY=VALUE,...",
                        help="transformers: from_pretrained options, values read as YAML, e.g. revision=main,"
                             "trust_remote_code=true,attn_implementation=sdpa,device_map=auto,load_in_4bit=true")

@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates
 from ..judge_config import SamplingConfig
-from ..models import ModelSource, check_model_args, load_kwargs, load_tokenizer, resolve_model
+from ..models import ModelSource, check_device, check_model_args, load_kwargs, load_tokenizer, resolve_model
+from .declaration import BackendDeclaration, option
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer)
 from .engine import PREFILL_TOKENS, candidate_totals, candidate_variants, kv_shape, left_padded, run_judge_loop
@@ -31,8 +33,28 @@ from ..protocol import supplied_cot_context
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class TransformersOptions:
+    """The transformers backend's options (its device and dtype are the judge's)."""
+
+    # from_pretrained options (models.MODEL_ARGS). The ones that only say where or how memory-efficiently
+    # the weights load are session-only; the revision is the model's (identity.model_identity); the
+    # others (subfolder, variant, quantization, attention kernel, trust_remote_code...) pick or change
+    # the weights. Set by --model-args (backends.options), not by a generated flag.
+    model_args: dict | None = option(
+        None, session_keys=("device_map", "max_memory", "offload_folder", "low_cpu_mem_usage", "cache_dir"),
+        model_keys=("revision",))
+
+
+def check_settings(options: dict) -> None:
+    """--model-args and --device, checked before the model loads."""
+    check_model_args(options.get("model_args"))
+    check_device(options.get("device"))
+
+
 class TransformersBackend(Backend):
     name = "transformers"
+    declaration = BackendDeclaration(name, TransformersOptions, loads_weights=True, check=check_settings)
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
                  model_args: dict | None = None):

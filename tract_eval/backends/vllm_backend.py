@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates
+from ..errors import ConfigError
 from ..judge_config import SamplingConfig
 from ..conversion import safetensors_from_gguf
 from ..models import load_tokenizer, resolve_model
+from .declaration import BackendDeclaration, option
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
                    render_chat_with_tokenizer, request_seed)
 from ..protocol import exclusive_sequence_logprobs, readout_after_sampled_ids, supplied_cot_context
@@ -27,8 +30,35 @@ from ..protocol import exclusive_sequence_logprobs, readout_after_sampled_ids, s
 log = logging.getLogger(__name__)
 
 
+def check_vllm_quantization(options: dict) -> None:
+    """engine_options={quantization: fp8} is the reference's CoT precision (TRACT inference_utils/
+    generation_utils.py:35-36, unless --v100); vLLM's fp8 kernels need a CUDA GPU, so say so before loading."""
+    quantization = (options.get("engine_options") or {}).get("quantization")
+    if not quantization:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"vllm engine_options quantization={quantization!r} needs a CUDA GPU (fp8: compute "
+                          "capability 8.0 or newer, as the reference's A6000); torch sees none here")
+
+
+@dataclass
+class VLLMOptions:
+    """The vllm backend's options (its dtype is the judge's): how many GPUs share the model is session-only."""
+
+    tensor_parallel_size: int = option(1, session=True, flag="--tensor-parallel-size",
+                                       help="GPUs one model is split over")
+    max_model_len: int | None = option(None)
+    gpu_memory_utilization: float | None = option(None)
+    enable_prefix_caching: bool = option(True)
+    conversion_cache_dir: str | None = option(None)
+    engine_options: dict | None = option(None)
+
+
 class VLLMBackend(Backend):
     name = "vllm"
+    declaration = BackendDeclaration(name, VLLMOptions, loads_weights=True, check=check_vllm_quantization)
 
     def __init__(self, model: str | None = None, *, dtype: str = "auto", tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, gpu_memory_utilization: float | None = None,

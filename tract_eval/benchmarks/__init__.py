@@ -13,6 +13,7 @@ from .base import (
     BenchmarkCard,
     DataFormatError,
     DataUnavailable,
+    LoaderOptions,
     LocatedData,
     Sample,
     benchmark_names,
@@ -20,6 +21,7 @@ from .base import (
     find_card_or_none,
     load_card,
     locate_data,
+    options_off_default,
     parse_scale,
 )
 from .loaders import LOADERS
@@ -126,7 +128,7 @@ def reload_benchmark(described: dict, data_dir: str | Path | None = None) -> Ben
 
 
 __all__ = [
-    "Benchmark", "BenchmarkCard", "DataFormatError", "DataUnavailable", "Sample", "benchmark_names",
+    "Benchmark", "BenchmarkCard", "DataFormatError", "DataUnavailable", "LoaderOptions", "Sample", "benchmark_names",
     "builtin_benchmark_names", "find_card_or_none", "is_data_spec", "load_benchmark", "load_card", "parse_scale",
-    "reload_benchmark",
+    "options_off_default", "reload_benchmark",
 ]

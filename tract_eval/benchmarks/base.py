@@ -36,6 +36,20 @@ class DataFormatError(UserError, ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The options loaders read from ``load_benchmark(..., **options)`` besides the card, and their defaults."""
+
+    drop_reference: bool = False  # TRACT's --remove_reference: judges cut the reference answer out
+
+
+def options_off_default(options: dict[str, Any]) -> dict[str, Any]:
+    """The options that change the load: one left at its default (``drop_reference=False``) is the same
+    benchmark as one not given, so the run identity leaves it out."""
+    defaults = {f.name: f.default for f in dataclasses.fields(LoaderOptions)}
+    return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+
+
 @dataclass
 class Sample:
     id: str

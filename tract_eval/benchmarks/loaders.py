@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..prompts import GradingFields, PromptFormatError, format_rubric, parse_prometheus_prompt
 from ..registry import Registry
-from .base import BenchmarkCard, DataFormatError, LocatedData, Sample, read_json_rows
+from .base import BenchmarkCard, DataFormatError, LoaderOptions, LocatedData, Sample, read_json_rows
 
 LOADERS: Registry = Registry("benchmark loader")
 
@@ -71,7 +71,7 @@ def load_prometheus_absolute(card: BenchmarkCard, located: LocatedData, options:
     gold_fields = tuple(card.options.get("gold_fields", ["gpt4_score", "orig_score"]))
     samples, seen = [], set()
     for source, number, row in _rows(located):
-        fields = _prometheus_fields(row, source, number, options.get("drop_reference", False))
+        fields = _prometheus_fields(row, source, number, options.get("drop_reference", LoaderOptions.drop_reference))
         gold = gold_from_row(row, source, number, gold_fields)
         key = [str(row[k]) for k in card.options.get("id_fields", ["idx", "response_source"]) if k in row]
         sample_id = ":".join(key) if key else str(number)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, InputNotFoundError
 from ..prompts import GradingFields, format_rubric
-from .base import BenchmarkCard, DataFormatError, LocatedData, Sample, parse_scale, read_json_rows, read_text_utf8
+from .base import (BenchmarkCard, DataFormatError, LoaderOptions, LocatedData, Sample, parse_scale, read_json_rows,
+                   read_text_utf8)
 
 HUB_PREFIX = "hf:"
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # suffix -> format
@@ -144,7 +145,7 @@ def load_table(card: BenchmarkCard, located: LocatedData, options: dict) -> list
         tables = [(str(path), read_table(Path(path))) for path in located.paths]
     mapped = parse_columns(card.options.get("columns"))
     names = {**COLUMNS, **mapped}
-    drop_reference = options.get("drop_reference", False)
+    drop_reference = options.get("drop_reference", LoaderOptions.drop_reference)
     low, high = card.scale
     samples, seen = [], {}
     for source, rows in tables:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..judge_config import JudgeConfig, builtin_judge_cards, load_judge_card
+from ..judge_config import JudgeConfig
 from ..errors import UnknownNameError
 from ..registry import Registry
-from ..identity import resolve_card_model
 from .base import Judge
+from .cards import builtin_judge_cards, load_judge_card, resolve_card_model
 
 def _not_a_judge(plugin) -> str | None:
     if isinstance(plugin, type) and issubclass(plugin, Judge):
@@ -56,4 +56,5 @@ def build_judge(name_or_path: str, backend=None, **overrides) -> Judge:
     return judge
 
 
-__all__ = ["JUDGES", "Judge", "build_judge", "judge_names", "load_judge_config"]
+__all__ = ["JUDGES", "Judge", "build_judge", "builtin_judge_cards", "judge_names", "load_judge_card",
+           "load_judge_config"]

@@ -14,7 +14,7 @@ from ..candidates import LOGPROB_TOLERANCE, ScoreCandidates, impossible_logprobs
 from ..judge_config import JudgeConfig
 from ..prompts import GradingFields, render_prompt
 from ..records import Prediction
-from .variants import VARIANTS, JudgeVariant
+from .variants import JudgeVariant, variant_type
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class Judge:
     """Built from a JudgeConfig; the backend is created on first use (one model load per run)."""
 
     def __init__(self, config: JudgeConfig, backend: Backend | None = None):
+        variant_type(config)  # an unknown protocol is refused here, before any model loads
         self.config = config
         self._backend = backend
         self._candidates: ScoreCandidates | None = None
@@ -57,7 +58,7 @@ class Judge:
     def variant(self) -> JudgeVariant:
         """The judge's protocol (the card's ``protocol``), a type from :mod:`tract_eval.judges.variants`."""
         if self._variant is None or self._variant.config is not self.config:
-            self._variant = VARIANTS[self.config.protocol](self)
+            self._variant = variant_type(self.config)(self)
         return self._variant
 
     @property

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..backends import Completion, GenerationRequest, ScoreRequest
 from ..candidates import ScoreCandidates, derive_first_token_candidates, derive_score_candidates
-from ..judge_config import PROTOCOLS, VERDICT_PARSERS
+from ..errors import ConfigError
+from ..judge_config import JudgeConfig, VERDICT_PARSERS
 from ..parsing import parse_bare_score, parse_library_verdict, parse_reference_verdict, parse_score
 from ..prompts import reference_strip, remove_reference_section, score_only_content
 from ..protocol import finish_cot, readout_text
@@ -37,6 +38,13 @@ class JudgeVariant:
     """The protocol of a judge. Subclasses set the class attributes and implement ``run``."""
 
     protocol: ClassVar[str]
+    # The JudgeConfig settings a judge of this protocol reads that can change its scores: they, and only
+    # they, make up the judge part of the run identity (tract_eval.identity). Not among them: the name and
+    # description, batch size and device (how fast, not what), the model (the identity's model part).
+    # Every protocol reads these; each variant declares them plus its own.
+    score_settings: ClassVar[tuple[str, ...]] = (
+        "judge_class", "backend", "dtype", "template", "system_prompt", "feedback_label", "protocol", "scale",
+        "delimiter", "parse_failure_policy", "fallback_score", "backend_options")
     writes_cot: ClassVar[bool]  # samples a CoT (n_cot continuations per sample)
     reads_distribution: ClassVar[bool]  # the score is an expectation over the candidates (RAIL)
     uses_candidates: ClassVar[bool] = True  # the readout follows the derived delimiter + bridge
@@ -48,6 +56,16 @@ class JudgeVariant:
     def __init__(self, judge: "Judge"):
         self.judge = judge
         self.config = judge.config
+
+    @classmethod
+    def samples_text(cls) -> bool:
+        """Does it sample tokens (a CoT, or a decoded score)? Those that read the sampling settings do."""
+        return "sampling" in cls.score_settings
+
+    @classmethod
+    def cuts_cot(cls) -> bool:
+        """Does it write a CoT finished by TRACT's cut rule (it reads the cut marker)?"""
+        return "cut_marker" in cls.score_settings
 
     # -- inputs --------------------------------------------------------------------------
     def user_content(self, sample: "Sample") -> str:
@@ -102,6 +120,8 @@ class CotRail(JudgeVariant):
     """TRACT: sample a CoT, finish it by the reference rule, RAIL right after delimiter + bridge."""
 
     protocol = "cot-rail"
+    score_settings = JudgeVariant.score_settings + (
+        "renormalize", "partial_candidates", "sampling", "seed", "n_cot", "unparsed_runs", "readout", "cut_marker", "stop")
     writes_cot = True
     reads_distribution = True
     streams_rows = True
@@ -123,6 +143,8 @@ class CotDecode(JudgeVariant):
     rule, then sample one token after ``CoT + " So the overall score is "`` and read it as the score."""
 
     protocol = "cot-decode"
+    score_settings = JudgeVariant.score_settings + (
+        "sampling", "seed", "n_cot", "unparsed_runs", "readout", "cut_marker", "stop")
     writes_cot = True
     reads_distribution = False
 
@@ -164,6 +186,7 @@ class ScoreOnlyRail(JudgeVariant):
     instruction + the prompt's body, nothing sampled, the expected score at the first assistant token."""
 
     protocol = "score-only-rail"
+    score_settings = JudgeVariant.score_settings + ("renormalize", "partial_candidates", "score_only_anchor")
     writes_cot = False
     reads_distribution = True
 
@@ -202,6 +225,7 @@ class ScoreOnlyDecode(ScoreOnlyRail):
     first assistant token (after the bridge), read as the score."""
 
     protocol = "score-only-decode"
+    score_settings = JudgeVariant.score_settings + ("score_only_anchor", "sampling", "seed")
     reads_distribution = False
 
     def run(self, samples, inputs, first_cot, finish, batch_size=None):
@@ -220,6 +244,8 @@ class Prometheus(JudgeVariant):
     """Prometheus-2 absolute grading as prometheus-eval's ``eval/run_evaluate.py`` runs it."""
 
     protocol = "prometheus"
+    score_settings = JudgeVariant.score_settings + (
+        "sampling", "seed", "n_cot", "unparsed_runs", "max_retries", "verdict_parser")
     writes_cot = True
     reads_distribution = False
     uses_candidates = False
@@ -259,10 +285,19 @@ class Prometheus(JudgeVariant):
         return None if value is None else float(value)
 
 
-# config.VERDICT_PARSERS: how a prometheus judge reads (and decides to regenerate) a verdict
+# judge_config.VERDICT_PARSERS: how a prometheus judge reads (and decides to regenerate) a verdict
 VERDICT_PARSE = {"reference": parse_reference_verdict, "library": parse_library_verdict, "lenient": parse_score}
 
+# the protocols a card's ``protocol`` may name, in the order errors list them
 VARIANTS: dict[str, type[JudgeVariant]] = {cls.protocol: cls for cls in
                                            (CotRail, CotDecode, ScoreOnlyRail, ScoreOnlyDecode, Prometheus)}
-assert tuple(sorted(VARIANTS)) == tuple(sorted(PROTOCOLS)), "config.PROTOCOLS and the variant types disagree"
-assert tuple(sorted(VERDICT_PARSE)) == tuple(sorted(VERDICT_PARSERS)), "config.VERDICT_PARSERS and the parsers disagree"
+
+
+def variant_type(config: JudgeConfig) -> type[JudgeVariant]:
+    """The variant of the judge's protocol; an unknown protocol is refused naming the known ones."""
+    try:
+        return VARIANTS[config.protocol]
+    except KeyError:
+        raise ConfigError(f"judge {config.name!r}: protocol must be one of {', '.join(VARIANTS)}, "
+                          f"not {config.protocol!r}") from None
+assert tuple(sorted(VERDICT_PARSE)) == tuple(sorted(VERDICT_PARSERS)), "judge_config.VERDICT_PARSERS and the parsers disagree"

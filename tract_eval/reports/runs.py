@@ -8,7 +8,7 @@ from ..benchmarks.base import find_card_or_none
 from ..errors import InputNotFoundError, UserError
 from ..metrics import UNPARSED_PAIR_POLICIES, SectionScheme
 from ..records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, Manifest, Metrics, Prediction, RunFormatError,
-                       read_manifest, read_metrics)
+                       identity_differences, read_manifest, read_metrics)
 from ..records import read_predictions as read_rows
 
 __all__ = ["Run", "RunFormatError", "load_run", "collect_runs", "read_predictions"]
@@ -128,8 +128,6 @@ def benchmark_differences(runs: list[Run]) -> list[str]:
     """For each benchmark name, how the runs' benchmark identities differ from the first run's (one line
     each, naming both folders and the differing settings): rows of different data must not share a
     column or be paired by id."""
-    from ..identity import identity_differences
-
     found = []
     first: dict[str, Run] = {}
     for run in runs:

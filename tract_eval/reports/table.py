@@ -120,85 +120,92 @@ def build_table(runs: list[Run], measures: list[str], ci: bool = False,
     absolute = [b for b in benches if not any(r.pairwise for r in runs if r.bench == b)]
     pairwise = [b for b in benches if b not in absolute]
     averaged = [b for b in absolute if in_average(b)]
-
     columns: list[Column] = [Column(b, m) for b in absolute for m in measures]
     if averaged:
         columns += [Column(AVERAGE, m) for m in measures]
-    cells: dict[tuple[str, Column], Cell] = {}
-    counts: dict[tuple[str, str], Counts] = {}
-    table = Table(judges, columns, cells, counts, benches, averaged,
-                  confidence=confidence if ci else None, resamples=resamples if ci else 0,
-                  seed=seed if ci else None)
-
+    table = Table(judges, columns, {}, {}, benches, averaged, confidence=confidence if ci else None,
+                  resamples=resamples if ci else 0, seed=seed if ci else None)
     for run in runs:
         table.models[run.judge, run.bench] = run_model(run)
         if run.manifest.model_note:
             table.model_notes[run.judge, run.bench] = run.manifest.model_note
     section_order: dict[str, list[str]] = {}  # pairwise benchmark -> its sections, then LEADERBOARD
     for judge in judges:
-        bench_reps: dict[str, np.ndarray] = {}
-        bench_values: dict[str, list[float]] = {}
-        for bench in absolute:
-            run = by_key.get((judge, bench))
-            if run is None:
-                continue
-            data = absolute_data(run)
-            counts[judge, bench] = Counts(data.n, data.n_total, data.parse_failures)
-            values = absolute_measures(measures, data.gold, data.prediction)
-            bench_values[bench] = values
-            reps = None
-            if ci and data.n:
-                reps = bootstrap.replicates(
-                    [np.arange(data.n)],
-                    lambda idx: absolute_measures(measures, data.gold[idx], data.prediction[idx]),
-                    resamples, bootstrap.stream_seed(seed, bench))
-                bench_reps[bench] = reps
-            for i, m in enumerate(measures):
-                est = bootstrap.estimate(values[i], reps[:, i], confidence) if reps is not None else \
-                    bootstrap.Estimate(values[i])
-                cells[judge, Column(bench, m)] = Cell(est)
-        present = [b for b in averaged if b in bench_values]
-        if present:
-            if present != averaged:
-                table.partial_averages[judge] = present
-            for i, m in enumerate(measures):
-                value = float(np.mean([bench_values[b][i] for b in present]))
-                if ci and all(b in bench_reps for b in present):
-                    # benchmarks are resampled independently: the Average of replicate b is the mean of theirs
-                    reps = np.mean([bench_reps[b][:, i] for b in present], axis=0)
-                    est = bootstrap.estimate(value, reps, confidence)
-                else:
-                    est = bootstrap.Estimate(value)
-                cells[judge, Column(AVERAGE, m)] = Cell(est, partial=present != averaged)
+        measured = {bench: _absolute_cells(table, judge, by_key[judge, bench], measures)
+                    for bench in absolute if (judge, bench) in by_key}
+        _average_cells(table, judge, measures, measured)
         for bench in pairwise:
-            run = by_key.get((judge, bench))
-            if run is None:
-                continue
-            data = pair_data(run)
-            counts[judge, bench] = Counts(data.n, data.n_pairs, data.parse_failures, pairwise=True)
-            scores = pairwise_scores(data.subsets, data.outcomes, data.scheme)
-            names = list(scores)  # the card's sections in its order, then the leaderboard score
-            section_order.setdefault(bench, [*data.scheme.sections, LEADERBOARD])
-            reps = None
-            if ci and data.n:
-                reps = bootstrap.replicates(
-                    data.strata(),
-                    lambda idx: [pairwise_scores(data.subsets[idx], data.outcomes[idx], data.scheme)[s]
-                                 for s in names],
-                    resamples, bootstrap.stream_seed(seed, bench))
-            for i, name in enumerate(names):
-                column = Column(bench, name, accuracy=True)
-                if column not in columns:
-                    columns.append(column)
-                est = bootstrap.estimate(scores[name], reps[:, i], confidence) if reps is not None else \
-                    bootstrap.Estimate(scores[name])
-                cells[judge, column] = Cell(est)
+            if (judge, bench) in by_key:
+                section_order[bench] = _pairwise_cells(table, judge, by_key[judge, bench])
     # pairwise columns after the correlation columns, each benchmark's in its card's section order
-    table.columns = [c for c in columns if not c.accuracy] + sorted(
-        (c for c in columns if c.accuracy),
+    table.columns = [c for c in table.columns if not c.accuracy] + sorted(
+        (c for c in table.columns if c.accuracy),
         key=lambda c: (benches.index(c.group), section_order[c.group].index(c.measure)))
     _rank(table)
     return table
+
+
+def _estimate(table: Table, value: float, replicates: np.ndarray | None) -> bootstrap.Estimate:
+    """The value, with its percentile interval when the table is bootstrapped."""
+    if replicates is None:
+        return bootstrap.Estimate(value)
+    return bootstrap.estimate(value, replicates, table.confidence)
+
+
+def _absolute_cells(table: Table, judge: str, run: Run, measures: list[str]
+                    ) -> tuple[list[float], np.ndarray | None]:
+    """One absolute benchmark's cells of a judge; returns its values and bootstrap replicates (the Average's)."""
+    bench = run.bench
+    data = absolute_data(run)
+    table.counts[judge, bench] = Counts(data.n, data.n_total, data.parse_failures)
+    values = absolute_measures(measures, data.gold, data.prediction)
+    reps = None
+    if table.resamples and data.n:
+        reps = bootstrap.replicates(
+            [np.arange(data.n)], lambda idx: absolute_measures(measures, data.gold[idx], data.prediction[idx]),
+            table.resamples, bootstrap.stream_seed(table.seed, bench))
+    for i, m in enumerate(measures):
+        table.cells[judge, Column(bench, m)] = Cell(_estimate(table, values[i], None if reps is None else reps[:, i]))
+    return values, reps
+
+
+def _average_cells(table: Table, judge: str, measures: list[str],
+                   measured: dict[str, tuple[list[float], np.ndarray | None]]) -> None:
+    """A judge's Average over the averaged benchmarks it ran (a partial Average is marked)."""
+    present = [b for b in table.averaged if b in measured]
+    if not present:
+        return
+    if present != table.averaged:
+        table.partial_averages[judge] = present
+    for i, m in enumerate(measures):
+        value = float(np.mean([measured[b][0][i] for b in present]))
+        reps = None
+        if all(measured[b][1] is not None for b in present):
+            # benchmarks are resampled independently: the Average of replicate b is the mean of theirs
+            reps = np.mean([measured[b][1][:, i] for b in present], axis=0)
+        table.cells[judge, Column(AVERAGE, m)] = Cell(_estimate(table, value, reps),
+                                                      partial=present != table.averaged)
+
+
+def _pairwise_cells(table: Table, judge: str, run: Run) -> list[str]:
+    """A pairwise benchmark's accuracy cells of a judge (adding its columns); returns its section order."""
+    bench = run.bench
+    data = pair_data(run)
+    table.counts[judge, bench] = Counts(data.n, data.n_pairs, data.parse_failures, pairwise=True)
+    scores = pairwise_scores(data.subsets, data.outcomes, data.scheme)
+    names = list(scores)  # the card's sections in its order, then the leaderboard score
+    reps = None
+    if table.resamples and data.n:
+        reps = bootstrap.replicates(
+            data.strata(),
+            lambda idx: [pairwise_scores(data.subsets[idx], data.outcomes[idx], data.scheme)[s] for s in names],
+            table.resamples, bootstrap.stream_seed(table.seed, bench))
+    for i, name in enumerate(names):
+        column = Column(bench, name, accuracy=True)
+        if column not in table.columns:
+            table.columns.append(column)
+        table.cells[judge, column] = Cell(_estimate(table, scores[name], None if reps is None else reps[:, i]))
+    return [*data.scheme.sections, LEADERBOARD]
 
 
 def _rank(table: Table) -> None:

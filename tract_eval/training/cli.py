@@ -183,7 +183,7 @@ def _fail(exc: Exception) -> int:
 # -- commands -------------------------------------------------------------------------------------------------------
 
 def _cmd_prepare(args) -> int:
-    from ..judge_config import load_judge_card
+    from ..judges import load_judge_card
     from .data import TrainingDataError, prepare, write_jsonl
 
     try:
@@ -217,7 +217,7 @@ def _cmd_recipe(args) -> int:
 
 
 def _cmd_stage1(args) -> int:
-    from ..judge_config import load_judge_card
+    from ..judges import load_judge_card
     from .data import load_training_rows
     from .pipeline import run_stage
 
@@ -234,7 +234,7 @@ def _cmd_stage1(args) -> int:
 def _cmd_self_cot(args) -> int:
     import time
 
-    from ..judge_config import load_judge_card
+    from ..judges import load_judge_card
     from .data import load_training_rows
     from .pipeline import generate_self_cots
 
@@ -255,7 +255,7 @@ def _cmd_self_cot(args) -> int:
 
 
 def _cmd_stage2(args) -> int:
-    from ..judge_config import load_judge_card
+    from ..judges import load_judge_card
     from .data import load_training_rows
     from .pipeline import run_stage
 

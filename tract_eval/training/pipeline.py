@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from ..benchmarks import Sample
-from ..judge_config import COT_PROTOCOLS, load_judge_card
-from ..judges import Judge, build_judge
+from ..judges import Judge, build_judge, load_judge_card
+from ..judges.variants import variant_type
 from ..prompts import parse_prometheus_prompt, reference_strip
 from ..identity import RunIdentity, judge_identity
 from ..records import Prediction
@@ -237,7 +237,7 @@ def run_recipe(config, data: str | Path, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     judge = load_judge_card(config.judge)
     rows = load_training_rows(data, judge.delimiter, judge.scale, config.limit,
-                              need_cot=judge.protocol in COT_PROTOCOLS)
+                              need_cot=variant_type(judge).cuts_cot())
     if not config.two_stage:
         return {"model": run_stage(config, rows, out, merged_dir=out / "merged" if config.save_merged else None)}
     stage1 = out / "stage1"
