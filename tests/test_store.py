@@ -152,6 +152,8 @@ def test_the_scaling_cache_resumes_after_a_kill_locked_and_one_appender_per_fill
         fill_cache(CotCache(tmp_path, "j", "vicuna", 0), samples, 2, generate())
     assert fill_cache(again, samples, 3, generate()) == 2 * 3 + 2 * 1
     assert len(opened) == 2  # one per fill
+    with again.store:  # a cache that holds every CoT asked for is only read: no lock, no appender
+        assert fill_cache(again, samples, 3, generate()) == 0 and len(opened) == 2
     assert CotCache(tmp_path, "j", "vicuna", 0).per_cot == {s.id: [0.0, 1.0, 2.0] for s in samples}
 
 

@@ -80,21 +80,29 @@ Generate = Callable[[list, int, int, Callable[[dict], None]], None]
 
 
 def fill_cache(cache: CotCache, samples: list, k: int, generate: Generate) -> int:
-    """Make sure every sample has ``k`` CoTs; returns how many new CoTs were sampled. The cache file is
-    locked and read again (a torn last line cut off) for the fill, and written through one appender."""
+    """Make sure every sample has ``k`` CoTs; returns how many new CoTs were sampled. A fill locks the
+    cache file, reads it again (a torn last line cut off) and writes through one appender; a cache that
+    already holds them all is only read."""
+    if not _short_of(cache, samples, k):
+        return 0
     added = 0
     with cache.store:
-        by_have: dict[int, list] = {}
-        for sample in samples:
-            have = cache.count(sample.id)
-            if have < k:
-                by_have.setdefault(have, []).append(sample)
-        for have, group in sorted(by_have.items()):
+        for have, group in sorted(_short_of(cache, samples, k).items()):
             def on_row(row, first_cot=have):
                 cache.append(row.id, row.gold, first_cot, row)
             generate(group, k - have, have, on_row)
             added += (k - have) * len(group)
     return added
+
+
+def _short_of(cache: CotCache, samples: list, k: int) -> dict[int, list]:
+    """The samples with fewer than ``k`` CoTs, by how many they have."""
+    by_have: dict[int, list] = {}
+    for sample in samples:
+        have = cache.count(sample.id)
+        if have < k:
+            by_have.setdefault(have, []).append(sample)
+    return by_have
 
 
 def mean_prediction(values: list, k: int) -> float | None:
