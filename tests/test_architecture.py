@@ -25,7 +25,7 @@ FLOORS = {
     5: ["judges", "reports"],
     4: ["backends", "benchmarks"],
     3: ["judge_config"],
-    2: ["prompts", "conversion", "cliargs", "metrics"],
+    2: ["prompts", "conversion", "cliargs", "metrics", "store"],
     1: ["cards", "models", "protocol", "records", "registry"],
     0: ["errors", "candidates", "parsing", "hub", "redaction", "progress"],
 }

@@ -407,9 +407,21 @@ class RunLock:
     the file names the holder (pid, host, start time) for the message a second run prints.
     """
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK
+    def __init__(self, folder: Path, name: str = LOCK, guards: Path | None = None, flag: str = "--out"):
+        self.path = Path(folder) / name
+        self.guards = Path(guards) if guards is not None else Path(folder)  # what the message names
+        self.flag = flag  # the option that picks another place, for the message
         self._fh = None
+
+    @classmethod
+    def of_file(cls, path: Path, flag: str) -> "RunLock":
+        """A lock on one file (``.NAME.lock`` beside it), for a file that shares its folder with others."""
+        path = Path(path)
+        return cls(path.parent, f".{path.name}.lock", guards=path, flag=flag)
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -420,8 +432,8 @@ class RunLock:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise RunLocked(f"{self.path.parent} is being written by {holder}; wait for it to finish "
-                            "(or use another --out)") from None
+            raise RunLocked(f"{self.guards} is being written by {holder}; wait for it to finish "
+                            f"(or use another {self.flag})") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")

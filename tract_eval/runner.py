@@ -22,20 +22,17 @@ from pathlib import Path
 
 from .backends import loads_weights
 from .benchmarks import Benchmark, DataFormatError, Sample, check_limit
-from .errors import ConfigError, InputNotFoundError, ServerError, UserError
+from .errors import ConfigError, InputNotFoundError, ServerError
 from .judges import Judge
 from .judges.base import row_meta
 from .metrics import generation_summary
-from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, JsonlAppender, Prediction, RunFormatError, RunLock,
-                      read_json_object, read_predictions, write_json_atomic, write_jsonl_atomic)
+from .records import (MANIFEST, METRICS, PREDICTIONS, SHARDS, Prediction, RunFormatError, RunLock, read_json_object,
+                      read_predictions, write_json_atomic, write_jsonl_atomic)
 from .redaction import redact, redact_text
 from .identity import RunIdentity, bench_identity, run_identity
+from .store import UNFINISHED, RunConflict, RunStore  # noqa: F401 - UNFINISHED and RunConflict: the runner's names too
 
 log = logging.getLogger(__name__)
-
-
-class RunConflict(UserError, RuntimeError):
-    """The output folder holds a run of another identity (judge settings, model or data)."""
 
 
 def _versions() -> dict:
@@ -127,37 +124,6 @@ def check_out_dir(out: Path) -> Path:
 def run_dir(out: Path, judge: str, bench: str, shard: tuple[int, int] | None = None) -> Path:
     base = Path(out) / check_plain_name(judge, "judge name") / check_plain_name(bench, "benchmark name")
     return base / SHARDS / f"{shard[0]}-of-{shard[1]}" if shard else base
-
-
-def _open_manifest(target: Path, identity: RunIdentity, has_rows: bool) -> dict | None:
-    """The folder's manifest when it holds this run identity; None when the folder starts afresh.
-
-    A folder of another identity is refused naming the differences, unless it holds no finished
-    rows (a failed first attempt never blocks the corrected command).
-    """
-    path = target / MANIFEST
-    if not path.is_file():
-        if has_rows:
-            raise RunConflict(f"{target} holds predictions but no {MANIFEST}, so what made them is unknown; "
-                              "use another --out, or delete that folder to start over")
-        return None
-    try:
-        manifest = read_json_object(path)
-    except RunFormatError as exc:  # not JSON, or JSON but not an object
-        if has_rows:
-            raise RunConflict(f"{exc}; the folder's run cannot be identified") from exc
-        return None
-    if manifest.get("fingerprint") == identity.fingerprint:
-        return manifest
-    if not has_rows:
-        log.warning("%s: replacing the manifest of an attempt that finished no rows", target)
-        return None
-    changes = identity.differences(manifest.get("identity"))
-    raise RunConflict(
-        f"{target} holds a run of another identity ({manifest.get('fingerprint')}, this run is "
-        f"{identity.fingerprint}); changed: " + "; ".join(changes)
-        + ". Use another --out, or delete that folder to start over."
-    )
 
 
 def _session(judge: Judge, limit: int | None, batch_size: int | None) -> dict:
@@ -278,82 +244,75 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
     check_gold_in_scale(judge, bench)
     target = run_dir(check_out_dir(out), judge.name, bench.name, shard)
     identity = run_identity(judge, bench)  # an unavailable model fails here
-    with RunLock(target), _saying_what_is_kept(target):
-        return _run_locked(judge, bench, target, identity, limit, shard, batch_size, progress, too_long,
+    with RunStore.run_folder(target) as store, _saying_what_is_kept(store):
+        return _run_locked(judge, bench, store, identity, limit, shard, batch_size, progress, too_long,
                            rejudge_failures)
 
 
 @contextlib.contextmanager
-def _saying_what_is_kept(target: Path):
+def _saying_what_is_kept(store: RunStore):
     """A server that failed for good ends the run in one line that also says the finished rows are kept."""
     try:
         yield
     except ServerError as exc:
-        kept = len(read_predictions(target / PREDICTIONS))
+        kept = len(store.rows)
         if not kept:
             raise
-        raise ServerError(f"{exc}; the {kept} finished row(s) in {target / PREDICTIONS} are kept: rerun the "
+        raise ServerError(f"{exc}; the {kept} finished row(s) in {store.path} are kept: rerun the "
                           "same command to resume") from exc
 
 
-def _run_locked(judge: Judge, bench: Benchmark, target: Path, identity: RunIdentity, limit, shard, batch_size,
+def _run_locked(judge: Judge, bench: Benchmark, store: RunStore, identity: RunIdentity, limit, shard, batch_size,
                 progress, too_long: str, rejudge_failures: bool = False) -> RunResult:
-    predictions_path = target / PREDICTIONS
-    _remove_stale_temporaries(target)
-    existing = {row.id: row for row in read_predictions(predictions_path, repair=True)}
-    manifest = _open_manifest(target, identity, has_rows=bool(existing))
-    if manifest is None and predictions_path.exists():
-        predictions_path.unlink()  # an attempt of another identity that finished nothing (maybe a torn line)
-    selected = shard_samples(bench.select(limit), shard)
-    _drop_failures_to_redo(predictions_path, existing, {s.id for s in selected}, rejudge_failures)
-    todo = [s for s in selected if s.id not in existing]
-    started = time.perf_counter()
     session = _session(judge, limit, batch_size)
-    if manifest is None:
-        manifest = {
-            "identity": identity.to_dict(),
-            "fingerprint": identity.fingerprint,
-            "judge": redact(judge.config.to_dict()),
-            "seed": judge.config.seed,
-            "bench": bench.describe(),
-            "shard": list(shard) if shard else None,
-            "model_note": judge.model_note,
-            "created": session["started"],
-            "sessions": [],
-        }
-    _close_unfinished_sessions(manifest)
+    store.claim(identity, lambda: _new_manifest(judge, bench, identity, shard, session["started"]))
+    selected = shard_samples(bench.select(limit), shard)
+    store.drop(_failures_to_redo(store, {s.id for s in selected}, rejudge_failures))
+    todo = store.pending(selected)
+    started = time.perf_counter()
+    store.close_unfinished_sessions()
     if todo:
-        _judge_session(judge, todo, existing, predictions_path, target, manifest, session,
-                       batch_size, progress, too_long, started)
+        _judge_session(judge, todo, store, session, batch_size, progress, too_long, started)
     else:
-        write_json_atomic(target / MANIFEST, manifest)
-    rows = [existing[s.id] for s in selected]
+        store.save_manifest()
+    rows = [store.rows[s.id] for s in selected]
     metrics = {"judge": judge.name, "bench": bench.name, "kind": bench.kind, **bench.metrics(rows),
                "statuses": status_counts(rows), "generation": generation_summary(rows)}
-    write_json_atomic(target / METRICS, metrics)
-    return RunResult(judge.name, bench.name, target, metrics, len(todo), len(selected) - len(todo),
+    write_json_atomic(store.path.parent / METRICS, metrics)
+    return RunResult(judge.name, bench.name, store.path.parent, metrics, len(todo), len(selected) - len(todo),
                      time.perf_counter() - started, bench.kind)
 
 
-def _judge_session(judge: Judge, todo: list[Sample], existing: dict, predictions_path: Path, target: Path,
-                   manifest: dict, session: dict, batch_size, progress, too_long: str, started: float) -> None:
+def _new_manifest(judge: Judge, bench: Benchmark, identity: RunIdentity, shard, created: str) -> dict:
+    return {
+        "identity": identity.to_dict(),
+        "fingerprint": identity.fingerprint,
+        "judge": redact(judge.config.to_dict()),
+        "seed": judge.config.seed,
+        "bench": bench.describe(),
+        "shard": list(shard) if shard else None,
+        "model_note": judge.model_note,
+        "created": created,
+        "sessions": [],
+    }
+
+
+def _judge_session(judge: Judge, todo: list[Sample], store: RunStore, session: dict, batch_size, progress,
+                   too_long: str, started: float) -> None:
     """Judge ``todo`` as one session of the manifest: recorded (``ended: running``) before the first row,
     so a run killed or stopped by a full disk still shows; marked completed or failed when it ends."""
     answered_before = _answering_models(judge)
-    _expect_answering_models(judge, manifest)
-    session = {**session, "ended": "running"}
-    manifest.setdefault("sessions", []).append(session)
-    write_json_atomic(target / MANIFEST, manifest)
+    _expect_answering_models(judge, store.manifest)
+    session = store.begin_session(session)
 
     def on_row(row: Prediction) -> None:
-        writer(row)
-        existing[row.id] = row
+        store.append(row)
         if progress:
             progress(1)
 
     def end(how: str) -> None:
         answered = (_answering_models(judge) or Counter()) - (answered_before or Counter())
-        manifest.update({
+        store.manifest.update({
             "backend": redact(judge.backend.describe()),
             "model_note": judge.model_note,
             "candidates": judge.candidates.to_dict() if judge.variant.uses_candidates else None,
@@ -361,38 +320,19 @@ def _judge_session(judge: Judge, todo: list[Sample], existing: dict, predictions
         session.update({"ended": how, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "new_samples": len(todo), "seconds": round(time.perf_counter() - started, 2),
                         **({"answered_by": sorted(answered)} if answered_before is not None else {})})
-        write_json_atomic(target / MANIFEST, manifest)
+        store.save_manifest()
 
     try:
-        with JsonlAppender(predictions_path) as writer:
-            for row in _too_long_rows(judge, todo, too_long):
-                on_row(row)
-            judge_pending(judge, todo, on_row, done=existing, batch_size=batch_size)
+        for row in _too_long_rows(judge, todo, too_long):
+            on_row(row)
+        judge_pending(judge, todo, on_row, done=store.rows, batch_size=batch_size)
     except BaseException as exc:
         try:  # best effort: a full disk may refuse this too, and the next run marks the session
             end(redact_text(f"failed: {type(exc).__name__}: {exc}")[:300])
         except Exception:  # noqa: BLE001 - the original error is the one to show
-            log.warning("%s: could not mark the session as failed in %s", target, MANIFEST)
+            log.warning("%s: could not mark the session as failed in %s", store.subject, MANIFEST)
         raise
     end("completed")
-
-
-UNFINISHED = "interrupted (killed, or its end could not be recorded)"
-
-
-def _close_unfinished_sessions(manifest: dict) -> None:
-    """Sessions still ``running`` when the folder's lock is free were killed (SIGKILL) or could not write
-    their end (disk full): say so."""
-    for session in manifest.get("sessions", []):
-        if session.get("ended") == "running":
-            session["ended"] = UNFINISHED
-
-
-def _remove_stale_temporaries(target: Path) -> None:
-    """``*.tmp`` files an atomic write left when it failed (disk full) or was killed: never read, removed."""
-    for tmp in target.glob("*.tmp"):
-        log.info("%s: removing %s, left by an interrupted write", target, tmp.name)
-        tmp.unlink(missing_ok=True)
 
 
 def _answering_models(judge: Judge) -> Counter | None:
@@ -408,20 +348,17 @@ def _expect_answering_models(judge: Judge, manifest: dict) -> None:
         judge.backend.expected_answer_models = earlier
 
 
-def _drop_failures_to_redo(path: Path, existing: dict, selected: set[str], rejudge_failures: bool) -> None:
+def _failures_to_redo(store: RunStore, selected: set[str], rejudge_failures: bool) -> list[str]:
     """Failed rows to judge again: those the server caused (a transient outage must not leave permanent
-    failures), and with ``rejudge_failures`` those the model caused too. They leave the file first (one
-    atomic rewrite), so it never holds two rows of one sample."""
+    failures), and with ``rejudge_failures`` those the model caused too."""
     redo = []
-    for sample_id in selected & existing.keys():
-        cause = existing[sample_id].failure_cause
+    for sample_id in selected & store.rows.keys():
+        cause = store.rows[sample_id].failure_cause
         if cause == "server" or (cause == "model" and rejudge_failures):
             redo.append(sample_id)
     if redo:
-        log.info("%s: judging %d failed row(s) again", path.parent, len(redo))
-        for sample_id in redo:
-            del existing[sample_id]
-        write_jsonl_atomic(path, list(existing.values()))
+        log.info("%s: judging %d failed row(s) again", store.subject, len(redo))
+    return redo
 
 
 SHARD_MANIFEST_FIELDS = ("identity", "fingerprint", "shard", "bench", "judge")  # what merging reads

@@ -16,7 +16,8 @@ from typing import Callable
 
 from ..errors import ConfigError
 from ..judge_config import JudgeOverrides
-from ..records import JsonlAppender, Prediction
+from ..records import Prediction, read_jsonl
+from ..store import RunStore
 
 CACHE_DIR = "cot-cache"
 
@@ -36,43 +37,44 @@ class CotCache:
     """Per-CoT predictions (and texts) of one judge on one benchmark under one seed.
 
     Lines are appended as samples finish, so a killed run keeps what it finished; each line holds
-    a sample's CoTs ``first_cot .. first_cot + len(per_cot) - 1``.
+    a sample's CoTs ``first_cot .. first_cot + len(per_cot) - 1``. Opening reads what is there (a
+    torn last line skipped); :func:`fill_cache` writes under the file's lock.
     """
 
     def __init__(self, root: Path, key: str, bench: str, seed: int):
         self.path = Path(root) / CACHE_DIR / key / bench / f"seed-{seed}.jsonl"
-        self.per_cot: dict[str, list] = {}
         self.gold: dict[str, float | None] = {}
-        if self.path.is_file():
-            self._load()
+        self.store = RunStore.file(self.path, "--cache", read=self._entries, fold=self._merge)
+        self.store.load()  # no lock taken: a torn line is skipped, cut off only by the next fill
 
-    def _load(self) -> None:
-        from ..records import read_jsonl
+    @property
+    def per_cot(self) -> dict[str, list]:
+        return self.store.rows
 
-        # a torn last line (killed mid-write) is cut off, so the next append starts on a clean line
-        for number, entry in enumerate(read_jsonl(self.path, repair=True), start=1):
+    def _entries(self, path: Path, repair: bool) -> list[dict]:
+        entries = read_jsonl(path, repair)
+        for number, entry in enumerate(entries, start=1):
             try:
-                self._merge(entry["id"], entry["gold"], entry["first_cot"], entry["per_cot"])
+                entry["id"], entry["gold"], entry["first_cot"] + len(entry["per_cot"])
             except (KeyError, TypeError) as exc:
-                raise ValueError(f"{self.path}: entry {number} is not a cache entry: {exc!r}") from exc
+                raise ValueError(f"{path}: entry {number} is not a cache entry: {exc!r}") from exc
+        return entries
 
-    def _merge(self, sample_id: str, gold, first_cot: int, values: list) -> None:
-        have = self.per_cot.setdefault(sample_id, [])
+    def _merge(self, per_cot: dict, entry: dict) -> None:
+        sample_id, first_cot, values = entry["id"], entry["first_cot"], entry["per_cot"]
+        have = per_cot.setdefault(sample_id, [])
         if first_cot > len(have):
             raise ValueError(f"{self.path}: sample {sample_id!r} has CoTs from {first_cot} but only {len(have)} before")
         have[first_cot:first_cot + len(values)] = values
-        self.gold[sample_id] = gold
+        self.gold[sample_id] = entry["gold"]
 
     def count(self, sample_id: str) -> int:
         return len(self.per_cot.get(sample_id, []))
 
     def append(self, sample_id: str, gold, first_cot: int, row: Prediction) -> None:
-        values = list(row.per_cot)
-        entry = {"id": sample_id, "gold": gold, "first_cot": first_cot, "per_cot": values,
-                 "cots": row.cots, "status": row.status}
-        with JsonlAppender(self.path) as write:  # fsynced, like every run file
-            write(entry)
-        self._merge(sample_id, gold, first_cot, values)
+        """One entry, through the store's one appender of this fill (fsynced, like every run file)."""
+        self.store.append({"id": sample_id, "gold": gold, "first_cot": first_cot, "per_cot": list(row.per_cot),
+                           "cots": row.cots, "status": row.status})
 
 
 # (samples, n_cot, first_cot, on_row(row)) -> None; builds the judge (and model) only when called
@@ -80,19 +82,29 @@ Generate = Callable[[list, int, int, Callable[[dict], None]], None]
 
 
 def fill_cache(cache: CotCache, samples: list, k: int, generate: Generate) -> int:
-    """Make sure every sample has ``k`` CoTs; returns how many new CoTs were sampled."""
+    """Make sure every sample has ``k`` CoTs; returns how many new CoTs were sampled. A fill locks the
+    cache file, reads it again (a torn last line cut off) and writes through one appender; a cache that
+    already holds them all is only read."""
+    if not _short_of(cache, samples, k):
+        return 0
+    added = 0
+    with cache.store:
+        for have, group in sorted(_short_of(cache, samples, k).items()):
+            def on_row(row, first_cot=have):
+                cache.append(row.id, row.gold, first_cot, row)
+            generate(group, k - have, have, on_row)
+            added += (k - have) * len(group)
+    return added
+
+
+def _short_of(cache: CotCache, samples: list, k: int) -> dict[int, list]:
+    """The samples with fewer than ``k`` CoTs, by how many they have."""
     by_have: dict[int, list] = {}
     for sample in samples:
         have = cache.count(sample.id)
         if have < k:
             by_have.setdefault(have, []).append(sample)
-    added = 0
-    for have, group in sorted(by_have.items()):
-        def on_row(row, first_cot=have):
-            cache.append(row.id, row.gold, first_cot, row)
-        generate(group, k - have, have, on_row)
-        added += (k - have) * len(group)
-    return added
+    return by_have
 
 
 def mean_prediction(values: list, k: int) -> float | None:

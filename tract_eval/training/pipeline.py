@@ -24,8 +24,11 @@ from ..benchmarks import Sample
 from ..judges import Judge, build_judge, load_judge_card
 from ..judges.variants import variant_type
 from ..prompts import parse_prometheus_prompt, reference_strip
-from ..records import JsonlAppender, Prediction, read_jsonl
+from ..identity import RunIdentity, judge_identity
+from ..records import Prediction
+from ..redaction import redact
 from ..runner import judge_pending
+from ..store import RunStore
 from .data import TrainingDataError, TrainingRow, load_training_rows
 from .objectives import LeftPadCollator, encode_llama_factory_row, encode_row, resolve_training_template
 
@@ -178,39 +181,55 @@ def generate_self_cots(model: str | None, rows: list[TrainingRow], judge_name: s
 
     The judge's score after the CoT is discarded: the row keeps its gold score.
     Rows are appended to ``out_path`` as each finishes, and rows already there
-    are not generated again.
+    are not generated again. ``self_cot.manifest.json`` beside it records the judge and model that
+    wrote them: resuming with another is refused naming the difference.
     """
-    out_path = Path(out_path)
-    # a torn last line (killed mid-write) is cut off, so appending resumes on a clean line
-    done: dict[str, dict] = {record["id"]: record for record in read_jsonl(out_path, repair=True)}
-    pending = [row for row in rows if row.id not in done]
-    if pending:
-        judge = build_judge(judge_name, model=model, max_new_tokens=max_new_tokens, n_cot=1)
-        if judge.config.protocol != "cot-rail":
-            raise ValueError(f"judge {judge.name} does not write a CoT before a RAIL readout; "
-                             "self-generated CoTs need one (e.g. --judge tract)")
-        delimiter, bridge = judge.config.delimiter, judge.candidates.bridge_text
-        by_id = {row.id: row for row in pending}
-
-        def save(prediction: Prediction) -> None:
-            row, text = by_id[prediction.id], prediction.cots[0]
-            cot = text[: len(text) - len(bridge)] if bridge and text.endswith(bridge) else text
-            if not cot.endswith(delimiter):
-                raise RuntimeError(f"row {row.id}: the generated CoT does not end with {delimiter!r}")
-            record = dataclasses.replace(row, cot=cot, meta={
-                **row.meta,
-                "annotation_cot": row.cot,
-                "finish_reason": prediction.finish_reasons[0],
-                "cut": prediction.cut[0],
-                "generated_tokens": prediction.generated_tokens,
-                "discarded_prediction": prediction.prediction,
-            }).to_dict()
-            writer(record)
-            done[row.id] = record
-
-        with JsonlAppender(out_path) as writer:  # the runner's loop; each CoT fsynced as it finishes
+    with self_cot_store(out_path) as store:
+        pending = store.pending(rows)
+        if pending:
+            judge = build_judge(judge_name, model=model, max_new_tokens=max_new_tokens, n_cot=1)
+            if judge.config.protocol != "cot-rail":
+                raise ValueError(f"judge {judge.name} does not write a CoT before a RAIL readout; "
+                                 "self-generated CoTs need one (e.g. --judge tract)")
+            identity = RunIdentity(*judge_identity(judge.config), bench={})  # the rows are resumed by id
+            store.claim(identity, lambda: {"identity": identity.to_dict(), "fingerprint": identity.fingerprint,
+                                           "judge": redact(judge.config.to_dict()), "model_note": judge.model_note,
+                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            store.save_manifest()
+            save = _self_cot_saver(judge, {row.id: row for row in pending}, store.append)
+            # the runner's loop; each CoT fsynced as it finishes
             judge_pending(judge, [row_sample(row) for row in pending], save, batch_size=batch_size)
-    return [TrainingRow(**done[row.id]) for row in rows]
+        return [TrainingRow(**store.rows[row.id]) for row in rows]
+
+
+def self_cot_store(out_path: str | Path) -> RunStore:
+    """``self_cot.jsonl`` (one training row per line, by id), its manifest (a file written before manifests
+    were is kept) and its lock."""
+    out_path = Path(out_path)
+    return RunStore.file(out_path, "--out", manifest=out_path.with_name(out_path.stem + ".manifest.json"),
+                         unrecorded_ok=True)
+
+
+def _self_cot_saver(judge: Judge, by_id: dict[str, TrainingRow], write):
+    """A judged row as the training row it was generated for: the CoT, cut as at inference, in place of
+    the annotation's (kept in ``meta``), the gold score kept."""
+    delimiter, bridge = judge.config.delimiter, judge.candidates.bridge_text
+
+    def save(prediction: Prediction) -> None:
+        row, text = by_id[prediction.id], prediction.cots[0]
+        cot = text[: len(text) - len(bridge)] if bridge and text.endswith(bridge) else text
+        if not cot.endswith(delimiter):
+            raise RuntimeError(f"row {row.id}: the generated CoT does not end with {delimiter!r}")
+        write(dataclasses.replace(row, cot=cot, meta={
+            **row.meta,
+            "annotation_cot": row.cot,
+            "finish_reason": prediction.finish_reasons[0],
+            "cut": prediction.cut[0],
+            "generated_tokens": prediction.generated_tokens,
+            "discarded_prediction": prediction.prediction,
+        }).to_dict())
+
+    return save
 
 
 def run_recipe(config, data: str | Path, out_dir: str | Path) -> dict:
