@@ -151,3 +151,16 @@ def test_evaluate_reports_each_run_and_its_progress(tmp_path, data_dir, length_m
                                   progress_for=progress_for, on_run=lambda j, b, r: seen.append((j.name, b.name, r)))
     assert progress == [("mine × vicuna", 3)]
     assert [(j, b) for j, b, _ in seen] == [("mine", "vicuna")] and seen[0][2].metrics == metrics["vicuna"]
+
+
+def test_the_seed_travels_with_the_sampling_settings_and_stays_a_top_level_card_setting(tmp_path):
+    from tract_eval.judge_config import SeededSampling
+
+    config = build_judge("tract", seed=3, temperature=0.5, max_new_tokens=9).config
+    assert config.seeded_sampling == SeededSampling(**dataclasses.asdict(config.sampling), seed=3)
+    assert (config.seeded_sampling.temperature, config.seeded_sampling.max_new_tokens) == (0.5, 9)
+    assert "seed" not in dataclasses.asdict(config.sampling)  # the card's sampling block is unchanged
+    card = tmp_path / "seeded.yaml"
+    card.write_text("seed: 4\nsampling:\n  seed: 4\n")
+    with pytest.raises(ConfigError, match=r"unknown sampling settings \['seed'\]"):
+        load_judge_card(str(card))
