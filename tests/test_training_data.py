@@ -233,3 +233,11 @@ def test_training_prompts_are_tracts_bytes(mode, name):
     from tract_eval.training.data import training_prompt_template
 
     assert training_prompt_template(mode) == (REFERENCE / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("step", [[], ["stage1"], ["self-cot"], ["stage2"], ["prepare", "--source", "x", "--out", "y"]])
+def test_verbosity_flags_are_taken_after_train_and_every_step(step):
+    from tract_eval.training import cli
+
+    assert cli.parse_train_args([*step, "-q"]).quiet == 1
+    assert cli.parse_train_args([*step, "-vv"]).verbose == 2

@@ -6,6 +6,7 @@ import pytest
 from tract_eval.backends import GenerationRequest, ScoreRequest
 from tract_eval.candidates import derive_score_candidates
 from tract_eval.judge_config import SeededSampling
+from tract_eval.prompts import parse_prometheus_prompt
 
 from readout_reference import forward_candidate_logprobs
 
@@ -15,8 +16,12 @@ TOLERANCE = 1e-4  # float32, max abs difference of candidate log-probabilities
 
 @pytest.fixture(scope="module")
 def prompts(embedded_backend, data_dir):
-    rows = json.loads((data_dir / "prometheus" / "vicuna_eval.json").read_text())[:2]
-    return [embedded_backend.render_chat([{"role": "user", "content": r["instruction"]}]) for r in rows]
+    """Two Vicuna questions of different lengths as chat prompts. The questions, not the ~1000-token
+    grading prompts: what these tests check (readout, cut, EOS, random streams) does not depend on the
+    prompt's length, and prefill and the reference forwards cost in proportion to it."""
+    rows = json.loads((data_dir / "prometheus" / "vicuna_eval.json").read_text())
+    questions = list(dict.fromkeys(parse_prometheus_prompt(r["instruction"]).instruction for r in rows))[:2]
+    return [embedded_backend.render_chat([{"role": "user", "content": q}]) for q in questions]
 
 
 def _check_against_forward(backend, candidates, request, completion):

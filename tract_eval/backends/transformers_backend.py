@@ -178,7 +178,8 @@ class TransformersBackend(Backend):
             for context, continuation in pairs:
                 context_ids, ids = loglikelihood_ids(self.encode, context, continuation)
                 inputs = torch.tensor([context_ids + ids], device=self.device)
-                logits = self.model(input_ids=inputs).logits[0, len(context_ids) - 1: -1].float()
+                # logits only where the continuation's ids are read: the context's would cost most of the time
+                logits = self.model(input_ids=inputs, logits_to_keep=len(ids) + 1).logits[0, :-1].float()
                 target = torch.tensor(ids, device=self.device)
                 logprob = float(torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).sum())
                 out.append((logprob, len(ids), bool((logits.argmax(dim=-1) == target).all())))

@@ -51,9 +51,14 @@ def _common_options() -> argparse.ArgumentParser:
         common.add_argument(flag, dest=field_name, type=kind, default=argparse.SUPPRESS, help=f"{text} (= {field_name})")
     common.add_argument("--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
                         help="a TrainConfig field whose value is YAML (lists, mappings); repeatable")
-    for flag in ("-v", "-q"):  # also accepted after `train` (the top-level parser hands the rest over raw)
-        common.add_argument(flag, dest={"-v": "verbose", "-q": "quiet"}[flag], action="count", default=argparse.SUPPRESS)
+    _add_verbosity(common)
     return common
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """-v/-q also after `train` and its step (the top-level parser hands the rest over raw)."""
+    for flag in ("-v", "-q"):
+        parser.add_argument(flag, dest={"-v": "verbose", "-q": "quiet"}[flag], action="count", default=argparse.SUPPRESS)
 
 
 def train_parser(prog: str = "tract-eval train") -> argparse.ArgumentParser:
@@ -78,6 +83,7 @@ def train_parser(prog: str = "tract-eval train") -> argparse.ArgumentParser:
     prepare.add_argument("--force-delimiter", action="store_true",
                          help="keep feedback that never says 'So the overall' by appending the delimiter "
                               "(TRACT leaves such rows out)")
+    _add_verbosity(prepare)
     prepare.set_defaults(func=_cmd_prepare)
 
     for name, func, text in (
