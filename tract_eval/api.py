@@ -209,7 +209,8 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
     from .judge_config import JudgeOverrides
     from .runner import parse_shard, run_benchmark
 
-    # everything a user can get wrong is checked before any data or model loads
+    # everything a user can get wrong is checked before any data or model loads (Benchmark.select checks
+    # --limit again for callers that do not come through here)
     check_limit(limit)
     shard_spec = parse_shard(shard)
     names = judge_names(judge)
@@ -219,12 +220,13 @@ def evaluate(judge: str | Sequence[str], bench: str | Sequence[str], *, limit: i
         build_judge(name, overrides)
     benches = load_benches(bench, data_dir, columns=columns, scale=scale, no_reference=no_reference,
                            unparsed_pairs=unparsed_pairs, on_skip=on_skip)
+    selected = {b.name: len(b.select(limit)) for b in benches}
     enter = progress_for or (lambda label, total: contextlib.nullcontext(progress))
     metrics: dict[str, dict] = {}
     for name in names:
         for b in benches:
             judged = build_judge(name, dataclasses.replace(overrides, scale=b.card.scale))
-            with enter(f"{judged.name} × {b.name}", len(b.select(limit))) as advance:
+            with enter(f"{judged.name} × {b.name}", selected[b.name]) as advance:
                 result = run_benchmark(judged, b, Path(out or DEFAULT_OUT), limit=limit, shard=shard_spec,
                                        batch_size=overrides.batch_size, too_long=too_long,
                                        rejudge_failures=rejudge_failures, progress=advance)

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .backends import loads_weights
-from .benchmarks import Benchmark, DataFormatError, Sample, check_limit
+from .benchmarks import Benchmark, DataFormatError, Sample
 from .errors import ConfigError, InputNotFoundError, ServerError
 from .judges import Judge
 from .judges.base import row_meta
@@ -236,7 +236,7 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
     Failed rows the server caused are judged again; ``rejudge_failures`` redoes the model's too.
     """
     # everything checkable is checked before the model loads
-    check_limit(limit)
+    selected = shard_samples(bench.select(limit), shard)  # a bad --limit fails here
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
     if too_long not in TOO_LONG_POLICIES:
@@ -245,7 +245,7 @@ def run_benchmark(judge: Judge, bench: Benchmark, out: Path, limit: int | None =
     target = run_dir(check_out_dir(out), judge.name, bench.name, shard)
     identity = run_identity(judge, bench)  # an unavailable model fails here
     with RunStore.run_folder(target) as store, _saying_what_is_kept(store):
-        return _run_locked(judge, bench, store, identity, limit, shard, batch_size, progress, too_long,
+        return _run_locked(judge, bench, store, identity, selected, limit, shard, batch_size, progress, too_long,
                            rejudge_failures)
 
 
@@ -262,11 +262,10 @@ def _saying_what_is_kept(store: RunStore):
                           "same command to resume") from exc
 
 
-def _run_locked(judge: Judge, bench: Benchmark, store: RunStore, identity: RunIdentity, limit, shard, batch_size,
-                progress, too_long: str, rejudge_failures: bool = False) -> RunResult:
+def _run_locked(judge: Judge, bench: Benchmark, store: RunStore, identity: RunIdentity, selected: list[Sample],
+                limit, shard, batch_size, progress, too_long: str, rejudge_failures: bool = False) -> RunResult:
     session = _session(judge, limit, batch_size)
     store.claim(identity, lambda: _new_manifest(judge, bench, identity, shard, session["started"]))
-    selected = shard_samples(bench.select(limit), shard)
     store.drop(_failures_to_redo(store, {s.id for s in selected}, rejudge_failures))
     todo = store.pending(selected)
     started = time.perf_counter()
