@@ -59,11 +59,11 @@ class Job:
 
 
 class GradingQueue:
-    """``judge_for(settings)`` gives the judge of a settings key (the model loads once; judges are cheap)."""
+    """``judge_of(settings)`` gives the judge of a settings key (the model loads once; judges are cheap)."""
 
-    def __init__(self, judge_for: Callable[[Settings], object], gather_s: float = 0.01, gather_max_s: float = 0.1,
+    def __init__(self, judge_of: Callable[[Settings], object], gather_s: float = 0.01, gather_max_s: float = 0.1,
                  judge_cache: int = 16):
-        self._judge_for = judge_for
+        self._judge_of = judge_of
         self._judges: OrderedDict[Settings, object] = OrderedDict()
         self._judge_cache = judge_cache
         self._judges_lock = threading.Lock()
@@ -93,7 +93,7 @@ class GradingQueue:
     def judge(self, settings: Settings):
         with self._judges_lock:  # the worker and /health both ask
             if settings not in self._judges:
-                self._judges[settings] = self._judge_for(settings)
+                self._judges[settings] = self._judge_of(settings)
                 while len(self._judges) > self._judge_cache:
                     self._judges.popitem(last=False)
             self._judges.move_to_end(settings)
