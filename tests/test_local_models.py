@@ -54,3 +54,40 @@ def test_model_args_reach_from_pretrained(tiny_model_dir):
                                  model_args={"attn_implementation": "sdpa"})
     assert chosen.describe()["attention"] == "sdpa"  # named in --model-args: kept as given
     assert str(backend.device) == "cpu" and backend.describe()["model_args"]["device_map"] == "cpu"
+
+
+def test_a_gguf_loads_from_its_cached_conversion_with_the_same_weights_and_tokenizer(embedded_backend, data_dir):
+    """The backend reads the embedded GGUF through its safetensors conversion: the weights equal a direct
+    GGUF load's bit for bit, and the tokenizer encodes, decodes and renders chats the same."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tract_eval.conversion import default_cache_dir
+    from tract_eval.models import resolve_model
+
+    assert str(embedded_backend.model.config._name_or_path).startswith(str(default_cache_dir()))
+    source = resolve_model(None)
+    direct = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    cached = embedded_backend.model.state_dict()
+    assert all(torch.equal(tensor, cached[name]) for name, tensor in direct.state_dict().items())
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    ours = embedded_backend.tokenizer()
+    texts = [row["instruction"] for row in json.loads((data_dir / "prometheus" / "vicuna_eval.json").read_text())[:10]]
+    assert [tokenizer(t)["input_ids"] for t in texts] == [ours(t)["input_ids"] for t in texts]
+    assert tokenizer.decode(list(range(0, len(tokenizer), 97))) == ours.decode(list(range(0, len(ours), 97)))
+    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert (tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            == ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+
+
+def test_an_unwritable_conversion_cache_reads_the_gguf_saying_so(tmp_path, monkeypatch, caplog):
+    from tract_eval.conversion import loadable_source
+    from tract_eval.models import resolve_model
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TRACT_EVAL_CACHE", str(blocker))  # the cache folder would have to be inside a file
+    source = resolve_model(None)
+    assert loadable_source(source) == source
+    assert "dequantising the GGUF at every load" in caplog.text

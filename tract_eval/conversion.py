@@ -1,4 +1,6 @@
-"""GGUF -> plain safetensors folder, cached: for engines that cannot read GGUF (vLLM on CPU).
+"""GGUF -> plain safetensors folder, cached: for engines that cannot read GGUF (vLLM on CPU), and for
+transformers, which loads the same float32 weights and tokenizer, bit for bit, from the folder in a
+fraction of the time it takes to dequantise the GGUF again (the embedded model: ~3 s instead of ~18 s).
 
     python -m tract_eval.conversion [MODEL.gguf] [--cache-dir DIR]    # prints the folder
 
@@ -9,6 +11,7 @@ tokenizer; a folder is reused while the GGUF's path, size and modification time 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import os
@@ -35,10 +38,11 @@ def safetensors_from_gguf(source: ModelSource, cache_dir: str | Path | None = No
     if (out / "config.json").is_file():
         return out
 
+    out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable cache fails here, before the long load
     import torch
     from transformers import AutoModelForCausalLM, GgufConfig
 
-    log.warning("converting %s to safetensors in %s (once)", gguf, out)
+    log.info("converting %s to safetensors in %s (once)", gguf, out)
     tokenizer = load_tokenizer(source)
     quantized = AutoModelForCausalLM.from_pretrained(
         source.path, gguf_file=source.gguf_file, dtype=torch.float32,
@@ -60,6 +64,19 @@ def safetensors_from_gguf(source: ModelSource, cache_dir: str | Path | None = No
             raise
         shutil.rmtree(partial, ignore_errors=True)  # another process finished first
     return out
+
+
+def loadable_source(source: ModelSource) -> ModelSource:
+    """``source`` as ``from_pretrained`` should read it: a GGUF from its cached conversion (converted on
+    first use); anything else unchanged. Where the cache cannot be written, the GGUF itself, saying so."""
+    if not source.gguf_file:
+        return source
+    try:
+        folder = safetensors_from_gguf(source)
+    except OSError as exc:
+        log.warning("cannot cache %s as safetensors (%s); dequantising the GGUF at every load", source.gguf_file, exc)
+        return source
+    return dataclasses.replace(source, path=str(folder), gguf_file=None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..candidates import ScoreCandidates
 from ..judge_config import SeededSampling
+from ..conversion import loadable_source
 from ..models import ModelSource, check_device, check_model_args, load_kwargs, load_tokenizer, resolve_model
 from .declaration import BackendDeclaration, option
 from .base import (Backend, Completion, GenerationRequest, OnDone, ScoreRequest, loglikelihood_ids,
@@ -70,10 +71,11 @@ class TransformersBackend(Backend):
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
         self.dtype = getattr(torch, dtype)
-        kwargs = load_kwargs(self.source, self.model_args)
         started = time.perf_counter()
-        self._tokenizer = load_tokenizer(self.source, self.model_args)
-        model_obj = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
+        files = loadable_source(self.source)  # a GGUF: its cached float32 conversion, the same weights
+        kwargs = load_kwargs(files, self.model_args)
+        self._tokenizer = load_tokenizer(files, self.model_args)
+        model_obj = AutoModelForCausalLM.from_pretrained(files.path, dtype=self.dtype, **kwargs)
         if self.source.adapter:
             from peft import PeftModel
 

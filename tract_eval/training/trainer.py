@@ -139,13 +139,16 @@ def base_model_reference(source: ModelSource) -> str:
 def _load_base(spec: str | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..conversion import loadable_source
+
     source = resolve_model(spec)
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+    files = loadable_source(source)  # a GGUF: its cached float32 conversion, the same weights
+    kwargs = {"gguf_file": files.gguf_file} if files.gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(files.path, **kwargs)
     # a GGUF is dequantised to float32 weights; bf16 training runs under autocast
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(files.path, dtype=torch.float32, **kwargs)
     quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None and source.gguf_file:
+    if quantizer is not None and files.gguf_file:
         # transformers unpacked the GGUF blocks into ordinary float weights but still marks the model as
         # quantized, which Trainer refuses to train and save_pretrained refuses to write; drop the mark
         if not all(p.is_floating_point() for p in model.parameters()):
