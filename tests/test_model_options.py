@@ -88,3 +88,19 @@ def test_vllm_fp8_says_what_it_needs():
     else:
         with pytest.raises(ConfigError, match="quantization='fp8' needs a CUDA GPU"):
             check_vllm_quantization({"engine_options": {"quantization": "fp8"}})
+
+
+def test_every_copy_of_one_gguf_shares_one_converted_folder(tmp_path):
+    """Each virtualenv installs its own copy of the embedded GGUF: the conversion cache is keyed on the
+    content, so copies (other path, other modification time) share one folder and other content does not."""
+    import os
+
+    from tract_eval.conversion import content_key
+
+    first, copy, other = tmp_path / "a.gguf", tmp_path / "b" / "a.gguf", tmp_path / "c.gguf"
+    copy.parent.mkdir()
+    first.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    copy.write_bytes(first.read_bytes())
+    os.utime(copy, (1_000_000, 1_000_000))
+    other.write_bytes(first.read_bytes()[:-1] + b"x")
+    assert content_key(first) == content_key(copy) != content_key(other)

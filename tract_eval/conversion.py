@@ -6,12 +6,13 @@ fraction of the time it takes to dequantise the GGUF again (the embedded model: 
 
 With no file it converts the embedded SmolLM2 GGUF. The weights are dequantised by transformers
 (``GgufConfig(dequantize=True)``), copied into a fresh model of the same config and saved with the
-tokenizer; a folder is reused while the GGUF's path, size and modification time are unchanged.
+tokenizer; a folder is reused for every copy of the same GGUF (keyed on its content).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -27,14 +28,28 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TRACT_EVAL_CACHE", "~/.cache/tract-eval")).expanduser() / "gguf-safetensors"
 
 
+def content_key(gguf: Path) -> str:
+    """The GGUF's content hash (16 hex digits): every installed copy of one file (each virtualenv has its
+    own) shares one converted folder. Hashed once per process and file version (~0.3 s for 100 MB)."""
+    stat = Path(gguf).stat()
+    return _content_key(str(Path(gguf).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_key(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def safetensors_from_gguf(source: ModelSource, cache_dir: str | Path | None = None) -> Path:
     """The folder holding ``source``'s GGUF as float32 safetensors (converted once, then reused)."""
     if not source.gguf_file:
         raise ValueError(f"{source.spec} is not a GGUF model")
     gguf = Path(source.path) / source.gguf_file
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = Path(cache_dir or default_cache_dir()) / f"{gguf.stem}-{key}"
+    out = Path(cache_dir or default_cache_dir()) / f"{gguf.stem}-{content_key(gguf)}"
     if (out / "config.json").is_file():
         return out
 
