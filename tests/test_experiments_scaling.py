@@ -116,3 +116,13 @@ def test_cache_key_ignores_k_and_seed_but_not_sampling_settings():
     assert cache_key(base.config) != cache_key(build_judge("tract", JudgeOverrides(temperature=0.7)).config)
     named = build_judge("tract", JudgeOverrides(backend="transformers"))  # a backend name, not a Backend object
     assert named.config.backend == "transformers" and named._backend is None
+
+
+def test_a_cache_file_of_other_lines_is_refused_naming_the_entry(tmp_path):
+    from tract_eval.experiments.scaling import CotCache
+
+    path = tmp_path / "cot-cache" / "k" / "vicuna" / "seed-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"id": "a", "gold": 3, "first_cot": 0, "per_cot": [2.5]}\n{"id": "b", "gold": 3}\n')
+    with pytest.raises(ValueError, match=r"seed-0.jsonl: entry 2 is not a cache entry \(an object with first_cot"):
+        CotCache(tmp_path, "k", "vicuna", 0)

@@ -20,6 +20,7 @@ from ..records import Prediction, read_jsonl
 from ..store import RunStore
 
 CACHE_DIR = "cot-cache"
+CACHE_ENTRY_FIELDS = frozenset({"id", "gold", "first_cot", "per_cot"})
 
 
 def cache_key(config) -> str:
@@ -54,10 +55,10 @@ class CotCache:
     def _entries(self, path: Path, repair: bool) -> list[dict]:
         entries = read_jsonl(path, repair)
         for number, entry in enumerate(entries, start=1):
-            try:
-                entry["id"], entry["gold"], entry["first_cot"] + len(entry["per_cot"])
-            except (KeyError, TypeError) as exc:
-                raise ValueError(f"{path}: entry {number} is not a cache entry: {exc!r}") from exc
+            if not (isinstance(entry, dict) and CACHE_ENTRY_FIELDS <= entry.keys()
+                    and isinstance(entry["first_cot"], int) and isinstance(entry["per_cot"], list)):
+                raise ValueError(f"{path}: entry {number} is not a cache entry (an object with "
+                                 f"{', '.join(sorted(CACHE_ENTRY_FIELDS))}; first_cot a number, per_cot a list)")
         return entries
 
     def _merge(self, per_cot: dict, entry: dict) -> None:
